@@ -1,0 +1,479 @@
+"""One coordinator per set of stored tokens per process: the Condition, the single
+flight, the proactive timer, and the cross-process protocol through the store.
+
+The protocol, for every refresh, wherever it starts (timer, request, 401, user):
+
+1. Under the Condition, one thread becomes the refresher; every other thread
+   waits for its result. New requests wait too, and the refresher gives requests
+   already in flight a bounded time to finish before it spends their token.
+2. Outside the Condition, the refresher takes the store's lock (shared by every
+   process, and for Redis every host), re-reads the store, and:
+   - adopts the stored tokens if another process has already rotated them;
+   - otherwise spends the refresh token *found in the store* and saves the
+     new pair before letting go of the lock.
+3. Back under the Condition it publishes the result and wakes everyone.
+
+Between refreshes, each request compares the store's cheap ``version()`` with the
+one its tokens came from, and reloads when another process has rotated them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import threading
+from collections.abc import Callable, Hashable
+from typing import Literal, TypeVar
+
+import attrs
+
+from ._clock import Clock
+from ._endpoint import TokenEndpoint
+from .errors import PleoAuthError, ReauthenticationRequired, TokenStoreError
+from .stores.base import TokenStore
+from .tokens import TokenSet
+
+logger = logging.getLogger("pleo_auth")
+
+_NEVER: Hashable = object()  # a version no store ever reports
+
+Operation = Literal["refresh", "sync"]
+
+
+@attrs.frozen
+class _Outcome:
+    tokens: TokenSet | None
+    version: Hashable
+    failure: PleoAuthError | None = None
+    grant_dead: bool = False
+
+
+class Coordinator:
+    """Serialises refreshes of one set of stored tokens within a process.
+
+    Thread safety:
+        Every public method may be called from any thread. All shared state is
+        guarded by one :class:`threading.Condition`; no I/O happens while holding it.
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        endpoint: TokenEndpoint,
+        *,
+        refresh_margin: float,
+        clock: Clock,
+        drain_timeout: float,
+        failure_cooldown: float,
+        jitter: float,
+        login_hint: str,
+    ):
+        self.store = store
+        self.endpoint = endpoint
+        self.refresh_margin = refresh_margin
+        self._clock = clock
+        self._drain_timeout = drain_timeout
+        self._failure_cooldown = failure_cooldown
+        self._jitter_max = jitter
+        self.login_hint = login_hint
+        self._lock_timeout = 2 * endpoint.budget + drain_timeout + 5.0
+        self._lease = endpoint.budget + 5.0
+
+        self._cond = threading.Condition()
+        self._busy: Operation | None = None
+        self._generation = 0
+        self._last_failure: PleoAuthError | None = None
+        self._tokens: TokenSet | None = None
+        self._version: Hashable = _NEVER
+        self._in_flight = 0
+        self._retry_not_before = float("-inf")
+        self._jitter = 0.0
+        self._callbacks: dict[int, Callable[[], object]] = {}
+        self._next_handle = 0
+        self._closed = False
+        self._timer: threading.Thread | None = None
+        self._wakeup = threading.Event()
+
+    # -- sessions come and go ------------------------------------------------
+
+    def attach(self, on_reauthentication_required: Callable[[], object] | None) -> int:
+        with self._cond:
+            self._next_handle += 1
+            if on_reauthentication_required is not None:
+                self._callbacks[self._next_handle] = on_reauthentication_required
+            return self._next_handle
+
+    def seed(self, tokens: TokenSet) -> None:
+        """Put ``tokens`` in the store, unless it already holds newer ones."""
+        with self.store.lock(timeout=self._lock_timeout, lease=self._lease):
+            stored = self.store.load()
+            if stored is not None and stored.expires_at >= tokens.expires_at:
+                if stored != tokens:
+                    logger.warning(
+                        "ignoring tokens=: %s already holds newer tokens", self.store.describe()
+                    )
+                return
+            self.store.save(tokens, replaces=stored)
+        with self._cond:
+            self._version = _NEVER  # reload on next use
+
+    # -- the hot path ---------------------------------------------------------
+
+    def acquire(self) -> TokenSet:
+        """Tokens fit to send now. Pair every call with :meth:`release`.
+
+        Raises:
+            ReauthenticationRequired: There are no live tokens; log in again.
+            RefreshError, TokenStoreError: The token expired and could not be refreshed.
+        """
+        version = self.store.version()
+        with self._cond:
+            self._start_timer_locked()
+            while True:
+                if self._busy is not None:
+                    self._cond.wait()
+                    continue
+                if version != self._version:
+                    self._run_locked("sync", self._sync)
+                    version = self._version
+                    continue
+                tokens = self._tokens
+                if tokens is None:
+                    raise self._reauthentication_error()
+                now = self._clock.time()
+                remaining = tokens.expires_at - now
+                if now >= self._due_at(tokens):
+                    if self._clock.monotonic() >= self._retry_not_before:
+                        self._run_locked("refresh", functools.partial(self._refresh, tokens, False))
+                        continue
+                    if remaining <= 0 and self._last_failure is not None:
+                        raise _fresh_copy(self._last_failure)
+                self._in_flight += 1
+                return tokens
+
+    def release(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            if self._busy is not None and self._in_flight <= 0:
+                self._cond.notify_all()
+
+    def current(self) -> TokenSet | None:
+        """The tokens this process would use, reloaded if another process rotated them."""
+        version = self.store.version()
+        with self._cond:
+            while self._busy is not None:
+                self._cond.wait()
+            if version != self._version:
+                self._run_locked("sync", self._sync)
+            return self._tokens
+
+    # -- refreshes ------------------------------------------------------------
+
+    def refresh(self) -> TokenSet:
+        """Refresh now (or adopt a rotation another process made) and return the tokens."""
+        version = self.store.version()
+        with self._cond:
+            if self._busy == "refresh":
+                failure = self._wait_for_current_locked()
+            else:
+                while self._busy is not None:
+                    self._cond.wait()
+                if version != self._version:
+                    self._run_locked("sync", self._sync)
+                basis = self._tokens
+                if basis is None:
+                    raise self._reauthentication_error()
+                failure = self._run_locked("refresh", functools.partial(self._refresh, basis, True))
+            if failure is not None:
+                raise _fresh_copy(failure)
+            if self._tokens is None:
+                raise self._reauthentication_error()
+            return self._tokens
+
+    def recover_from_unauthorized(self, used: TokenSet) -> TokenSet | None:
+        """After a 401 for ``used``: the tokens to replay with, or None to give up.
+
+        If the tokens were replaced meanwhile (here or in another process), those
+        are returned at no cost. Otherwise one refresh runs first.
+        """
+        version = self.store.version()
+        with self._cond:
+            while self._busy is not None:
+                self._cond.wait()
+            if version != self._version:
+                self._run_locked("sync", self._sync)
+            if self._tokens is not None and self._tokens.access_token != used.access_token:
+                return self._tokens
+            if self._tokens is None:
+                raise self._reauthentication_error()
+            if self._clock.monotonic() < self._retry_not_before:
+                return None
+            logger.info("access token refused with 401; refreshing once")
+            failure = self._run_locked("refresh", functools.partial(self._refresh, used, True))
+            if isinstance(failure, ReauthenticationRequired):
+                raise _fresh_copy(failure)
+            if failure is not None or self._tokens is None:
+                return None
+            return self._tokens
+
+    def _wait_for_current_locked(self) -> PleoAuthError | None:
+        generation = self._generation
+        while self._generation == generation:
+            self._cond.wait()
+        return self._last_failure
+
+    def _run_locked(
+        self, operation: Operation, work: Callable[[], _Outcome]
+    ) -> PleoAuthError | None:
+        """Run ``work`` as the single flight. Called, and returns, holding the Condition."""
+        self._busy = operation
+        previous = self._tokens
+        outcome: _Outcome | None = None
+        try:
+            if operation == "refresh":
+                self._drain_locked()
+            self._cond.release()
+            try:
+                outcome = work()
+            except PleoAuthError as exc:
+                outcome = _Outcome(tokens=previous, version=self._version, failure=exc)
+            finally:
+                self._cond.acquire()
+        finally:
+            self._publish_locked(outcome, previous)
+        if outcome.grant_dead and previous is not None and self._callbacks:
+            self._notify_reauthentication_locked()
+        return outcome.failure
+
+    def _publish_locked(self, outcome: _Outcome | None, previous: TokenSet | None) -> None:
+        if outcome is not None:
+            self._tokens = outcome.tokens
+            self._version = outcome.version
+            self._last_failure = outcome.failure
+            if outcome.failure is not None and not outcome.grant_dead:
+                self._retry_not_before = self._clock.monotonic() + self._failure_cooldown
+            elif outcome.tokens is not previous:
+                self._retry_not_before = float("-inf")
+                self._jitter = random.uniform(0, self._jitter_max)
+        self._busy = None
+        self._generation += 1
+        self._cond.notify_all()
+        self._wakeup.set()
+
+    def _notify_reauthentication_locked(self) -> None:
+        callbacks = list(self._callbacks.values())
+        self._cond.release()
+        try:
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:
+                    logger.exception("on_reauthentication_required callback failed")
+        finally:
+            self._cond.acquire()
+
+    def _drain_locked(self) -> None:
+        """Give requests already sent with the old token a bounded time to finish."""
+        deadline = self._clock.monotonic() + self._drain_timeout
+        while self._in_flight > 0:
+            left = deadline - self._clock.monotonic()
+            if left <= 0:
+                logger.debug("refreshing with %d requests still in flight", self._in_flight)
+                return
+            self._cond.wait(left)
+
+    def _sync(self) -> _Outcome:
+        version = self.store.version()
+        tokens = self.store.load()
+        if tokens is not None:
+            logger.debug("loaded tokens %s from %s", tokens.fingerprint, self.store.describe())
+        return _Outcome(tokens=tokens, version=version, grant_dead=tokens is None)
+
+    def _refresh(self, basis: TokenSet | None, force: bool) -> _Outcome:
+        store = self.store
+        with store.lock(timeout=self._lock_timeout, lease=self._lease) as lease:
+            version = store.version()
+            stored = store.load()
+            if stored is None:
+                return _Outcome(tokens=None, version=version, grant_dead=True)
+            fresh = self._clock.time() < self._due_at(stored)
+            rotated_elsewhere = basis is None or stored.refresh_token != basis.refresh_token
+            if rotated_elsewhere and (force or fresh):
+                logger.debug("adopting tokens %s rotated elsewhere", stored.fingerprint)
+                return _Outcome(tokens=stored, version=version)
+            try:
+                new = self.endpoint.refresh(stored.refresh_token, deadline=lease.deadline)
+            except ReauthenticationRequired as exc:
+                exc.login_hint = self.login_hint
+                exc.args = (f"{exc.reason} {self.login_hint}",)
+                logger.warning("the grant is dead (%s); clearing %s", exc.error, store.describe())
+                store.clear(only=stored)
+                return _Outcome(tokens=None, version=store.version(), failure=exc, grant_dead=True)
+            try:
+                store.save(new, replaces=stored)
+            except TokenStoreError as exc:
+                # The old tokens are spent: keep the new ones in memory, whatever happens.
+                logger.error("refreshed, but could not save the new tokens: %s", exc)
+                return _Outcome(tokens=new, version=version, failure=exc)
+            logger.info(
+                "refreshed tokens %s -> %s; access expires in %.0fs",
+                stored.fingerprint,
+                new.fingerprint,
+                new.expires_at - self._clock.time(),
+            )
+            return _Outcome(tokens=new, version=store.version())
+
+    def _due_at(self, tokens: TokenSet) -> float:
+        """When ``tokens`` should be refreshed: ``refresh_margin`` before expiry, but
+        never earlier than half-way through the token's life, so a short-lived
+        token is not refreshed again the moment it arrives."""
+        margin = self.refresh_margin
+        if tokens.issued_at is not None:
+            margin = min(margin, (tokens.expires_at - tokens.issued_at) / 2)
+        return tokens.expires_at - margin
+
+    def _reauthentication_error(self) -> ReauthenticationRequired:
+        failure = self._last_failure
+        if isinstance(failure, ReauthenticationRequired):
+            return _fresh_copy(failure)
+        return ReauthenticationRequired(
+            f"No Pleo tokens in {self.store.describe()}.", login_hint=self.login_hint
+        )
+
+    # -- the proactive timer --------------------------------------------------
+
+    def _start_timer_locked(self) -> None:
+        if self._timer is None and not self._closed:
+            self._timer = threading.Thread(
+                target=self._timer_loop, name="pleo-auth-refresh", daemon=True
+            )
+            self._timer.start()
+
+    def ensure_timer(self) -> None:
+        with self._cond:
+            self._start_timer_locked()
+
+    def _timer_loop(self) -> None:
+        me = threading.current_thread()
+        while True:
+            self._wakeup.clear()
+            with self._cond:
+                if self._closed or self._timer is not me:
+                    return
+                tokens = self._tokens
+                due_in = float("inf")
+                if tokens is not None:
+                    due_in = self._due_at(tokens) - self._jitter - self._clock.time()
+                    cooldown = self._retry_not_before - self._clock.monotonic()
+                    due_in = max(due_in, cooldown)
+            if due_in > 0:
+                # Wait in slices: monotonic time stops while a laptop sleeps, wall time does not.
+                self._clock.wait(self._wakeup, min(due_in, 30.0))
+                continue
+            assert tokens is not None
+            try:
+                self._refresh_if_due(tokens)
+            except PleoAuthError as exc:
+                logger.warning("proactive refresh failed: %s", exc)
+            except Exception:
+                logger.exception("proactive refresh crashed")
+
+    def _refresh_if_due(self, basis: TokenSet) -> None:
+        version = self.store.version()
+        with self._cond:
+            if self._busy is not None or self._tokens is not basis:
+                return
+            if version != self._version:
+                self._run_locked("sync", self._sync)
+                return
+            self._run_locked("refresh", functools.partial(self._refresh, basis, False))
+
+    # -- lifetime -------------------------------------------------------------
+
+    def forget(self, handle: int) -> None:
+        with self._cond:
+            self._callbacks.pop(handle, None)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._timer = None
+            self._cond.notify_all()
+        self._wakeup.set()
+        self.endpoint.close()
+
+    def _reset_after_fork(self) -> None:
+        # The parent's threads do not exist here: whatever they held is void.
+        self._cond = threading.Condition()
+        self._wakeup = threading.Event()
+        self._busy = None
+        self._in_flight = 0
+        self._timer = None
+        self._version = _NEVER  # reload: the parent may have been mid-rotation
+        self.endpoint.reset_connections()
+
+
+_E = TypeVar("_E", bound=PleoAuthError)
+
+
+def _fresh_copy(error: _E) -> _E:
+    """A new exception like ``error``, so threads never share one traceback."""
+    copy = error.__class__.__new__(error.__class__)
+    copy.__dict__.update(error.__dict__)
+    copy.args = error.args
+    copy.__cause__ = error.__cause__
+    return copy
+
+
+class _Registry:
+    """Coordinators by the identity of their stored tokens, so that every session
+    over the same tokens in this process shares one Condition and one timer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[Hashable, tuple[Coordinator, set[int]]] = {}
+
+    def attach(
+        self,
+        key: Hashable,
+        factory: Callable[[], Coordinator],
+        on_reauthentication_required: Callable[[], object] | None,
+    ) -> tuple[Coordinator, int]:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = (factory(), set())
+                self._entries[key] = entry
+            coordinator, handles = entry
+            handle = coordinator.attach(on_reauthentication_required)
+            handles.add(handle)
+            return coordinator, handle
+
+    def detach(self, key: Hashable, coordinator: Coordinator, handle: int) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] is not coordinator:
+                return
+            handles = entry[1]
+            handles.discard(handle)
+            coordinator.forget(handle)
+            if handles:
+                return
+            del self._entries[key]
+        coordinator.close()
+
+    def get(self, key: Hashable) -> Coordinator | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry[0] if entry else None
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        for coordinator, _handles in self._entries.values():
+            coordinator._reset_after_fork()
+
+
+REGISTRY = _Registry()
+os.register_at_fork(after_in_child=REGISTRY._after_fork_in_child)

@@ -1,0 +1,127 @@
+"""The errors pleo_auth raises.
+
+Every error derives from :class:`PleoAuthError`. Each subclass stands for one
+decision a caller can make:
+
+* :class:`ReauthenticationRequired`: the grant is gone; a person must log in again.
+* :class:`RefreshError`: the token endpoint refused or failed. ``retryable`` says
+  whether trying again later can help.
+* :class:`TokenStoreError`: the token store could not be read or written.
+* :class:`ConfigurationError`: the arguments are wrong; fix the code or settings.
+  It is also a :class:`ValueError`.
+
+Messages never contain a token, a code or a client secret.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = [
+    "AuthorizationError",
+    "ConfigurationError",
+    "PleoAuthError",
+    "ReauthenticationRequired",
+    "RefreshError",
+    "TokenStoreError",
+]
+
+
+class PleoAuthError(Exception):
+    """Root of every error raised by pleo_auth.
+
+    Attributes:
+        retryable: True when the same call may succeed if tried again later.
+    """
+
+    retryable: bool = False
+
+
+class ConfigurationError(PleoAuthError, ValueError):
+    """An argument or setting is invalid. Nothing was sent anywhere."""
+
+
+class ReauthenticationRequired(PleoAuthError):
+    """The refresh token is dead, or there are no tokens: a person must log in again.
+
+    Pleo invalidates the whole authorisation when a refresh token is spent twice,
+    expires or is revoked. Nothing but a new authorization-code login can recover,
+    so pleo_auth stops retrying, clears the store and raises this.
+
+    Attributes:
+        login_hint: What to do next, for a person (for example the
+            ``pleo-auth login`` command with the right flags). Also part of the message.
+        error: The OAuth error code, such as ``invalid_grant``, when the token
+            endpoint gave one.
+    """
+
+    def __init__(self, reason: str, *, login_hint: str | None = None, error: str | None = None):
+        self.reason = reason
+        self.error = error
+        self.login_hint = login_hint or "Run `pleo-auth login` to authorise again."
+        super().__init__(f"{reason} {self.login_hint}")
+
+
+class RefreshError(PleoAuthError):
+    """The token endpoint refused a refresh or could not be reached.
+
+    Attributes:
+        error: The OAuth ``error`` code from the reply, if any (e.g. ``invalid_client``).
+        description: The OAuth ``error_description``, if any.
+        status_code: The HTTP status, or None when no reply arrived.
+        retryable: True for transient failures (timeouts, connection errors, 429
+            and 5xx) that outlasted the retry budget.
+        response: The :class:`requests.Response`, when there was one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: str | None = None,
+        description: str | None = None,
+        status_code: int | None = None,
+        retryable: bool = False,
+        response: requests.Response | None = None,
+    ):
+        self.error = error
+        self.description = description
+        self.status_code = status_code
+        self.retryable = retryable
+        self.response = response
+        detail = ", ".join(
+            part
+            for part in (
+                f"HTTP {status_code}" if status_code is not None else "",
+                error or "",
+                description or "",
+            )
+            if part
+        )
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+
+class TokenStoreError(PleoAuthError):
+    """The token store failed: unreadable, unwritable, insecure, or its lock timed out."""
+
+    def __init__(self, message: str, *, retryable: bool = False):
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class AuthorizationError(PleoAuthError):
+    """The authorization-code flow failed: the user denied access, the state did
+    not match, or the code exchange was refused.
+
+    Attributes:
+        error: The OAuth error code from the callback or token endpoint, if any.
+        description: The ``error_description``, if any.
+    """
+
+    def __init__(self, message: str, *, error: str | None = None, description: str | None = None):
+        self.error = error
+        self.description = description
+        super().__init__(message)

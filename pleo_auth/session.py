@@ -1,0 +1,316 @@
+"""``PleoSession``: a drop-in ``requests.Session`` that keeps Pleo tokens fresh."""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.parse
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import requests
+from requests.auth import AuthBase
+
+from ._clock import SYSTEM_CLOCK, Clock
+from ._coordinator import REGISTRY, Coordinator
+from ._endpoint import ClientAuth, TokenEndpoint
+from .errors import ConfigurationError
+from .stores.base import TokenStore
+from .tokens import TokenSet
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ENVIRONMENTS", "PleoSession"]
+
+Environment = Literal["production", "staging"]
+
+#: Token endpoint and API base URL of each Pleo environment.
+ENVIRONMENTS: Mapping[str, tuple[str, str]] = {
+    "production": ("https://auth.pleo.io/oauth/token", "https://external.pleo.io"),
+    "staging": ("https://auth.staging.pleo.io/oauth/token", "https://external.staging.pleo.io"),
+}
+
+
+class _Bearer(AuthBase):
+    """Sets the Authorization header on one request. Its repr hides the token."""
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "<Bearer auth>"
+
+
+def _replayable(data: Any, files: Any) -> bool:
+    """Whether a request body can be sent a second time, unchanged."""
+    if files:
+        return False
+    # Files, generators and other iterators are spent by the first send.
+    return data is None or isinstance(data, str | bytes | bytearray | Mapping | list | tuple)
+
+
+class PleoSession(requests.Session):
+    """A :class:`requests.Session` that authenticates to Pleo's API and never loses the grant.
+
+    Use it wherever a ``requests.Session`` goes::
+
+        with PleoSession(client_id, client_secret, store=FileStore("~/.pleo/tokens.json")) as s:
+            employees = s.get("/v2/employees").json()
+
+    * Relative URLs are resolved against ``api_url``. The bearer token is attached
+      only to URLs under ``api_url``: never to another host.
+    * A timer refreshes the tokens ``refresh_margin`` seconds before they expire,
+      even while idle; a request that finds them inside the margin refreshes first.
+    * Refreshes are serialised: one at a time in this process (a Condition shared
+      by every session over the same store) and across processes and hosts (the
+      store's lock). Whoever arrives during a refresh waits for its result.
+    * A 401 for tokens that were replaced meanwhile is replayed once with the
+      current ones; a 401 for the current tokens triggers one refresh and one
+      replay. Requests whose body cannot be re-sent (streams, files) are not
+      replayed: you get the 401.
+    * When the grant is dead (``invalid_grant``), the store is cleared,
+      ``on_reauthentication_required`` is called once, and every call raises
+      :class:`~pleo_auth.ReauthenticationRequired` until someone logs in again.
+
+    Args:
+        client_id: The OAuth client id of your Pleo integration.
+        client_secret: Its secret; None for a public (PKCE-only) client.
+        store: Where the tokens live. Defaults to ``KeyringStore(account=client_id)``.
+        environment: ``"production"`` or ``"staging"``; picks the URLs below.
+        token_url: Overrides the environment's token endpoint.
+        api_url: Overrides the environment's API base URL.
+        refresh_margin: Seconds before expiry to refresh (at most half the token's life).
+        tokens: Tokens to seed the store with, used unless the store already holds
+            newer ones (a rotated descendant of these, or a later login).
+        on_reauthentication_required: Called once, with no arguments, when the
+            grant dies. It runs on whichever thread found out; keep it short.
+        client_auth: ``"basic"`` (HTTP Basic, Pleo's documented method) or ``"body"``
+            (client id and secret in the form body).
+        max_refresh_attempts: Attempts per refresh on transient failures.
+        max_refresh_time: Seconds one refresh may spend on retries.
+        refresh_timeout: Seconds to wait for the token endpoint per attempt.
+        drain_timeout: Seconds a refresh waits for requests already in flight.
+        clock: Time source, for tests (see :class:`pleo_auth.testing.FakeClock`).
+
+    Raises:
+        ConfigurationError: An argument is invalid.
+
+    Thread safety:
+        Safe to share between threads, like the rest of ``requests.Session`` for
+        plain requests (do not change ``headers``, ``adapters`` or ``cookies`` while
+        other threads send). Sessions over the same store share their refresh
+        state, so a web app may build one per request and still refresh once.
+        After ``os.fork()`` the child gets a fresh Condition and timer and new
+        connection pools, and keeps coordinating through the store.
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str | None = None,
+        *,
+        store: TokenStore | None = None,
+        environment: Environment = "production",
+        token_url: str | None = None,
+        api_url: str | None = None,
+        refresh_margin: float = 60.0,
+        tokens: TokenSet | None = None,
+        on_reauthentication_required: Callable[[], object] | None = None,
+        client_auth: ClientAuth = "basic",
+        max_refresh_attempts: int = 5,
+        max_refresh_time: float = 30.0,
+        refresh_timeout: float = 10.0,
+        drain_timeout: float = 5.0,
+        clock: Clock | None = None,
+    ):
+        super().__init__()
+        if not isinstance(client_id, str) or not client_id:
+            raise ConfigurationError("client_id must be a non-empty string")
+        if environment not in ENVIRONMENTS:
+            raise ConfigurationError(
+                f"environment must be one of {sorted(ENVIRONMENTS)}, not {environment!r}"
+            )
+        if refresh_margin < 0:
+            raise ConfigurationError("refresh_margin must not be negative")
+        if tokens is not None and not isinstance(tokens, TokenSet):
+            raise ConfigurationError("tokens must be a TokenSet (see TokenSet.from_response)")
+        default_token_url, default_api_url = ENVIRONMENTS[environment]
+        self.client_id = client_id
+        self.environment = environment
+        self.token_url = token_url or default_token_url
+        self.api_url = (api_url or default_api_url).rstrip("/")
+        api = urllib.parse.urlsplit(self.api_url)
+        if api.scheme not in ("http", "https") or not api.netloc:
+            raise ConfigurationError(f"api_url must be an http(s) URL, not {self.api_url!r}")
+        self._api_prefix = self.api_url + "/"
+        if store is None:
+            from .stores.keyring import KeyringStore
+
+            store = KeyringStore(account=client_id)
+        self.store = store
+        clock = clock or SYSTEM_CLOCK
+
+        def build() -> Coordinator:
+            endpoint = TokenEndpoint(
+                self.token_url,
+                client_id,
+                client_secret,
+                client_auth=client_auth,
+                timeout=refresh_timeout,
+                max_attempts=max_refresh_attempts,
+                max_time=max_refresh_time,
+                clock=clock,
+            )
+            return Coordinator(
+                store,
+                endpoint,
+                refresh_margin=refresh_margin,
+                clock=clock,
+                drain_timeout=drain_timeout,
+                failure_cooldown=min(5.0, max(refresh_margin / 4, 0.5)),
+                jitter=min(refresh_margin / 4, 15.0),
+                login_hint=self._login_hint(store),
+            )
+
+        key = (store.key, self.token_url, client_id)
+        self._coordinator, handle = REGISTRY.attach(key, build, on_reauthentication_required)
+        self._detach = weakref.finalize(self, REGISTRY.detach, key, self._coordinator, handle)
+        _LIVE_SESSIONS.add(self)
+        if tokens is not None:
+            self._coordinator.seed(tokens)
+        self._coordinator.ensure_timer()
+
+    def _login_hint(self, store: TokenStore) -> str:
+        if store.spec is None:
+            return (
+                "Log in again (pleo_auth.AuthorizationFlow, or `pleo-auth login`) and pass "
+                "the new tokens with tokens=."
+            )
+        parts = ["pleo-auth login", f"--client-id {self.client_id}"]
+        if self.environment != "production":
+            parts.append(f"--environment {self.environment}")
+        if store.spec != "keyring":
+            parts.append(f"--store {store.spec}")
+        return f"Run `{' '.join(parts)}` to authorise again."
+
+    # -- public API -----------------------------------------------------------
+
+    @property
+    def tokens(self) -> TokenSet | None:
+        """The current tokens, or None when there are none (log in first)."""
+        return self._coordinator.current()
+
+    def refresh(self) -> TokenSet:
+        """Refresh now, coordinated like every other refresh, and return the new tokens.
+
+        If another thread or process rotated the tokens since this session last
+        looked, their new tokens are returned and no refresh is sent.
+
+        Raises:
+            ReauthenticationRequired: The grant is dead.
+            RefreshError: The token endpoint refused or could not be reached.
+            TokenStoreError: The store failed.
+        """
+        return self._coordinator.refresh()
+
+    def close(self) -> None:
+        """Close connections and stop this session's share of the refresh timer."""
+        self._detach()
+        super().close()
+
+    def request(
+        self,
+        method: str | bytes,
+        url: str | bytes,
+        params: Any = None,
+        data: Any = None,
+        headers: Any = None,
+        cookies: Any = None,
+        files: Any = None,
+        auth: Any = None,
+        timeout: Any = None,
+        allow_redirects: bool = True,
+        proxies: Any = None,
+        hooks: Any = None,
+        stream: bool | None = None,
+        verify: Any = None,
+        cert: Any = None,
+        json: Any = None,
+    ) -> requests.Response:
+        """Send a request, resolving a relative ``url`` against ``api_url``.
+
+        Requests under ``api_url`` carry the Pleo bearer token unless ``auth`` is
+        given. See :class:`requests.Session` for the arguments.
+
+        Raises:
+            ReauthenticationRequired: There are no live tokens; log in again.
+            RefreshError, TokenStoreError: The token had expired and could not be
+                refreshed.
+        """
+        url = self._resolve(url.decode() if isinstance(url, bytes) else url)
+        send = super().request
+        kwargs: dict[str, Any] = {
+            "params": params, "data": data, "headers": headers, "cookies": cookies,
+            "files": files, "timeout": timeout, "allow_redirects": allow_redirects,
+            "proxies": proxies, "hooks": hooks, "stream": stream, "verify": verify,
+            "cert": cert, "json": json,
+        }  # fmt: skip
+        if auth is not None or not url.startswith(self._api_prefix):
+            return send(method, url, auth=auth, **kwargs)
+
+        coordinator = self._coordinator
+        tokens = coordinator.acquire()
+        try:
+            response = send(method, url, auth=_Bearer(tokens.access_token), **kwargs)
+        finally:
+            coordinator.release()
+        if response.status_code != 401 or not _replayable(data, files):
+            return response
+        replacement = coordinator.recover_from_unauthorized(tokens)
+        if replacement is None:
+            return response
+        response.close()
+        tokens = coordinator.acquire()
+        try:
+            return send(method, url, auth=_Bearer(tokens.access_token), **kwargs)
+        finally:
+            coordinator.release()
+
+    def _resolve(self, url: str) -> str:
+        if "://" in url[:12]:
+            return url
+        if urllib.parse.urlsplit(url).scheme:
+            raise ConfigurationError(f"unsupported URL {url!r}")
+        return self._api_prefix + url.lstrip("/")
+
+    def __repr__(self) -> str:
+        return (
+            f"<PleoSession client_id={self.client_id!r} environment={self.environment!r} "
+            f"store={self.store!r}>"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("PleoSession cannot be pickled: build one in each process")
+
+
+_LIVE_SESSIONS: weakref.WeakSet[PleoSession] = weakref.WeakSet()
+
+
+def _reset_pools_after_fork() -> None:
+    # A child must not share its parent's keep-alive sockets: two processes
+    # writing to one connection would interleave their requests.
+    for session in list(_LIVE_SESSIONS):
+        for adapter in session.adapters.values():
+            manager = getattr(adapter, "poolmanager", None)
+            if manager is not None:
+                manager.clear()
+
+
+os.register_at_fork(after_in_child=_reset_pools_after_fork)

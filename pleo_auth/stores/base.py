@@ -1,0 +1,116 @@
+"""The interface every token store implements."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Hashable
+from typing import ClassVar
+
+import attrs
+
+from ..tokens import TokenSet
+
+__all__ = ["Lease", "TokenStore"]
+
+
+@attrs.frozen
+class Lease:
+    """The right to refresh, granted by :meth:`TokenStore.lock`.
+
+    Attributes:
+        deadline: Monotonic time by which the holder must have finished, or None
+            when the lock cannot expire under its holder (file locks, which the
+            operating system releases only when the holder lets go or dies).
+    """
+
+    deadline: float | None = None
+
+
+class TokenStore(abc.ABC):
+    """Where tokens live between refreshes, and the lock that serialises refreshes.
+
+    A store keeps exactly one :class:`~pleo_auth.TokenSet` and writes it whole, so a
+    reader never sees a new access token beside an old refresh token.
+
+    Implementations provide:
+
+    * :meth:`load`, :meth:`save` and :meth:`clear`, each atomic;
+    * :meth:`lock`, an exclusive lock shared by every process (and, for a
+      networked store, every host) that uses the same tokens;
+    * :meth:`version`, a cheap value that changes whenever the stored tokens do.
+      pleo_auth calls it before every request, so it must cost no more than a
+      ``stat``: no network round trip, no keyring read.
+
+    Thread safety:
+        Implementations must allow :meth:`load`, :meth:`version` and
+        :meth:`lock` from any thread at once.
+    """
+
+    #: Whether :meth:`save` honours ``replaces`` atomically (a fenced write).
+    fenced: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def load(self) -> TokenSet | None:
+        """The stored tokens, or None when there are none.
+
+        Raises:
+            TokenStoreError: The store could not be read, or its content is unusable.
+        """
+
+    @abc.abstractmethod
+    def save(self, tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
+        """Store ``tokens`` in place of whatever is there.
+
+        Args:
+            tokens: The new tokens.
+            replaces: The tokens these were refreshed from. A fenced store writes
+                only if the stored tokens are still these, and raises otherwise.
+
+        Raises:
+            TokenStoreError: The write failed, or (fenced stores) lost the race.
+        """
+
+    @abc.abstractmethod
+    def clear(self, *, only: TokenSet | None = None) -> None:
+        """Delete the stored tokens; with ``only``, only if they are still those."""
+
+    @abc.abstractmethod
+    def lock(self, *, timeout: float, lease: float) -> contextlib.AbstractContextManager[Lease]:
+        """Hold the store's exclusive refresh lock.
+
+        Args:
+            timeout: Seconds to wait for another holder before giving up.
+            lease: Seconds the holder may need. Stores whose locks can expire
+                (Redis) grant at least this long; others may ignore it.
+
+        Raises:
+            TokenStoreError: The lock was not acquired within ``timeout`` (retryable).
+        """
+
+    def version(self) -> Hashable:
+        """A value that changes whenever the stored tokens change.
+
+        The default, a constant, means "cannot tell": rotations made elsewhere
+        are then noticed only when a request is refused with 401.
+        """
+        return None
+
+    @property
+    def key(self) -> Hashable:
+        """Identifies the stored tokens: two stores with equal keys hold the same
+        tokens, so sessions over them share one coordinator in a process."""
+        return (type(self).__name__, id(self))
+
+    @property
+    def spec(self) -> str | None:
+        """The ``--store`` argument of the ``pleo-auth`` command for this store,
+        or None when no other process can reach it (memory)."""
+        return None
+
+    def describe(self) -> str:
+        """A human description of where the tokens live, free of secrets."""
+        return type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"

@@ -1,0 +1,98 @@
+"""Tokens in a private JSON file, for servers and cron jobs without a desktop keyring."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from collections.abc import Hashable, Iterator
+from pathlib import Path
+
+from ..errors import TokenStoreError
+from ..tokens import TokenSet
+from . import _files
+from .base import Lease, TokenStore
+
+__all__ = ["FileStore"]
+
+
+class FileStore(TokenStore):
+    """Keeps both tokens in one JSON file, replaced atomically on every save.
+
+    * A save writes a temporary file, fsyncs it and renames it over the old one,
+      so a crash leaves the old tokens or the new ones, never a torn file.
+    * The file is mode 0600; a missing directory is created mode 0700. A file that
+      group or others can read, or that another user owns, is refused.
+    * Refreshes are serialised across processes by a lock file beside it
+      (``<path>.lock``), and other processes notice a rotation by a ``stat`` of the
+      token file: no read per request.
+
+    The file is not encrypted: protect it as you would an SSH key, or prefer
+    :class:`~pleo_auth.KeyringStore` where a keyring exists.
+
+    Args:
+        path: The token file. ``~`` is expanded.
+
+    Thread safety:
+        Every method may be called from any thread and any process at once.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(os.path.expanduser(os.fspath(path))).absolute()
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+
+    def load(self) -> TokenSet | None:
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise TokenStoreError(f"refusing to follow a symlink at {self.path}") from exc
+            raise TokenStoreError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        with os.fdopen(fd, "rb") as handle:
+            _files.check_private(self.path, os.fstat(handle.fileno()))
+            raw = handle.read()
+        try:
+            return TokenSet.from_dict(json.loads(raw))
+        except (ValueError, TypeError) as exc:
+            raise TokenStoreError(
+                f"{self.path} does not hold pleo-auth tokens; delete it and log in again"
+            ) from exc
+
+    def save(self, tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
+        data = json.dumps(tokens.to_dict(), sort_keys=True).encode()
+        try:
+            _files.atomic_write(self.path, data)
+        except OSError as exc:
+            raise TokenStoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def clear(self, *, only: TokenSet | None = None) -> None:
+        if only is not None and self.load() != only:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise TokenStoreError(f"cannot delete {self.path}: {exc.strerror or exc}") from exc
+        _files.fsync_dir(self.path.parent)
+
+    def version(self) -> Hashable:
+        return _files.stat_version(self.path)
+
+    @contextlib.contextmanager
+    def lock(self, *, timeout: float, lease: float) -> Iterator[Lease]:
+        with _files.file_lock(self.lock_path, timeout) as granted:
+            yield granted
+
+    @property
+    def key(self) -> Hashable:
+        return ("file", os.path.realpath(self.path))
+
+    @property
+    def spec(self) -> str:
+        return f"file:{self.path}"
+
+    def describe(self) -> str:
+        return f"file {self.path}"
