@@ -1,14 +1,19 @@
 """pleo_auth keeps a Pleo OAuth 2.0 integration authenticated, from any number of
 threads, processes and hosts, for as long as the grant lives.
 
+The public names are loaded on first use, so ``import pleo_auth`` in a cron job
+costs almost nothing until a session is built.
+
 >>> import pleo_auth
->>> sorted(pleo_auth.__all__)[:3]
-['AuthorizationError', 'ConfigurationError', 'FileStore']
+>>> pleo_auth.PleoSession.__mro__[1].__name__
+'Session'
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     AuthorizationError,
@@ -18,11 +23,25 @@ from .errors import (
     RefreshError,
     TokenStoreError,
 )
-from .session import PleoSession
-from .stores import FileStore, KeyringStore, Lease, MemoryStore, TokenStore
-from .tokens import TokenSet
+
+if TYPE_CHECKING:
+    from .session import PleoSession
+    from .stores import FileStore, KeyringStore, Lease, MemoryStore, TokenStore
+    from .stores.redis import RedisStore
+    from .tokens import TokenSet
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "PleoSession": ".session",
+    "TokenSet": ".tokens",
+    "TokenStore": ".stores.base",
+    "Lease": ".stores.base",
+    "MemoryStore": ".stores.memory",
+    "FileStore": ".stores.file",
+    "KeyringStore": ".stores.keyring",
+    "RedisStore": ".stores.redis",
+}
 
 __all__ = [
     "AuthorizationError",
@@ -34,11 +53,26 @@ __all__ = [
     "PleoAuthError",
     "PleoSession",
     "ReauthenticationRequired",
+    "RedisStore",
     "RefreshError",
     "TokenSet",
     "TokenStore",
     "TokenStoreError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pleo_auth' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

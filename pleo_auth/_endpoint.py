@@ -9,7 +9,6 @@ import urllib.parse
 from collections.abc import Generator, Mapping
 from typing import Any, Literal, cast
 
-import backoff
 import requests
 
 from ._clock import SYSTEM_CLOCK, Clock
@@ -236,6 +235,8 @@ class TokenEndpoint:
                 details["tries"],
                 details["wait"],
             )
+
+        import backoff  # deferred: it costs more to import than it does to run once
 
         attempt = backoff.on_exception(
             cast(Any, _wait_generator),

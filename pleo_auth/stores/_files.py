@@ -9,11 +9,13 @@ import tempfile
 import threading
 from collections.abc import Hashable, Iterator
 from pathlib import Path
-
-import filelock
+from typing import TYPE_CHECKING
 
 from ..errors import TokenStoreError
 from .base import Lease
+
+if TYPE_CHECKING:
+    import filelock
 
 # Lock objects held by some thread at the moment of a fork. In the child that
 # thread does not exist; if the object were collected, its finaliser would
@@ -37,6 +39,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 @contextlib.contextmanager
 def file_lock(path: Path, timeout: float) -> Iterator[Lease]:
     """Hold an exclusive lock on ``path`` shared by every process on this machine."""
+    import filelock  # deferred: only processes that refresh need it
+
     ensure_private_dir(path.parent)
     # A fresh object per acquisition: no state is shared between threads, and a
     # forked child never finds a lock object its parent's thread was holding.
