@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import requests
+import requests.adapters
 from requests.auth import AuthBase
 
 from ._clock import SYSTEM_CLOCK, Clock
@@ -30,6 +31,9 @@ ENVIRONMENTS: Mapping[str, tuple[str, str]] = {
     "production": ("https://auth.pleo.io/oauth/token", "https://external.pleo.io"),
     "staging": ("https://auth.staging.pleo.io/oauth/token", "https://external.staging.pleo.io"),
 }
+
+
+_POOL_SIZE = 64
 
 
 class _Bearer(AuthBase):
@@ -131,6 +135,10 @@ class PleoSession(requests.Session):
         clock: Clock | None = None,
     ):
         super().__init__()
+        # Meant to be shared by many threads: requests' default pool of 10
+        # connections per host would open and throw away one per extra thread.
+        for prefix in ("https://", "http://"):
+            self.mount(prefix, requests.adapters.HTTPAdapter(pool_maxsize=_POOL_SIZE))
         if not isinstance(client_id, str) or not client_id:
             raise ConfigurationError("client_id must be a non-empty string")
         if environment not in ENVIRONMENTS:
