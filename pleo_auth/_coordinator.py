@@ -31,7 +31,7 @@ import attrs
 
 from ._clock import Clock
 from ._endpoint import TokenEndpoint
-from .errors import PleoAuthError, ReauthenticationRequired, TokenStoreError
+from .errors import PleoAuthError, ReauthenticationRequired, RefreshError, TokenStoreError
 from .stores.base import TokenStore
 from .tokens import TokenSet
 
@@ -134,6 +134,9 @@ class Coordinator:
             while True:
                 if self._busy is not None:
                     self._cond.wait()
+                    # The operation we waited for read the store under its lock:
+                    # its version is at least as new as the one read before waiting.
+                    version = self._version
                     continue
                 if version != self._version:
                     self._run_locked("sync", self._sync)
@@ -147,6 +150,7 @@ class Coordinator:
                 if now >= self._due_at(tokens):
                     if self._clock.monotonic() >= self._retry_not_before:
                         self._run_locked("refresh", functools.partial(self._refresh, tokens, False))
+                        version = self._version
                         continue
                     if remaining <= 0 and self._last_failure is not None:
                         raise _fresh_copy(self._last_failure)
@@ -163,8 +167,7 @@ class Coordinator:
         """The tokens this process would use, reloaded if another process rotated them."""
         version = self.store.version()
         with self._cond:
-            while self._busy is not None:
-                self._cond.wait()
+            version = self._wait_until_idle_locked(version)
             if version != self._version:
                 self._run_locked("sync", self._sync)
             return self._tokens
@@ -178,8 +181,7 @@ class Coordinator:
             if self._busy == "refresh":
                 failure = self._wait_for_current_locked()
             else:
-                while self._busy is not None:
-                    self._cond.wait()
+                version = self._wait_until_idle_locked(version)
                 if version != self._version:
                     self._run_locked("sync", self._sync)
                 basis = self._tokens
@@ -200,8 +202,7 @@ class Coordinator:
         """
         version = self.store.version()
         with self._cond:
-            while self._busy is not None:
-                self._cond.wait()
+            version = self._wait_until_idle_locked(version)
             if version != self._version:
                 self._run_locked("sync", self._sync)
             if self._tokens is not None and self._tokens.access_token != used.access_token:
@@ -217,6 +218,14 @@ class Coordinator:
             if failure is not None or self._tokens is None:
                 return None
             return self._tokens
+
+    def _wait_until_idle_locked(self, version: Hashable) -> Hashable:
+        """Wait out a running operation; returns the store version to compare with."""
+        if self._busy is None:
+            return version
+        while self._busy is not None:
+            self._cond.wait()
+        return self._version
 
     def _wait_for_current_locked(self) -> PleoAuthError | None:
         generation = self._generation
@@ -239,6 +248,13 @@ class Coordinator:
                 outcome = work()
             except PleoAuthError as exc:
                 outcome = _Outcome(tokens=previous, version=self._version, failure=exc)
+            except Exception as exc:
+                # A bug or a foreign store's own exception: keep the process usable,
+                # and report it at the library boundary.
+                logger.exception("unexpected error during %s", operation)
+                failure = RefreshError(f"unexpected error during {operation}: {type(exc).__name__}")
+                failure.__cause__ = exc
+                outcome = _Outcome(tokens=previous, version=self._version, failure=failure)
             finally:
                 self._cond.acquire()
         finally:
@@ -383,7 +399,10 @@ class Coordinator:
     def _refresh_if_due(self, basis: TokenSet) -> None:
         version = self.store.version()
         with self._cond:
-            if self._busy is not None or self._tokens is not basis:
+            if self._busy is not None:
+                self._wait_until_idle_locked(version)
+                return
+            if self._tokens is not basis:
                 return
             if version != self._version:
                 self._run_locked("sync", self._sync)
