@@ -25,6 +25,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .flow import AuthorizationFlow, PendingAuthorization
     from .session import PleoSession
     from .stores import FileStore, KeyringStore, Lease, MemoryStore, TokenStore
     from .stores.redis import RedisStore
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {
+    "AuthorizationFlow": ".flow",
+    "PendingAuthorization": ".flow",
     "PleoSession": ".session",
     "TokenSet": ".tokens",
     "TokenStore": ".stores.base",
@@ -45,11 +48,13 @@ _LAZY = {
 
 __all__ = [
     "AuthorizationError",
+    "AuthorizationFlow",
     "ConfigurationError",
     "FileStore",
     "KeyringStore",
     "Lease",
     "MemoryStore",
+    "PendingAuthorization",
     "PleoAuthError",
     "PleoSession",
     "ReauthenticationRequired",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import shlex
 import urllib.parse
 import weakref
 from collections.abc import Callable, Mapping
@@ -18,6 +20,7 @@ from ._coordinator import REGISTRY, Coordinator
 from ._endpoint import ClientAuth, TokenEndpoint
 from .errors import ConfigurationError
 from .stores.base import TokenStore
+from .stores.keyring import KeyringStore
 from .tokens import TokenSet
 
 logger = logging.getLogger(__name__)
@@ -145,8 +148,15 @@ class PleoSession(requests.Session):
             raise ConfigurationError(
                 f"environment must be one of {sorted(ENVIRONMENTS)}, not {environment!r}"
             )
-        if refresh_margin < 0:
-            raise ConfigurationError("refresh_margin must not be negative")
+        if not math.isfinite(refresh_margin) or refresh_margin < 0:
+            raise ConfigurationError("refresh_margin must be a finite number of seconds >= 0")
+        for name, value in (
+            ("max_refresh_time", max_refresh_time),
+            ("refresh_timeout", refresh_timeout),
+            ("drain_timeout", drain_timeout),
+        ):
+            if not math.isfinite(value) or value < 0:
+                raise ConfigurationError(f"{name} must be a finite number of seconds")
         if tokens is not None and not isinstance(tokens, TokenSet):
             raise ConfigurationError("tokens must be a TokenSet (see TokenSet.from_response)")
         default_token_url, default_api_url = ENVIRONMENTS[environment]
@@ -159,8 +169,6 @@ class PleoSession(requests.Session):
             raise ConfigurationError(f"api_url must be an http(s) URL, not {self.api_url!r}")
         self._api_prefix = self.api_url + "/"
         if store is None:
-            from .stores.keyring import KeyringStore
-
             store = KeyringStore(account=client_id)
         self.store = store
         clock = clock or SYSTEM_CLOCK
@@ -196,17 +204,26 @@ class PleoSession(requests.Session):
         self._coordinator.ensure_timer()
 
     def _login_hint(self, store: TokenStore) -> str:
-        if store.spec is None:
+        """The command that logs this session's client in again, or what to do instead."""
+        spec = store.spec
+        if isinstance(store, KeyringStore) and store.account != self.client_id:
+            spec = None  # the CLI files keyring tokens under the client id
+        if spec is None:
             return (
-                "Log in again (pleo_auth.AuthorizationFlow, or `pleo-auth login`) and pass "
-                "the new tokens with tokens=."
+                "Log in again (pleo_auth.AuthorizationFlow, or `pleo-auth login`) and save "
+                f"the new tokens to {store.describe()}."
             )
-        parts = ["pleo-auth login", f"--client-id {self.client_id}"]
+        parts = ["pleo-auth", "login", "--client-id", self.client_id]
+        default_token_url, default_api_url = ENVIRONMENTS[self.environment]
         if self.environment != "production":
-            parts.append(f"--environment {self.environment}")
-        if store.spec != "keyring":
-            parts.append(f"--store {store.spec}")
-        return f"Run `{' '.join(parts)}` to authorise again."
+            parts += ["--environment", self.environment]
+        if self.token_url != default_token_url:
+            parts += ["--token-url", self.token_url]
+        if self.api_url != default_api_url:
+            parts += ["--api-url", self.api_url]
+        if spec != "keyring":
+            parts += ["--store", spec]
+        return f"Run `{shlex.join(parts)}` to authorise again."
 
     # -- public API -----------------------------------------------------------
 

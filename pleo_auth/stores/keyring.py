@@ -60,6 +60,7 @@ class KeyringStore(TokenStore):
         self.service = service
         self.account = account or "default"
         self._backend = backend
+        self._custom_location = backend is not None or state_dir is not None
         base = Path(state_dir) if state_dir is not None else _files.default_state_dir()
         tag = hashlib.sha256(f"{self.service}\0{self.account}".encode()).hexdigest()[:16]
         self.lock_path = base / f"keyring-{tag}.lock"
@@ -130,7 +131,10 @@ class KeyringStore(TokenStore):
         return ("keyring", self.service, self.account, str(self.lock_path.parent))
 
     @property
-    def spec(self) -> str:
+    def spec(self) -> str | None:
+        # The command line knows only the default service and state directory.
+        if self.service != "pleo-auth" or self._custom_location:
+            return None
         return "keyring"
 
     def describe(self) -> str:
