@@ -1,0 +1,126 @@
+"""Turns a store spec (``keyring``, ``file:PATH``, ``redis://...``) into a TokenStore.
+
+The same spec is the ``--store`` argument of the ``pleo-auth`` command, the
+``PLEO_STORE`` environment variable and setting, and :attr:`TokenStore.spec`.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+from .errors import ConfigurationError
+from .stores.base import TokenStore
+
+__all__ = ["DEFAULT_SPEC", "SPEC_HELP", "redact_spec", "store_from_spec"]
+
+DEFAULT_SPEC = "keyring"
+
+SPEC_HELP = "keyring, file:PATH or redis://HOST[:PORT][/DB][?key=NAME]"
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redact_spec(spec: str) -> str:
+    """``spec`` with any password in it replaced by ``***``, fit for messages.
+
+    >>> redact_spec("redis://:hunter2@cache:6379/0")
+    'redis://:***@cache:6379/0'
+    >>> redact_spec("unix:///run/redis.sock?password=hunter2&db=1")
+    'unix:///run/redis.sock?password=***&db=1'
+    >>> redact_spec("file:/srv/tokens.json")
+    'file:/srv/tokens.json'
+    """
+    try:
+        parts = urllib.parse.urlsplit(spec)
+    except ValueError:
+        return "<unparseable store spec>"
+    if not parts.scheme or "://" not in spec:
+        return spec
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        netloc = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
+    query = "&".join(
+        f"{name}=***" if "password" in name.lower() else f"{name}={value}"
+        for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    )
+    text = f"{parts.scheme}://{netloc}{parts.path}"
+    text += f"?{query}" if query else ""
+    return text + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def store_from_spec(spec: str, *, client_id: str) -> TokenStore:
+    """Build the store a spec names.
+
+    * ``keyring``: the system keyring, account ``client_id``
+      (``KeyringStore(account=client_id)``, as :class:`~pleo_auth.PleoSession` defaults to).
+    * ``file:PATH``: a :class:`~pleo_auth.FileStore` (``~`` is expanded;
+      ``file:///abs/path`` works too).
+    * ``redis://...``, ``rediss://...``, ``unix://...``: a
+      :class:`~pleo_auth.stores.redis.RedisStore` (needs ``pleo-auth[redis]``), under
+      the key the URL names (``?key=NAME``), else RedisStore's default key.
+
+    Args:
+        spec: The spec.
+        client_id: The OAuth client id; ``keyring`` needs it (the keyring
+            account), the others ignore it and it may be empty.
+
+    Raises:
+        ConfigurationError: The spec is malformed or names an unknown kind of
+            store, or the store it names needs an extra that is not installed.
+    """
+    if not isinstance(spec, str):
+        raise ConfigurationError(f"a store spec must be a string ({SPEC_HELP})")
+    spec = spec.strip()
+    if spec == "keyring":
+        _need_client_id(client_id, spec)
+        from .stores.keyring import KeyringStore
+
+        return KeyringStore(account=client_id)
+    if spec.startswith("file:"):
+        return _file_store(spec)
+    scheme, colon, _ = spec.partition(":")
+    if colon and scheme.lower() in _REDIS_SCHEMES:
+        return _redis_store(spec)
+    if not spec:
+        raise ConfigurationError(f"the token store spec is empty: use {SPEC_HELP}")
+    raise ConfigurationError(f"unknown token store {redact_spec(spec)!r}: use {SPEC_HELP}")
+
+
+def _need_client_id(client_id: str, kind: str) -> None:
+    if not client_id:
+        raise ConfigurationError(
+            f"the {kind} store is per client: give the client id (--client-id or PLEO_CLIENT_ID)"
+        )
+
+
+def _file_store(spec: str) -> TokenStore:
+    path = spec[len("file:") :]
+    if path.startswith("//"):
+        # file:///abs/path, or file://localhost/abs/path
+        host, slash, rest = path[2:].partition("/")
+        if host not in ("", "localhost") or not slash:
+            raise ConfigurationError(
+                f"store {spec!r}: a file URL must name a local absolute path (file:///PATH)"
+            )
+        path = "/" + urllib.parse.unquote(rest)
+    if not path.strip():
+        raise ConfigurationError("store 'file:' needs a path, as in file:~/.pleo/tokens.json")
+    if "\0" in path:
+        raise ConfigurationError("a file store path must not contain NUL")
+    from .stores.file import FileStore
+
+    return FileStore(path)
+
+
+def _redis_store(spec: str) -> TokenStore:
+    try:
+        from .stores.redis import RedisStore
+    except ImportError as exc:  # pragma: no cover - the module ships with pleo_auth
+        raise ConfigurationError(
+            "a redis:// store needs the redis extra: pip install 'pleo-auth[redis]'"
+        ) from exc
+    # RedisStore reads the key from the URL (?key=NAME or #NAME), as its spec writes it.
+    store: TokenStore = RedisStore(spec)
+    return store

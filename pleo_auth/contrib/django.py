@@ -1,0 +1,175 @@
+"""Django integration: connect to Pleo, keep one shared PleoSession, recover from lost grants.
+
+Needs the ``pleo-auth[django]`` extra. In ``settings.py``::
+
+    MIDDLEWARE = [
+        "django.contrib.sessions.middleware.SessionMiddleware",   # keeps the pending login
+        ...,
+        "pleo_auth.contrib.django.PleoAuthMiddleware",
+    ]
+    PLEO_AUTH = {
+        "CLIENT_ID": "...",
+        "CLIENT_SECRET": os.environ["PLEO_CLIENT_SECRET"],
+        "STORE": "file:/var/lib/myapp/pleo-tokens.json",   # or keyring, redis://..., a TokenStore
+        "SCOPES": "users:read",
+    }
+
+In ``urls.py``::
+
+    path("pleo/", include("pleo_auth.contrib.django")),    # pleo_auth:connect, pleo_auth:callback
+
+In a view::
+
+    from pleo_auth.contrib.django import get_session
+
+    def employees(request):
+        return JsonResponse(get_session().get("/v2/employees").json())
+
+When the grant dies, the :class:`~pleo_auth.ReauthenticationRequired` a view
+raises is turned by the middleware into a redirect to the connect view, which
+brings the person back afterwards.
+
+``PLEO_AUTH`` keys: ``CLIENT_ID`` (required), ``CLIENT_SECRET``, ``STORE``,
+``ENVIRONMENT``, ``SCOPES``, ``TOKEN_URL``, ``API_URL``, ``AUTHORIZE_URL``,
+``REDIRECT_URI`` (default: the callback view's absolute URL), ``AFTER_CONNECT``
+(default ``/``), ``SUBJECT``, ``REFRESH_MARGIN``.
+
+Guard the two views like your admin pages: include them under a path your
+authentication protects, or wrap :func:`connect` and :func:`callback` yourself
+(``staff_member_required(connect)``) instead of including this module.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
+from django.urls import path, reverse
+
+from ..errors import AuthorizationError, ConfigurationError, ReauthenticationRequired
+from ..flow import PendingAuthorization
+from ..session import PleoSession
+from . import NEXT_KEY, PENDING_KEY, _Lazy, _safe_next, _WebSettings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PleoAuthMiddleware", "app_name", "callback", "connect", "get_session", "urlpatterns"]
+
+
+def _read_settings() -> _WebSettings:
+    values = getattr(django_settings, "PLEO_AUTH", None)
+    if not isinstance(values, dict):
+        raise ConfigurationError("settings.PLEO_AUTH must be a dict with at least CLIENT_ID")
+    return _WebSettings.from_mapping(values, where="settings.PLEO_AUTH")
+
+
+_LAZY = _Lazy(_read_settings)
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "PLEO_AUTH":
+        _LAZY.reset()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="pleo_auth.contrib.django")
+
+
+def get_session() -> PleoSession:
+    """The process's shared :class:`~pleo_auth.PleoSession`, built from ``settings.PLEO_AUTH``.
+
+    Built on first use, then the same object for every request and thread of
+    this process. Do not close it. A change of ``PLEO_AUTH`` (``override_settings``
+    in tests) builds a new one.
+
+    Raises:
+        ConfigurationError: ``PLEO_AUTH`` is missing or invalid.
+    """
+    return _LAZY.session()
+
+
+def _page(status: int, title: str, message: str, link: str | None = None) -> HttpResponse:
+    extra = f"<p><a href='{html.escape(link)}'>Connect to Pleo again</a></p>" if link else ""
+    body = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{extra}</body></html>"
+    )
+    return HttpResponseBadRequest(body) if status == 400 else HttpResponse(body, status=status)
+
+
+def connect(request: HttpRequest) -> HttpResponse:
+    """Start a Pleo login: keep the pending login in the session, redirect to Pleo.
+
+    A ``next`` query parameter (a path on this site) is where the callback
+    sends the person afterwards.
+    """
+    settings = _LAZY.settings()
+    flow = settings.flow(request.build_absolute_uri(reverse("pleo_auth:callback")))
+    pending = flow.start()
+    request.session[PENDING_KEY] = pending.to_dict()
+    target = _safe_next(request.GET.get("next"))
+    if target is not None:
+        request.session[NEXT_KEY] = target
+    else:
+        request.session.pop(NEXT_KEY, None)
+    return HttpResponseRedirect(pending.url)
+
+
+def callback(request: HttpRequest) -> HttpResponse:
+    """Finish a Pleo login: check the state, exchange the code, save the tokens."""
+    settings = _LAZY.settings()
+    saved = request.session.pop(PENDING_KEY, None)
+    target = _safe_next(request.session.pop(NEXT_KEY, None))
+    connect_url = reverse("pleo_auth:connect")
+    if saved is None:
+        return _page(
+            400,
+            "No Pleo login in progress",
+            "This browser has no Pleo login waiting for this callback.",
+            connect_url,
+        )
+    try:
+        pending = PendingAuthorization.from_dict(saved)
+        settings.flow(pending.redirect_uri).finish(pending, request.GET.dict())
+    except AuthorizationError as exc:
+        logger.warning("Pleo login failed: %s", exc)
+        return _page(400, "Pleo login failed", str(exc), connect_url)
+    return HttpResponseRedirect(target or settings.after_connect)
+
+
+class PleoAuthMiddleware:
+    """Turns :class:`~pleo_auth.ReauthenticationRequired` from a view into a
+    redirect to the connect view (back to the same page afterwards, for GET).
+
+    Thread safety:
+        Stateless; Django may call it from any number of threads.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, ReauthenticationRequired):
+            return None
+        logger.warning("Pleo authorisation needed: %s", exception.reason)
+        url = reverse("pleo_auth:connect")
+        if request.method == "GET":
+            url += "?" + urlencode({"next": request.get_full_path()})
+        return HttpResponseRedirect(url)
+
+
+app_name = "pleo_auth"
+
+urlpatterns = [
+    path("connect/", connect, name="connect"),
+    path("callback/", callback, name="callback"),
+]

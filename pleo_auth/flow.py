@@ -1,0 +1,470 @@
+"""The authorization code grant with PKCE: how a person logs in to Pleo.
+
+A login takes two requests, often served by two different processes:
+
+1. :meth:`AuthorizationFlow.start` makes a fresh PKCE verifier and ``state`` and
+   builds the ``/oauth/authorize`` URL to send the person to. The verifier and
+   state stay on your side, in a :class:`PendingAuthorization` that a web app
+   keeps in its session (:meth:`PendingAuthorization.to_dict`).
+2. Pleo sends the person back to ``redirect_uri`` with ``code`` and ``state``.
+   :meth:`AuthorizationFlow.finish` checks the state, exchanges the code and
+   saves the new :class:`~pleo_auth.TokenSet` to the store, where every
+   :class:`~pleo_auth.PleoSession` over that store picks it up.
+
+Example::
+
+    flow = AuthorizationFlow(client_id, client_secret, redirect_uri=REDIRECT_URI,
+                             scopes="users:read", store=FileStore("~/.pleo/tokens.json"))
+    pending = flow.start()
+    session["pleo"] = pending.to_dict()          # then redirect to pending.url
+    ...
+    pending = PendingAuthorization.from_dict(session.pop("pleo"))
+    tokens = flow.finish(pending, request.url)   # checks state, exchanges, saves
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from ._clock import SYSTEM_CLOCK, Clock
+from ._endpoint import ClientAuth, TokenEndpoint
+from .errors import AuthorizationError, ConfigurationError, TokenStoreError
+from .session import ENVIRONMENTS, Environment
+from .stores.base import TokenStore
+from .tokens import TokenSet
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AUTHORIZE_URLS",
+    "AuthorizationFlow",
+    "PendingAuthorization",
+    "authorize_url_for",
+    "normalize_scopes",
+]
+
+#: The ``/oauth/authorize`` endpoint of each Pleo environment.
+AUTHORIZE_URLS: Mapping[str, str] = {
+    "production": "https://auth.pleo.io/oauth/authorize",
+    "staging": "https://auth.staging.pleo.io/oauth/authorize",
+}
+
+#: The query parameter Pleo reads to pre-select the subject (company) to authorise.
+SUBJECT_PARAMETER = "urn_pleo_params_oauth_subject"
+
+_VERIFIER_RE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+_STATE_RE = re.compile(r"[A-Za-z0-9\-._~]{16,256}")
+# RFC 6749 appendix A.4: a scope token is printable ASCII except space, " and \.
+_SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+_DESCRIPTION_LIMIT = 300
+
+
+def normalize_scopes(scopes: str | Iterable[str] | None) -> str | None:
+    """Join scopes into Pleo's space-separated form.
+
+    Args:
+        scopes: ``"users:read export-jobs:read"``, an iterable of scope names, or None.
+
+    Returns:
+        The scopes separated by single spaces, in the given order without
+        duplicates, or None when there are none.
+
+    Raises:
+        ConfigurationError: A scope contains a character OAuth forbids.
+
+    >>> normalize_scopes(["users:read", "export-jobs:read users:read"])
+    'users:read export-jobs:read'
+    """
+    if scopes is None:
+        return None
+    items = [scopes] if isinstance(scopes, str) else list(scopes)
+    seen: dict[str, None] = {}
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigurationError("scopes must be strings")
+        for token in item.split():
+            if not _SCOPE_TOKEN_RE.fullmatch(token):
+                raise ConfigurationError(f"invalid scope {token!r}")
+            seen.setdefault(token, None)
+    return " ".join(seen) or None
+
+
+def authorize_url_for(
+    environment: str = "production",
+    *,
+    authorize_url: str | None = None,
+    token_url: str | None = None,
+) -> str:
+    """The ``/oauth/authorize`` URL to use.
+
+    An explicit ``authorize_url`` wins. Otherwise, when only ``token_url`` is
+    overridden and ends in ``/oauth/token`` (the emulator, a proxy), the
+    authorize endpoint beside it is used, so one override is enough. Otherwise
+    the environment's.
+
+    Raises:
+        ConfigurationError: An unknown environment, or a URL that is not http(s).
+
+    >>> authorize_url_for("staging")
+    'https://auth.staging.pleo.io/oauth/authorize'
+    >>> authorize_url_for(token_url="http://127.0.0.1:8080/oauth/token")
+    'http://127.0.0.1:8080/oauth/authorize'
+    """
+    if environment not in AUTHORIZE_URLS:
+        raise ConfigurationError(
+            f"environment must be one of {sorted(AUTHORIZE_URLS)}, not {environment!r}"
+        )
+    if authorize_url is None and token_url is not None:
+        base, sep, tail = token_url.rstrip("/").rpartition("/oauth/token")
+        if sep and not tail:
+            authorize_url = base + "/oauth/authorize"
+    url = authorize_url or AUTHORIZE_URLS[environment]
+    _check_http_url("authorize_url", url)
+    return url
+
+
+def _check_http_url(name: str, url: str) -> None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(f"{name} must be an absolute http(s) URL, not {url!r}")
+    if parts.fragment:
+        raise ConfigurationError(f"{name} must not have a #fragment")
+
+
+def _s256(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+@attrs.frozen(repr=False)
+class PendingAuthorization:
+    """A login that was started and awaits its callback.
+
+    It holds the PKCE verifier, so keep it on the server side (a web
+    framework's session) and never put it in a URL. :meth:`to_dict` gives a
+    JSON-safe dict for that; :meth:`from_dict` rebuilds it. Its ``repr`` hides
+    the verifier.
+
+    Attributes:
+        url: The ``/oauth/authorize`` URL to send the person to.
+        state: The random value Pleo echoes back, checked by
+            :meth:`AuthorizationFlow.finish`.
+        code_verifier: The PKCE secret; its S256 hash is in ``url``.
+        redirect_uri: Where Pleo sends the person back; the code exchange repeats it.
+        scope: The space-separated scopes asked for, if any.
+
+    Thread safety:
+        Immutable; share it freely.
+    """
+
+    url: str
+    state: str
+    code_verifier: str
+    redirect_uri: str
+    scope: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-safe dict of strings, for a server-side session.
+
+        It holds the PKCE verifier: keep it out of URLs and logs.
+        """
+        return {
+            "url": self.url,
+            "state": self.state,
+            "code_verifier": self.code_verifier,
+            "redirect_uri": self.redirect_uri,
+            "scope": self.scope,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PendingAuthorization:
+        """Rebuild a :class:`PendingAuthorization` saved with :meth:`to_dict`.
+
+        Raises:
+            AuthorizationError: ``data`` is not a saved pending authorization
+                (for example an old or tampered session).
+        """
+        try:
+            values = {
+                name: data[name] for name in ("url", "state", "code_verifier", "redirect_uri")
+            }
+            scope = data.get("scope")
+        except (KeyError, TypeError, AttributeError):
+            raise AuthorizationError("not a saved pending authorization") from None
+        if not all(isinstance(value, str) for value in values.values()) or not (
+            scope is None or isinstance(scope, str)
+        ):
+            raise AuthorizationError("not a saved pending authorization")
+        if not _VERIFIER_RE.fullmatch(values["code_verifier"]) or not _STATE_RE.fullmatch(
+            values["state"]
+        ):
+            raise AuthorizationError("not a saved pending authorization")
+        return cls(scope=scope, **values)
+
+    def __repr__(self) -> str:
+        return f"PendingAuthorization(redirect_uri={self.redirect_uri!r}, scope={self.scope!r})"
+
+
+class AuthorizationFlow:
+    """Logs a person in to Pleo with the authorization code grant and PKCE (S256).
+
+    Args:
+        client_id: The OAuth client id of your Pleo integration.
+        client_secret: Its secret; None for a public (PKCE-only) client.
+        redirect_uri: Where Pleo sends the person back; it must be registered
+            with your Pleo integration exactly as written here.
+        scopes: The scopes to ask for: ``"users:read export-jobs:read"`` or a list.
+        store: Where :meth:`finish` saves the tokens. Defaults to
+            ``KeyringStore(account=client_id)``, like :class:`~pleo_auth.PleoSession`.
+        environment: ``"production"`` or ``"staging"``; picks the URLs below.
+        authorize_url: Overrides the ``/oauth/authorize`` URL (see :func:`authorize_url_for`).
+        token_url: Overrides the token endpoint.
+        subject: Pleo's optional ``urn_pleo_params_oauth_subject``, to pre-select
+            what the person authorises.
+        client_auth: ``"basic"`` (HTTP Basic, Pleo's documented method) or ``"body"``.
+        timeout: Seconds to wait for the token endpoint per attempt.
+        max_attempts: Attempts at the code exchange on transient failures.
+        max_time: Seconds the exchange may spend on retries.
+        clock: Time source, for tests.
+
+    Raises:
+        ConfigurationError: An argument is invalid.
+
+    Thread safety:
+        Safe to share between threads: :meth:`start` and :meth:`finish` keep all
+        per-login state in the :class:`PendingAuthorization` they return or
+        take, never on the flow. A web app may build one flow per request or
+        share one.
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str | None = None,
+        *,
+        redirect_uri: str,
+        scopes: str | Iterable[str] | None = None,
+        store: TokenStore | None = None,
+        environment: Environment = "production",
+        authorize_url: str | None = None,
+        token_url: str | None = None,
+        subject: str | None = None,
+        client_auth: ClientAuth = "basic",
+        timeout: float = 10.0,
+        max_attempts: int = 3,
+        max_time: float = 30.0,
+        clock: Clock | None = None,
+    ):
+        if not isinstance(client_id, str) or not client_id:
+            raise ConfigurationError("client_id must be a non-empty string")
+        if environment not in ENVIRONMENTS:
+            raise ConfigurationError(
+                f"environment must be one of {sorted(ENVIRONMENTS)}, not {environment!r}"
+            )
+        _check_http_url("redirect_uri", redirect_uri)
+        if subject is not None and (not isinstance(subject, str) or not subject):
+            raise ConfigurationError("subject must be a non-empty string or None")
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.redirect_uri = redirect_uri
+        self.scope = normalize_scopes(scopes)
+        self.environment = environment
+        self.token_url = token_url or ENVIRONMENTS[environment][0]
+        _check_http_url("token_url", self.token_url)
+        self.authorize_url = authorize_url_for(
+            environment, authorize_url=authorize_url, token_url=token_url
+        )
+        self.subject = subject
+        if store is None:
+            from .stores.keyring import KeyringStore
+
+            store = KeyringStore(account=client_id)
+        self.store = store
+        self._clock = clock or SYSTEM_CLOCK
+        self._endpoint_options: dict[str, Any] = {
+            "client_auth": client_auth,
+            "timeout": timeout,
+            "max_attempts": max_attempts,
+            "max_time": max_time,
+        }
+        # Fail now, not at the callback, on bad endpoint options.
+        self._endpoint().close()
+
+    def _endpoint(self) -> TokenEndpoint:
+        return TokenEndpoint(
+            self.token_url,
+            self.client_id,
+            self._client_secret,
+            clock=self._clock,
+            **self._endpoint_options,
+        )
+
+    def start(
+        self,
+        *,
+        scopes: str | Iterable[str] | None = None,
+        subject: str | None = None,
+    ) -> PendingAuthorization:
+        """Begin a login: a fresh verifier and state, and the URL to send the person to.
+
+        Args:
+            scopes: Overrides the flow's scopes for this login.
+            subject: Overrides the flow's ``urn_pleo_params_oauth_subject``.
+
+        Returns:
+            The pending login. Redirect the person to its ``url`` and keep the
+            rest (``to_dict()``) until the callback.
+        """
+        scope = normalize_scopes(scopes) if scopes is not None else self.scope
+        subject = subject if subject is not None else self.subject
+        # 64 random bytes make an 86-character verifier of [A-Za-z0-9_-].
+        verifier = secrets.token_urlsafe(64)
+        state = secrets.token_urlsafe(32)
+        params = {
+            "response_type": "code",
+            "client_id": self.client_id,
+            "redirect_uri": self.redirect_uri,
+            "state": state,
+            "code_challenge": _s256(verifier),
+            "code_challenge_method": "S256",
+        }
+        if scope:
+            params["scope"] = scope
+        if subject:
+            params[SUBJECT_PARAMETER] = subject
+        parts = urllib.parse.urlsplit(self.authorize_url)
+        query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+        if parts.query:
+            query = f"{parts.query}&{query}"
+        url = urllib.parse.urlunsplit(parts._replace(query=query))
+        logger.debug("starting a login for client %s, scope %r", self.client_id, scope)
+        return PendingAuthorization(
+            url=url,
+            state=state,
+            code_verifier=verifier,
+            redirect_uri=self.redirect_uri,
+            scope=scope,
+        )
+
+    def finish(
+        self,
+        pending: PendingAuthorization | Mapping[str, Any],
+        callback: str | Mapping[str, str] | None = None,
+        *,
+        code: str | None = None,
+    ) -> TokenSet:
+        """Complete a login: check the callback, exchange the code, save the tokens.
+
+        Give either the callback (the full URL Pleo redirected to, or its query
+        parameters as a mapping, such as Flask's ``request.args``) or, when a
+        person pasted only the code, ``code``. The callback's ``state`` must
+        match the pending login's.
+
+        Args:
+            pending: The pending login from :meth:`start`, or its ``to_dict()``.
+            callback: The callback URL or its query parameters.
+            code: The authorization code alone, instead of ``callback``.
+
+        Returns:
+            The new tokens, already saved to the store.
+
+        Raises:
+            AuthorizationError: Pleo reported an error (the person denied
+                access, ...), the state did not match, there was no code, or the
+                token endpoint refused the code.
+            RefreshError: The token endpoint could not be reached (transient
+                failures outlasted the retries).
+            TokenStoreError: The tokens could not be saved.
+        """
+        if not isinstance(pending, PendingAuthorization):
+            pending = PendingAuthorization.from_dict(pending)
+        if (callback is None) == (code is None):
+            raise ConfigurationError("give either the callback or code, not both or neither")
+        if callback is not None:
+            code = self._code_from_callback(pending, callback)
+        assert code is not None
+        if not code:
+            raise AuthorizationError("the authorization code is empty")
+        endpoint = self._endpoint()
+        try:
+            tokens = endpoint.exchange_code(
+                code, redirect_uri=pending.redirect_uri, code_verifier=pending.code_verifier
+            )
+        finally:
+            endpoint.close()
+        self._save(tokens)
+        logger.info(
+            "logged in: tokens %s saved to %s, scope %r",
+            tokens.fingerprint,
+            self.store.describe(),
+            tokens.scope,
+        )
+        return tokens
+
+    @staticmethod
+    def _code_from_callback(
+        pending: PendingAuthorization, callback: str | Mapping[str, str]
+    ) -> str:
+        if isinstance(callback, str):
+            query = urllib.parse.urlsplit(callback).query
+            params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+        else:
+            params = {key: callback[key] for key in callback}
+        state = params.get("state")
+        if state is not None and not hmac.compare_digest(
+            state.encode("utf-8", "surrogateescape"), pending.state.encode()
+        ):
+            raise AuthorizationError(
+                "the callback's state does not match this login: it belongs to another "
+                "login attempt, or was forged. Start the login again."
+            )
+        error = params.get("error")
+        if error:
+            description = params.get("error_description") or None
+            if description is not None:
+                description = description[:_DESCRIPTION_LIMIT]
+            detail = f": {description}" if description else ""
+            raise AuthorizationError(
+                f"Pleo did not authorise the login ({error[:64]}){detail}",
+                error=error[:64],
+                description=description,
+            )
+        if state is None:
+            raise AuthorizationError(
+                "the callback has no state, so it cannot be matched to this login. "
+                "Start the login again."
+            )
+        code = params.get("code")
+        if not code:
+            raise AuthorizationError("the callback carries no authorization code")
+        return code
+
+    def _save(self, tokens: TokenSet) -> None:
+        # Under the refresh lock, so a refresh of the previous grant running in
+        # another process cannot overwrite the new login with its result.
+        store = self.store
+        with store.lock(timeout=60.0, lease=30.0):
+            try:
+                previous = store.load()
+            except TokenStoreError:
+                previous = None  # unreadable leftovers: the login replaces them
+            store.save(tokens, replaces=previous)
+
+    def __repr__(self) -> str:
+        return (
+            f"<AuthorizationFlow client_id={self.client_id!r} environment={self.environment!r} "
+            f"redirect_uri={self.redirect_uri!r} store={self.store!r}>"
+        )
