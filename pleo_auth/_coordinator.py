@@ -139,7 +139,7 @@ class Coordinator:
                     version = self._version
                     continue
                 if version != self._version:
-                    self._run_locked("sync", self._sync)
+                    self._sync_locked()
                     version = self._version
                     continue
                 tokens = self._tokens
@@ -169,7 +169,7 @@ class Coordinator:
         with self._cond:
             version = self._wait_until_idle_locked(version)
             if version != self._version:
-                self._run_locked("sync", self._sync)
+                self._sync_locked()
             return self._tokens
 
     # -- refreshes ------------------------------------------------------------
@@ -182,11 +182,14 @@ class Coordinator:
                 failure = self._wait_for_current_locked()
             else:
                 version = self._wait_until_idle_locked(version)
+                known = self._tokens
                 if version != self._version:
-                    self._run_locked("sync", self._sync)
+                    self._sync_locked()
                 basis = self._tokens
                 if basis is None:
                     raise self._reauthentication_error()
+                if known is not None and basis.refresh_token != known.refresh_token:
+                    return basis  # another process rotated them since we last looked
                 failure = self._run_locked("refresh", functools.partial(self._refresh, basis, True))
             if failure is not None:
                 raise _fresh_copy(failure)
@@ -204,7 +207,7 @@ class Coordinator:
         with self._cond:
             version = self._wait_until_idle_locked(version)
             if version != self._version:
-                self._run_locked("sync", self._sync)
+                self._sync_locked()
             if self._tokens is not None and self._tokens.access_token != used.access_token:
                 return self._tokens
             if self._tokens is None:
@@ -218,6 +221,12 @@ class Coordinator:
             if failure is not None or self._tokens is None:
                 return None
             return self._tokens
+
+    def _sync_locked(self) -> None:
+        """Reload from the store; a store failure is raised only if it leaves no tokens."""
+        failure = self._run_locked("sync", self._sync)
+        if failure is not None and self._tokens is None:
+            raise _fresh_copy(failure)
 
     def _wait_until_idle_locked(self, version: Hashable) -> Hashable:
         """Wait out a running operation; returns the store version to compare with."""
@@ -269,7 +278,9 @@ class Coordinator:
             self._version = outcome.version
             self._last_failure = outcome.failure
             if outcome.failure is not None and not outcome.grant_dead:
-                self._retry_not_before = self._clock.monotonic() + self._failure_cooldown
+                retry_after = getattr(outcome.failure, "retry_after", None) or 0.0
+                cooldown = max(self._failure_cooldown, retry_after)
+                self._retry_not_before = self._clock.monotonic() + cooldown
             elif outcome.tokens is not previous:
                 self._retry_not_before = float("-inf")
                 self._jitter = random.uniform(0, self._jitter_max)
@@ -303,6 +314,12 @@ class Coordinator:
     def _sync(self) -> _Outcome:
         version = self.store.version()
         tokens = self.store.load()
+        if tokens is None and self._tokens is not None:
+            # Gone, or caught mid-write by a backend that is not atomic: writers
+            # hold the lock, so a read under it is the truth.
+            with self.store.lock(timeout=self._lock_timeout, lease=self._lease):
+                version = self.store.version()
+                tokens = self.store.load()
         if tokens is not None:
             logger.debug("loaded tokens %s from %s", tokens.fingerprint, self.store.describe())
         return _Outcome(tokens=tokens, version=version, grant_dead=tokens is None)
@@ -375,9 +392,22 @@ class Coordinator:
         me = threading.current_thread()
         while True:
             self._wakeup.clear()
+            try:
+                version = self.store.version()
+            except PleoAuthError as exc:
+                logger.warning("proactive refresh cannot read the store: %s", exc)
+                version = self._version
             with self._cond:
                 if self._closed or self._timer is not me:
                     return
+                if (
+                    self._busy is None
+                    and version != self._version
+                    and self._clock.monotonic() >= self._retry_not_before
+                ):
+                    # Nothing has loaded the tokens yet, or another process changed them.
+                    self._run_locked("sync", self._sync)
+                    continue
                 tokens = self._tokens
                 due_in = float("inf")
                 if tokens is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import random
 import urllib.parse
 from collections.abc import Generator, Mapping
@@ -92,9 +93,29 @@ def _wait_generator(factor: float, cap: float) -> Generator[float, Any, None]:
         delay = random.uniform(0, min(cap, factor * 2**attempt))
         retry_after = getattr(failure, "retry_after", None)
         if retry_after is not None:
-            delay = max(delay, min(retry_after, cap * 4))
+            delay = max(delay, retry_after)
         attempt += 1
         failure = yield delay
+
+
+def check_settings(
+    token_url: str, *, client_auth: str, timeout: float, max_attempts: int, max_time: float
+) -> None:
+    """Refuse settings no token endpoint client can work with.
+
+    Raises:
+        ConfigurationError: Which setting is wrong, and why.
+    """
+    if client_auth not in ("basic", "body"):
+        raise ConfigurationError(f"client_auth must be 'basic' or 'body', not {client_auth!r}")
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ConfigurationError("max_refresh_attempts must be an integer of at least 1")
+    for name, value in (("max_refresh_time", max_time), ("refresh_timeout", timeout)):
+        if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ConfigurationError(f"{name} must be a positive number of seconds")
+    parsed = urllib.parse.urlsplit(token_url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigurationError(f"token_url must be an http(s) URL, not {token_url!r}")
 
 
 class TokenEndpoint:
@@ -121,15 +142,13 @@ class TokenEndpoint:
         backoff_max: float = 8.0,
         clock: Clock = SYSTEM_CLOCK,
     ):
-        if client_auth not in ("basic", "body"):
-            raise ConfigurationError("client_auth must be 'basic' or 'body'")
-        if max_attempts < 1:
-            raise ConfigurationError("max_refresh_attempts must be at least 1")
-        if max_time <= 0 or timeout <= 0:
-            raise ConfigurationError("refresh timeouts must be positive")
-        parsed = urllib.parse.urlsplit(token_url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ConfigurationError(f"token_url must be an http(s) URL, not {token_url!r}")
+        check_settings(
+            token_url,
+            client_auth=client_auth,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            max_time=max_time,
+        )
         self.token_url = token_url
         self.client_id = client_id
         self._client_secret = client_secret
@@ -236,6 +255,16 @@ class TokenEndpoint:
                 details["wait"],
             )
 
+        started = self._clock.monotonic()
+
+        def retry_after_too_long(failure: Exception) -> bool:
+            # Waiting out the server's Retry-After would overrun the budget: stop now
+            # rather than retry early against the server's wishes.
+            retry_after = getattr(failure, "retry_after", None)
+            if retry_after is None:
+                return False
+            return bool(self._clock.monotonic() - started + retry_after > max_time)
+
         import backoff  # deferred: it costs more to import than it does to run once
 
         attempt = backoff.on_exception(
@@ -244,6 +273,7 @@ class TokenEndpoint:
             max_tries=self.max_attempts,
             max_time=max_time,
             jitter=None,
+            giveup=retry_after_too_long,
             on_backoff=on_backoff,
             on_giveup=give_up,
             logger=None,
@@ -257,6 +287,7 @@ class TokenEndpoint:
                 f"the token endpoint did not answer usefully: {failure.reason}",
                 status_code=failure.status_code,
                 retryable=True,
+                retry_after=failure.retry_after,
                 response=failure.response,
             ) from failure.__cause__
         except _LeaseExpired:

@@ -74,6 +74,7 @@ class RefreshError(PleoAuthError):
         status_code: The HTTP status, or None when no reply arrived.
         retryable: True for transient failures (timeouts, connection errors, 429
             and 5xx) that outlasted the retry budget.
+        retry_after: Seconds the server asked us to wait (``Retry-After``), if it did.
         response: The :class:`requests.Response`, when there was one.
     """
 
@@ -85,8 +86,10 @@ class RefreshError(PleoAuthError):
         description: str | None = None,
         status_code: int | None = None,
         retryable: bool = False,
+        retry_after: float | None = None,
         response: requests.Response | None = None,
     ):
+        self.retry_after = retry_after
         self.error = error
         self.description = description
         self.status_code = status_code

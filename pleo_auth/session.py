@@ -17,7 +17,7 @@ from requests.auth import AuthBase
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._coordinator import REGISTRY, Coordinator
-from ._endpoint import ClientAuth, TokenEndpoint
+from ._endpoint import ClientAuth, TokenEndpoint, check_settings
 from .errors import ConfigurationError
 from .stores.base import TokenStore
 from .stores.keyring import KeyringStore
@@ -150,13 +150,8 @@ class PleoSession(requests.Session):
             )
         if not math.isfinite(refresh_margin) or refresh_margin < 0:
             raise ConfigurationError("refresh_margin must be a finite number of seconds >= 0")
-        for name, value in (
-            ("max_refresh_time", max_refresh_time),
-            ("refresh_timeout", refresh_timeout),
-            ("drain_timeout", drain_timeout),
-        ):
-            if not math.isfinite(value) or value < 0:
-                raise ConfigurationError(f"{name} must be a finite number of seconds")
+        if not math.isfinite(drain_timeout) or drain_timeout < 0:
+            raise ConfigurationError("drain_timeout must be a finite number of seconds >= 0")
         if tokens is not None and not isinstance(tokens, TokenSet):
             raise ConfigurationError("tokens must be a TokenSet (see TokenSet.from_response)")
         default_token_url, default_api_url = ENVIRONMENTS[environment]
@@ -168,6 +163,15 @@ class PleoSession(requests.Session):
         if api.scheme not in ("http", "https") or not api.netloc:
             raise ConfigurationError(f"api_url must be an http(s) URL, not {self.api_url!r}")
         self._api_prefix = self.api_url + "/"
+        # Checked here, not only when the shared coordinator is first built, so a
+        # second session over the same store cannot pass bad settings unnoticed.
+        check_settings(
+            self.token_url,
+            client_auth=client_auth,
+            timeout=refresh_timeout,
+            max_attempts=max_refresh_attempts,
+            max_time=max_refresh_time,
+        )
         if store is None:
             store = KeyringStore(account=client_id)
         self.store = store
