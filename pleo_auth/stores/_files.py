@@ -36,9 +36,41 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_depths = threading.local()
+
+
 @contextlib.contextmanager
 def file_lock(path: Path, timeout: float) -> Iterator[Lease]:
-    """Hold an exclusive lock on ``path`` shared by every process on this machine."""
+    """Hold an exclusive lock on ``path`` shared by every process on this machine.
+
+    Re-entrant within a thread, so a store's own methods may take the lock that the
+    coordinator already holds around a refresh.
+    """
+    depths: dict[str, int] = _depths.__dict__.setdefault("by_path", {})
+    key = str(path)
+    if depths.get(key):
+        depths[key] += 1
+        try:
+            yield Lease()
+        finally:
+            depths[key] -= 1
+        return
+    with _acquire(path, timeout) as lease:
+        depths[key] = 1
+        try:
+            yield lease
+        finally:
+            depths[key] = 0
+
+
+def holds(path: Path) -> bool:
+    """Whether this thread holds :func:`file_lock` on ``path``."""
+    depths: dict[str, int] = _depths.__dict__.get("by_path", {})
+    return depths.get(str(path), 0) > 0
+
+
+@contextlib.contextmanager
+def _acquire(path: Path, timeout: float) -> Iterator[Lease]:
     import filelock  # deferred: only processes that refresh need it
 
     ensure_private_dir(path.parent)

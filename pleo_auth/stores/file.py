@@ -16,6 +16,9 @@ from .base import Lease, TokenStore
 
 __all__ = ["FileStore"]
 
+#: How long a save or clear waits for a refresh in another process to finish.
+_LOCK_TIMEOUT = 60.0
+
 
 class FileStore(TokenStore):
     """Keeps both tokens in one JSON file, replaced atomically on every save.
@@ -24,9 +27,9 @@ class FileStore(TokenStore):
       so a crash leaves the old tokens or the new ones, never a torn file.
     * The file is mode 0600; a missing directory is created mode 0700. A file that
       group or others can read, or that another user owns, is refused.
-    * Refreshes are serialised across processes by a lock file beside it
-      (``<path>.lock``), and other processes notice a rotation by a ``stat`` of the
-      token file: no read per request.
+    * Refreshes, saves and clears are serialised across processes by a lock file
+      beside it (``<path>.lock``); a save with ``replaces`` is fenced. Other
+      processes notice a rotation by a ``stat`` of the token file: no read per request.
 
     The file is not encrypted: protect it as you would an SSH key, or prefer
     :class:`~pleo_auth.KeyringStore` where a keyring exists.
@@ -37,6 +40,8 @@ class FileStore(TokenStore):
     Thread safety:
         Every method may be called from any thread and any process at once.
     """
+
+    fenced = True
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(os.path.expanduser(os.fspath(path))).absolute()
@@ -64,19 +69,26 @@ class FileStore(TokenStore):
 
     def save(self, tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
         data = json.dumps(tokens.to_dict(), sort_keys=True).encode()
-        try:
-            _files.atomic_write(self.path, data)
-        except OSError as exc:
-            raise TokenStoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        with self.lock(timeout=_LOCK_TIMEOUT, lease=_LOCK_TIMEOUT):
+            if replaces is not None and self.load() != replaces:
+                raise TokenStoreError(
+                    f"the tokens in {self.path} changed during the refresh; not saved"
+                )
+            try:
+                _files.atomic_write(self.path, data)
+            except OSError as exc:
+                raise TokenStoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
     def clear(self, *, only: TokenSet | None = None) -> None:
-        if only is not None and self.load() != only:
-            return
-        try:
-            self.path.unlink(missing_ok=True)
-        except OSError as exc:
-            raise TokenStoreError(f"cannot delete {self.path}: {exc.strerror or exc}") from exc
-        _files.fsync_dir(self.path.parent)
+        # Under the lock, so a logout cannot be undone by a refresh finishing after it.
+        with self.lock(timeout=_LOCK_TIMEOUT, lease=_LOCK_TIMEOUT):
+            if only is not None and self.load() != only:
+                return
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise TokenStoreError(f"cannot delete {self.path}: {exc.strerror or exc}") from exc
+            _files.fsync_dir(self.path.parent)
 
     def version(self) -> Hashable:
         return _files.stat_version(self.path)

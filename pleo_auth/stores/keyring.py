@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 __all__ = ["KeyringStore"]
 
+#: How long a save, clear or confirming read waits for a refresh in another process.
+_LOCK_TIMEOUT = 60.0
+
 
 class KeyringStore(TokenStore):
     """Keeps both tokens as ONE keyring entry, so they are always saved together.
@@ -31,8 +34,11 @@ class KeyringStore(TokenStore):
 
     Reading a keyring can cost milliseconds and may prompt the user, so it is read
     only when the tokens change. Processes on this machine share a lock file and
-    a change marker in a private state directory: refreshes are serialised by the
-    lock, and other processes notice a rotation by a ``stat`` of the marker.
+    a change marker in a private state directory: refreshes, saves and clears are
+    serialised by the lock (a save with ``replaces`` is fenced), and other processes
+    notice a rotation by a ``stat`` of the marker. Backends that rewrite a file in
+    place (keyrings.alt) can be caught mid-write; a read that finds nothing or half
+    a document is repeated under the lock, so it never reports a false logout.
 
     Args:
         service: The keyring service name.
@@ -48,6 +54,8 @@ class KeyringStore(TokenStore):
         Every method may be called from any thread and any process at once, as
         far as the keyring backend allows (every backend shipped with keyring does).
     """
+
+    fenced = True
 
     def __init__(
         self,
@@ -75,6 +83,21 @@ class KeyringStore(TokenStore):
         return keyring.get_keyring()
 
     def load(self) -> TokenSet | None:
+        if _files.holds(self.lock_path):
+            return self._read()
+        try:
+            tokens = self._read()
+        except TokenStoreError:
+            tokens = None
+        if tokens is not None:
+            return tokens
+        # Some backends (keyrings.alt's files) rewrite in place, so a read can land
+        # mid-write and find nothing or half a document. Every write holds the
+        # lock, so a read under it is the truth.
+        with self.lock(timeout=_LOCK_TIMEOUT, lease=_LOCK_TIMEOUT):
+            return self._read()
+
+    def _read(self) -> TokenSet | None:
         try:
             raw = self._keyring().get_password(self.service, self.account)
         except _keyring_errors() as exc:
@@ -91,24 +114,30 @@ class KeyringStore(TokenStore):
 
     def save(self, tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
         payload = json.dumps(tokens.to_dict(), sort_keys=True)
-        try:
-            self._keyring().set_password(self.service, self.account, payload)
-        except _keyring_errors() as exc:
-            raise TokenStoreError(f"cannot write the keyring: {_keyring_reason(exc)}") from exc
-        self._mark_changed()
+        with self.lock(timeout=_LOCK_TIMEOUT, lease=_LOCK_TIMEOUT):
+            if replaces is not None and self._read() != replaces:
+                raise TokenStoreError(
+                    "the tokens in the keyring changed during the refresh; not saved"
+                )
+            try:
+                self._keyring().set_password(self.service, self.account, payload)
+            except _keyring_errors() as exc:
+                raise TokenStoreError(f"cannot write the keyring: {_keyring_reason(exc)}") from exc
+            self._mark_changed()
 
     def clear(self, *, only: TokenSet | None = None) -> None:
         from keyring.errors import PasswordDeleteError
 
-        if only is not None and self.load() != only:
-            return
-        try:
-            self._keyring().delete_password(self.service, self.account)
-        except PasswordDeleteError:
-            pass  # nothing stored: already clear
-        except _keyring_errors() as exc:
-            raise TokenStoreError(f"cannot clear the keyring: {_keyring_reason(exc)}") from exc
-        self._mark_changed()
+        with self.lock(timeout=_LOCK_TIMEOUT, lease=_LOCK_TIMEOUT):
+            if only is not None and self._read() != only:
+                return
+            try:
+                self._keyring().delete_password(self.service, self.account)
+            except PasswordDeleteError:
+                pass  # nothing stored: already clear
+            except _keyring_errors() as exc:
+                raise TokenStoreError(f"cannot clear the keyring: {_keyring_reason(exc)}") from exc
+            self._mark_changed()
 
     def _mark_changed(self) -> None:
         try:
