@@ -1,0 +1,233 @@
+"""The store contract for MemoryStore, FileStore and KeyringStore, and what each adds."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from store_contract import MakeStore, TokenStoreContract, new_tokens
+
+from pleo_auth import FileStore, KeyringStore, MemoryStore, TokenStoreError
+from pleo_auth.stores import _files
+
+
+class TestMemoryStore(TokenStoreContract):
+    @pytest.fixture
+    def make_store(self) -> MakeStore:
+        store = MemoryStore()
+        return lambda: store
+
+    def test_starts_with_the_tokens_it_was_given(self) -> None:
+        tokens = new_tokens()
+        assert MemoryStore(tokens).load() == tokens
+
+    def test_separate_instances_hold_separate_tokens(self) -> None:
+        first, second = MemoryStore(), MemoryStore()
+        first.save(new_tokens())
+        assert second.load() is None
+        assert first.key != second.key
+
+
+# -- FileStore ---------------------------------------------------------------------
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+class TestFileStore(TokenStoreContract):
+    @pytest.fixture
+    def path(self, tmp_path: Path) -> Path:
+        return tmp_path / "pleo" / "tokens.json"
+
+    @pytest.fixture
+    def make_store(self, path: Path) -> MakeStore:
+        return lambda: FileStore(path)
+
+    def test_saved_file_is_mode_0600(self, store: FileStore, path: Path) -> None:
+        store.save(new_tokens())
+        assert mode(path) == 0o600
+
+    def test_file_stays_mode_0600_under_a_permissive_umask(
+        self, store: FileStore, path: Path
+    ) -> None:
+        old = os.umask(0)
+        try:
+            store.save(new_tokens())
+            store.save(new_tokens())
+        finally:
+            os.umask(old)
+        assert mode(path) == 0o600
+
+    def test_missing_directory_is_created_mode_0700(self, store: FileStore, path: Path) -> None:
+        assert not path.parent.exists()
+        store.save(new_tokens())
+        assert mode(path.parent) == 0o700
+
+    @pytest.mark.parametrize("file_mode", [0o640, 0o604, 0o660, 0o644, 0o606])
+    def test_group_or_other_accessible_file_is_refused_with_a_chmod_600_hint(
+        self, store: FileStore, path: Path, file_mode: int
+    ) -> None:
+        store.save(new_tokens())
+        os.chmod(path, file_mode)
+        with pytest.raises(TokenStoreError, match="chmod 600"):
+            store.load()
+
+    def test_save_leaves_no_temporary_files(self, store: FileStore, path: Path) -> None:
+        previous = None
+        for _ in range(20):
+            tokens = new_tokens()
+            store.save(tokens, replaces=previous)
+            previous = tokens
+        assert sorted(p.name for p in path.parent.iterdir()) == ["tokens.json", "tokens.json.lock"]
+
+    def test_failed_replace_keeps_the_old_file_and_leaves_no_temporary_file(
+        self, store: FileStore, path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        old = new_tokens()
+        store.save(old)
+
+        def refuse(src: Any, dst: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(_files.os, "replace", refuse)
+        with pytest.raises(TokenStoreError, match="cannot write"):
+            store.save(new_tokens(), replaces=old)
+        monkeypatch.undo()
+        assert store.load() == old
+        assert sorted(p.name for p in path.parent.iterdir()) == ["tokens.json", "tokens.json.lock"]
+
+    def test_file_is_one_json_document_holding_both_tokens(
+        self, store: FileStore, path: Path
+    ) -> None:
+        tokens = new_tokens()
+        store.save(tokens)
+        document = json.loads(path.read_text())
+        assert document["access_token"] == tokens.access_token
+        assert document["refresh_token"] == tokens.refresh_token
+
+    def test_save_drops_the_previous_tokens_from_the_file(
+        self, store: FileStore, path: Path
+    ) -> None:
+        old, new = new_tokens(), new_tokens()
+        store.save(old)
+        store.save(new, replaces=old)
+        text = path.read_text()
+        assert old.access_token not in text
+        assert old.refresh_token not in text
+
+    @pytest.mark.parametrize(
+        "content",
+        [
+            b"",
+            b"not json",
+            b"[1, 2, 3]",
+            b'"a string"',
+            b'{"access_token": "", "refresh_token": "rt_x", "expires_at": 1}',
+            b'{"access_token": "at_x", "expires_at": 1}',
+            b"\xff\xfe\x00garbage",
+        ],
+    )
+    def test_corrupt_file_raises_token_store_error(
+        self, store: FileStore, path: Path, content: bytes
+    ) -> None:
+        path.parent.mkdir(mode=0o700, parents=True)
+        path.write_bytes(content)
+        os.chmod(path, 0o600)
+        with pytest.raises(TokenStoreError, match="does not hold pleo-auth tokens"):
+            store.load()
+
+    def test_symlinked_token_file_is_refused(self, store: FileStore, path: Path) -> None:
+        target = path.parent.parent / "elsewhere.json"
+        FileStore(target).save(new_tokens())
+        path.parent.mkdir(mode=0o700, parents=True)
+        path.symlink_to(target)
+        with pytest.raises(TokenStoreError, match="symlink"):
+            store.load()
+
+    def test_lock_file_lives_beside_the_token_file(self, store: FileStore, path: Path) -> None:
+        with store.lock(timeout=5.0, lease=30.0):
+            assert (path.parent / "tokens.json.lock").exists()
+
+    def test_spellings_of_one_path_share_a_key(self, path: Path) -> None:
+        dotted = path.parent / "." / ".." / path.parent.name / path.name
+        assert FileStore(path).key == FileStore(dotted).key
+
+    def test_spec_names_the_file_for_the_command_line(self, store: FileStore, path: Path) -> None:
+        assert store.spec == f"file:{path}"
+
+
+# -- KeyringStore ----------------------------------------------------------------------
+
+
+class TestKeyringStore(TokenStoreContract):
+    @pytest.fixture
+    def state_dir(self, tmp_path: Path) -> Path:
+        return tmp_path / "state"
+
+    @pytest.fixture
+    def make_store(self, keyring_backend: Any, state_dir: Path) -> MakeStore:
+        return lambda: KeyringStore(
+            service="pleo-auth-test", account="client-1", backend=keyring_backend,
+            state_dir=state_dir,
+        )  # fmt: skip
+
+    def test_both_tokens_are_saved_in_one_keyring_entry(
+        self, store: KeyringStore, keyring_backend: Any
+    ) -> None:
+        tokens = new_tokens()
+        store.save(tokens)
+        raw = keyring_backend.get_password("pleo-auth-test", "client-1")
+        document = json.loads(raw)
+        assert document["access_token"] == tokens.access_token
+        assert document["refresh_token"] == tokens.refresh_token
+        parser = configparser.RawConfigParser()
+        parser.read(keyring_backend.file_path)
+        entries = [(s, o) for s in parser.sections() for o in parser.options(s)]
+        assert len(entries) == 1
+
+    def test_marker_version_changes_on_every_save_and_clear(self, store: KeyringStore) -> None:
+        versions = [store.version()]
+        for _ in range(3):
+            store.save(new_tokens())
+            versions.append(store.version())
+        store.clear()
+        versions.append(store.version())
+        assert len(set(versions)) == len(versions)
+        assert store.marker_path.exists()
+
+    def test_state_dir_holds_no_token(self, store: KeyringStore, state_dir: Path) -> None:
+        tokens = new_tokens()
+        with store.lock(timeout=5.0, lease=30.0):
+            store.save(tokens)
+        files = [p for p in state_dir.iterdir() if p.is_file()]
+        assert files
+        for file in files:
+            content = file.read_bytes()
+            assert tokens.access_token.encode() not in content
+            assert tokens.refresh_token.encode() not in content
+
+    def test_marker_is_private(self, store: KeyringStore, state_dir: Path) -> None:
+        store.save(new_tokens())
+        assert mode(store.marker_path) == 0o600
+        assert mode(state_dir) == 0o700
+
+    def test_corrupt_entry_raises_token_store_error(
+        self, store: KeyringStore, keyring_backend: Any
+    ) -> None:
+        keyring_backend.set_password("pleo-auth-test", "client-1", "{not json")
+        with pytest.raises(TokenStoreError, match="does not hold pleo-auth tokens"):
+            store.load()
+
+    def test_accounts_are_kept_apart(self, keyring_backend: Any, state_dir: Path) -> None:
+        first = KeyringStore("pleo-auth-test", "a", backend=keyring_backend, state_dir=state_dir)
+        second = KeyringStore("pleo-auth-test", "b", backend=keyring_backend, state_dir=state_dir)
+        first.save(new_tokens())
+        assert second.load() is None
+        assert first.key != second.key
+        assert first.lock_path != second.lock_path

@@ -1,0 +1,255 @@
+"""Tests for pleo_auth.tokens: the immutable TokenSet."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pleo_auth import RefreshError, TokenSet
+
+# Opaque tokens as Pleo (and the emulator) issue them: a prefix and url-safe text.
+_URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+access_tokens = st.text(_URLSAFE, min_size=8, max_size=64).map(lambda s: "at_" + s)
+refresh_tokens = st.text(_URLSAFE, min_size=8, max_size=64).map(lambda s: "rt_" + s)
+scopes = st.none() | st.lists(
+    st.sampled_from(["users:read", "export-jobs:read", "expenses:write", "cards:read"]),
+    min_size=1,
+    max_size=4,
+).map(" ".join)
+epochs = st.floats(min_value=0, max_value=4e9, allow_nan=False, allow_infinity=False)
+lifetimes = st.integers(min_value=1, max_value=10**7) | st.floats(
+    min_value=0.001, max_value=1e7, allow_nan=False, allow_infinity=False
+)
+
+
+@st.composite
+def token_sets(draw: st.DrawFn) -> TokenSet:
+    return TokenSet(
+        access_token=draw(access_tokens),
+        refresh_token=draw(refresh_tokens),
+        expires_at=draw(epochs),
+        token_type=draw(st.sampled_from(["Bearer", "bearer"])),
+        scope=draw(scopes),
+        issued_at=draw(st.none() | epochs),
+    )
+
+
+@st.composite
+def any_token_sets(draw: st.DrawFn) -> TokenSet:
+    """Any valid TokenSet, with arbitrary text wherever the model allows it."""
+    finite = st.floats(allow_nan=False, allow_infinity=False)
+    return TokenSet(
+        access_token=draw(st.text(min_size=1)),
+        refresh_token=draw(st.text(min_size=1)),
+        expires_at=draw(finite),
+        token_type=draw(st.text(min_size=1)),
+        scope=draw(st.none() | st.text()),
+        issued_at=draw(st.none() | finite),
+    )
+
+
+def reply(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "access_token": "at_abc",
+        "refresh_token": "rt_def",
+        "expires_in": 900,
+        "token_type": "Bearer",
+        "scope": "users:read",
+    }
+    data.update(overrides)
+    return {key: value for key, value in data.items() if value is not None}
+
+
+# -- from_response -------------------------------------------------------------
+
+
+def test_from_response_expires_expires_in_seconds_after_now() -> None:
+    tokens = TokenSet.from_response(reply(expires_in=900), now=1000.0)
+    assert tokens.expires_at == 1900.0
+    assert tokens.issued_at == 1000.0
+    assert tokens.expires_in(now=1500.0) == 400.0
+
+
+def test_from_response_keeps_both_tokens_token_type_and_scope() -> None:
+    tokens = TokenSet.from_response(reply(scope="users:read export-jobs:read"), now=0.0)
+    assert tokens.access_token == "at_abc"
+    assert tokens.refresh_token == "rt_def"
+    assert tokens.token_type == "Bearer"
+    assert tokens.scope == "users:read export-jobs:read"
+
+
+def test_from_response_defaults_token_type_to_bearer_and_scope_to_none() -> None:
+    tokens = TokenSet.from_response(reply(token_type=None, scope=None), now=0.0)
+    assert tokens.token_type == "Bearer"
+    assert tokens.scope is None
+
+
+def test_from_response_accepts_expires_in_as_a_numeric_string() -> None:
+    assert TokenSet.from_response(reply(expires_in="60"), now=10.0).expires_at == 70.0
+
+
+@pytest.mark.parametrize("field", ["access_token", "refresh_token", "expires_in"])
+def test_from_response_without_a_required_field_raises_refresh_error_naming_it(
+    field: str,
+) -> None:
+    data = reply()
+    del data[field]
+    with pytest.raises(RefreshError, match=field):
+        TokenSet.from_response(data, now=0.0)
+
+
+@pytest.mark.parametrize("field", ["access_token", "refresh_token"])
+def test_from_response_with_an_empty_token_raises_refresh_error(field: str) -> None:
+    with pytest.raises(RefreshError, match=field):
+        TokenSet.from_response(reply(**{field: ""}), now=0.0)
+
+
+def test_from_response_with_non_numeric_expires_in_raises_refresh_error() -> None:
+    with pytest.raises(RefreshError, match="non-numeric"):
+        TokenSet.from_response(reply(expires_in="soon"), now=0.0)
+
+
+@pytest.mark.parametrize("expires_in", [0, -5, float("inf"), float("nan")])
+def test_from_response_with_non_positive_or_non_finite_expires_in_raises_refresh_error(
+    expires_in: float,
+) -> None:
+    with pytest.raises(RefreshError, match="expires_in"):
+        TokenSet.from_response(reply(expires_in=expires_in), now=0.0)
+
+
+def test_from_response_error_message_never_contains_a_token() -> None:
+    with pytest.raises(RefreshError) as caught:
+        TokenSet.from_response(reply(expires_in="soon"), now=0.0)
+    assert "at_abc" not in str(caught.value)
+    assert "rt_def" not in str(caught.value)
+
+
+# -- the model -------------------------------------------------------------------
+
+
+def test_tokenset_is_immutable() -> None:
+    tokens = TokenSet("at_1", "rt_1", expires_at=100.0)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        tokens.access_token = "at_2"  # type: ignore[misc]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        tokens.expires_at = 0.0  # type: ignore[misc]
+    assert tokens.access_token == "at_1"
+
+
+def test_tokensets_with_equal_fields_are_equal_and_hash_alike() -> None:
+    first = TokenSet("at_1", "rt_1", expires_at=100.0)
+    second = TokenSet("at_1", "rt_1", expires_at=100)
+    assert first == second
+    assert hash(first) == hash(second)
+    assert first != TokenSet("at_1", "rt_2", expires_at=100.0)
+
+
+@pytest.mark.parametrize(
+    ("access", "refresh"), [("", "rt_1"), ("at_1", ""), (None, "rt_1"), ("at_1", 7)]
+)
+def test_tokenset_rejects_empty_or_non_string_tokens_with_value_error(
+    access: Any, refresh: Any
+) -> None:
+    with pytest.raises(ValueError, match="non-empty string"):
+        TokenSet(access, refresh, expires_at=100.0)
+
+
+@pytest.mark.parametrize("expires_at", [float("inf"), float("-inf"), float("nan")])
+def test_tokenset_rejects_non_finite_expires_at_with_value_error(expires_at: float) -> None:
+    with pytest.raises(ValueError, match="expires_at"):
+        TokenSet("at_1", "rt_1", expires_at=expires_at)
+
+
+def test_expires_in_is_negative_once_expired() -> None:
+    assert TokenSet("at_1", "rt_1", expires_at=100.0).expires_in(now=160.0) == -60.0
+
+
+def test_fingerprint_is_short_stable_hex_and_free_of_the_token() -> None:
+    tokens = TokenSet("at_1", "rt_secret_refresh", expires_at=1.0)
+    again = TokenSet("at_other", "rt_secret_refresh", expires_at=2.0)
+    rotated = TokenSet("at_1", "rt_next_refresh", expires_at=1.0)
+    assert len(tokens.fingerprint) == 12
+    assert set(tokens.fingerprint) <= set("0123456789abcdef")
+    assert tokens.fingerprint == again.fingerprint
+    assert tokens.fingerprint != rotated.fingerprint
+    assert "rt_secret" not in tokens.fingerprint
+
+
+def test_to_dict_holds_every_field() -> None:
+    tokens = TokenSet("at_1", "rt_1", 100.0, "Bearer", "users:read", 50.0)
+    assert tokens.to_dict() == {
+        "access_token": "at_1",
+        "refresh_token": "rt_1",
+        "expires_at": 100.0,
+        "token_type": "Bearer",
+        "scope": "users:read",
+        "issued_at": 50.0,
+    }
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"refresh_token": "rt_1", "expires_at": 1.0},
+        {"access_token": "at_1", "expires_at": 1.0},
+        {"access_token": "at_1", "refresh_token": "rt_1"},
+        {"access_token": "at_1", "refresh_token": "rt_1", "expires_at": "later"},
+        {"access_token": "at_1", "refresh_token": "rt_1", "expires_at": None},
+    ],
+)
+def test_from_dict_rejects_malformed_data_with_value_error_free_of_tokens(
+    data: dict[str, Any],
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        TokenSet.from_dict(data)
+    assert "at_1" not in str(caught.value)
+    assert "rt_1" not in str(caught.value)
+
+
+# -- properties ------------------------------------------------------------------
+
+
+@given(token_sets())
+def test_repr_and_str_never_show_a_token(tokens: TokenSet) -> None:
+    for text in (repr(tokens), str(tokens), f"{tokens}", repr([tokens]), repr({"t": tokens})):
+        assert tokens.access_token not in text
+        assert tokens.refresh_token not in text
+
+
+@given(any_token_sets(), st.text(min_size=1), st.text(min_size=1))
+def test_repr_does_not_depend_on_the_tokens(tokens: TokenSet, access: str, refresh: str) -> None:
+    other = attrs.evolve(tokens, access_token=access, refresh_token=refresh)
+    assert repr(tokens) == repr(other)
+    assert str(tokens) == str(other)
+
+
+@given(any_token_sets())
+def test_to_dict_from_dict_round_trip_through_json_is_lossless(tokens: TokenSet) -> None:
+    assert TokenSet.from_dict(json.loads(json.dumps(tokens.to_dict()))) == tokens
+
+
+@given(access_tokens, refresh_tokens, lifetimes, scopes, epochs)
+def test_from_response_round_trips_through_to_dict(
+    access: str, refresh: str, expires_in: float, scope: str | None, now: float
+) -> None:
+    data: dict[str, Any] = {
+        "access_token": access,
+        "refresh_token": refresh,
+        "expires_in": expires_in,
+        "token_type": "Bearer",
+    }
+    if scope is not None:
+        data["scope"] = scope
+    tokens = TokenSet.from_response(data, now=now)
+    assert tokens.access_token == access
+    assert tokens.refresh_token == refresh
+    assert tokens.scope == scope
+    assert tokens.issued_at == now
+    assert math.isclose(tokens.expires_at - now, float(expires_in), rel_tol=1e-9, abs_tol=1e-6)
+    assert TokenSet.from_dict(json.loads(json.dumps(tokens.to_dict()))) == tokens
