@@ -446,11 +446,15 @@ class Coordinator:
             self._callbacks.pop(handle, None)
 
     def close(self) -> None:
+        """Stop the timer. A refresh it already started is allowed to finish and
+        save: the old refresh token is spent, and exiting now would lose the new one."""
         with self._cond:
             self._closed = True
-            self._timer = None
+            timer, self._timer = self._timer, None
             self._cond.notify_all()
         self._wakeup.set()
+        if timer is not None and timer is not threading.current_thread():
+            timer.join(self._lock_timeout)
         self.endpoint.close()
 
     def _reset_after_fork(self) -> None:

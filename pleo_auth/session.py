@@ -335,11 +335,17 @@ _LIVE_SESSIONS: weakref.WeakSet[PleoSession] = weakref.WeakSet()
 def _reset_pools_after_fork() -> None:
     # A child must not share its parent's keep-alive sockets: two processes
     # writing to one connection would interleave their requests.
+    # New pool managers, not clear(): clearing takes a pool lock that a parent
+    # thread may have held at the fork, and would hang the child for ever.
     for session in list(_LIVE_SESSIONS):
         for adapter in session.adapters.values():
-            manager = getattr(adapter, "poolmanager", None)
-            if manager is not None:
-                manager.clear()
+            if isinstance(adapter, requests.adapters.HTTPAdapter):
+                adapter.init_poolmanager(
+                    getattr(adapter, "_pool_connections", requests.adapters.DEFAULT_POOLSIZE),
+                    getattr(adapter, "_pool_maxsize", requests.adapters.DEFAULT_POOLSIZE),
+                    block=getattr(adapter, "_pool_block", requests.adapters.DEFAULT_POOLBLOCK),
+                )
+                adapter.proxy_manager = {}
 
 
 os.register_at_fork(after_in_child=_reset_pools_after_fork)
