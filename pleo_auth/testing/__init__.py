@@ -1,6 +1,7 @@
-"""A local emulator of Pleo's OAuth 2.0 server, for tests and demos.
+"""Test helpers for Pleo integrations: an emulator of Pleo's OAuth 2.0 server, a
+fake clock, and a multi-process workload runner.
 
-Start one, point a client at :attr:`Emulator.token_url` and
+Start an emulator, point a client at :attr:`Emulator.token_url` and
 :attr:`Emulator.api_url`, and it enforces Pleo's token rules over real HTTP::
 
     from pleo_auth.testing import Emulator
@@ -9,11 +10,55 @@ Start one, point a client at :attr:`Emulator.token_url` and
         tokens = emu.issue_tokens()
         ...
 
-This package uses the standard library only, so importing it is cheap.
+The emulator uses the standard library only, so importing it is cheap; the
+workload runner (:func:`run_workload`) is loaded on first use.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .._clock import FakeClock
 from ._emulator import Emulator, EmulatorCounters
 
-__all__ = ["Emulator", "EmulatorCounters"]
+if TYPE_CHECKING:
+    from ._workload import (
+        ClientSpec,
+        WorkloadError,
+        WorkloadProgress,
+        WorkloadReport,
+        build_store,
+        run_workload,
+    )
+
+__all__ = [
+    "ClientSpec",
+    "Emulator",
+    "EmulatorCounters",
+    "FakeClock",
+    "WorkloadError",
+    "WorkloadProgress",
+    "WorkloadReport",
+    "build_store",
+    "run_workload",
+]
+
+_WORKLOAD_NAMES = frozenset(
+    {
+        "ClientSpec",
+        "WorkloadError",
+        "WorkloadProgress",
+        "WorkloadReport",
+        "build_store",
+        "run_workload",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WORKLOAD_NAMES:
+        raise AttributeError(f"module 'pleo_auth.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module("._workload", __name__), name)
+    globals()[name] = value
+    return value
