@@ -212,10 +212,6 @@ def build_store(spec: str, *, client_id: str) -> TokenStore:
         ConfigurationError: The spec is not one of these.
     """
     kind, colon, rest = spec.partition(":")
-    if kind == "file" and colon and rest:
-        from ..stores.file import FileStore
-
-        return FileStore(rest)
     if kind == "keyring-file" and colon and rest:
         from keyrings.alt.file import PlaintextKeyring
 
@@ -227,13 +223,13 @@ def build_store(spec: str, *, client_id: str) -> TokenStore:
         return KeyringStore(
             account=client_id, backend=backend, state_dir=path.with_name(path.name + ".state")
         )
-    if kind in ("redis", "rediss", "unix") and colon:
-        from ..stores.redis import RedisStore
+    if kind == "keyring":
+        raise ConfigurationError(
+            "a workload store spec is file:PATH, keyring-file:PATH or redis://HOST:PORT/DB[#KEY]"
+        )
+    from .._store_spec import store_from_spec
 
-        return RedisStore(spec)
-    raise ConfigurationError(
-        "a workload store spec is file:PATH, keyring-file:PATH or redis://HOST:PORT/DB[#KEY]"
-    )
+    return store_from_spec(spec, client_id=client_id)
 
 
 def _shown(spec: str) -> str:
