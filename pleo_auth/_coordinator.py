@@ -170,6 +170,8 @@ class Coordinator:
             version = self._wait_until_idle_locked(version)
             if version != self._version:
                 self._sync_locked()
+            if self._tokens is None and isinstance(self._last_failure, TokenStoreError):
+                raise _fresh_copy(self._last_failure)
             return self._tokens
 
     # -- refreshes ------------------------------------------------------------
@@ -367,9 +369,11 @@ class Coordinator:
             margin = min(margin, (tokens.expires_at - tokens.issued_at) / 2)
         return tokens.expires_at - margin
 
-    def _reauthentication_error(self) -> ReauthenticationRequired:
+    def _reauthentication_error(self) -> PleoAuthError:
+        """Why there are no tokens: the failure that left none (a dead grant, an
+        unreadable store), else an empty store."""
         failure = self._last_failure
-        if isinstance(failure, ReauthenticationRequired):
+        if failure is not None:
             return _fresh_copy(failure)
         return ReauthenticationRequired(
             f"No Pleo tokens in {self.store.describe()}.", login_hint=self.login_hint
