@@ -4,14 +4,35 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
 from collections.abc import Hashable
 from typing import ClassVar
 
 import attrs
 
+from ..errors import TokenStoreError
 from ..tokens import TokenSet
 
-__all__ = ["Lease", "TokenStore"]
+__all__ = ["Lease", "TokenStore", "decode_tokens", "encode_tokens"]
+
+
+def encode_tokens(tokens: TokenSet) -> str:
+    """The JSON document every shipped store keeps: both tokens in one unit."""
+    return json.dumps(tokens.to_dict(), sort_keys=True)
+
+
+def decode_tokens(raw: str | bytes, where: str) -> TokenSet:
+    """Parse :func:`encode_tokens`' output read from ``where`` (for the message).
+
+    Raises:
+        TokenStoreError: ``raw`` is not a saved :class:`~pleo_auth.TokenSet`.
+    """
+    try:
+        return TokenSet.from_dict(json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        raise TokenStoreError(
+            f"{where} does not hold pleo-auth tokens; run `pleo-auth logout` and log in again"
+        ) from exc
 
 
 @attrs.frozen

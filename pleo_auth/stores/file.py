@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 from collections.abc import Hashable, Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 from ..errors import TokenStoreError
 from ..tokens import TokenSet
 from . import _files
-from .base import Lease, TokenStore
+from .base import Lease, TokenStore, decode_tokens, encode_tokens
 
 __all__ = ["FileStore"]
 
@@ -60,15 +59,10 @@ class FileStore(TokenStore):
         with os.fdopen(fd, "rb") as handle:
             _files.check_private(self.path, os.fstat(handle.fileno()))
             raw = handle.read()
-        try:
-            return TokenSet.from_dict(json.loads(raw))
-        except (ValueError, TypeError) as exc:
-            raise TokenStoreError(
-                f"{self.path} does not hold pleo-auth tokens; delete it and log in again"
-            ) from exc
+        return decode_tokens(raw, str(self.path))
 
     def save(self, tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
-        data = json.dumps(tokens.to_dict(), sort_keys=True).encode()
+        data = encode_tokens(tokens).encode()
         with self.lock(timeout=_LOCK_TIMEOUT, lease=_LOCK_TIMEOUT):
             if replaces is not None and self.load() != replaces:
                 raise TokenStoreError(

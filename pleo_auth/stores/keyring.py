@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import secrets
 from collections.abc import Hashable, Iterator
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import TokenStoreError
 from ..tokens import TokenSet
 from . import _files
-from .base import Lease, TokenStore
+from .base import Lease, TokenStore, decode_tokens, encode_tokens
 
 if TYPE_CHECKING:
     from keyring.backend import KeyringBackend
@@ -104,16 +103,10 @@ class KeyringStore(TokenStore):
             raise TokenStoreError(f"cannot read the keyring: {_keyring_reason(exc)}") from exc
         if raw is None:
             return None
-        try:
-            return TokenSet.from_dict(json.loads(raw))
-        except (ValueError, TypeError) as exc:
-            raise TokenStoreError(
-                f"keyring entry {self.service}/{self.account} does not hold pleo-auth tokens; "
-                "run `pleo-auth logout` and log in again"
-            ) from exc
+        return decode_tokens(raw, f"keyring entry {self.service}/{self.account}")
 
     def save(self, tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
-        payload = json.dumps(tokens.to_dict(), sort_keys=True)
+        payload = encode_tokens(tokens)
         with self.lock(timeout=_LOCK_TIMEOUT, lease=_LOCK_TIMEOUT):
             if replaces is not None and self._read() != replaces:
                 raise TokenStoreError(

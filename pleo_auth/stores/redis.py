@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, TokenStoreError
 from ..tokens import TokenSet
-from .base import Lease, TokenStore
+from .base import Lease, TokenStore, decode_tokens, encode_tokens
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -103,7 +102,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, fit for an error message."""
     parts = urllib.parse.urlsplit(url)
     netloc = parts.netloc
@@ -247,7 +246,7 @@ class RedisStore(TokenStore):
     @staticmethod
     def _connect(redis: Any, url: str) -> tuple[Any, str]:
         """A client for ``url``, and the key the URL names (``?key=`` or ``#key``), if any."""
-        shown = _redact(url)
+        shown = redact_url(url)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(
@@ -331,16 +330,10 @@ class RedisStore(TokenStore):
         self._remember((epoch, version), read_at, raw is not None)
         if raw is None:
             return None
-        try:
-            return TokenSet.from_dict(json.loads(raw))
-        except (ValueError, TypeError) as exc:
-            raise TokenStoreError(
-                f"{self.describe()} does not hold pleo-auth tokens; "
-                "run `pleo-auth logout` and log in again"
-            ) from exc
+        return decode_tokens(raw, self.describe())
 
     def save(self, tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
-        payload = json.dumps(tokens.to_dict(), sort_keys=True)
+        payload = encode_tokens(tokens)
         expected = _fence(replaces) if replaces is not None else ""
         read_at = self._clock()
         with self._talking("save the tokens"):

@@ -233,10 +233,9 @@ def build_store(spec: str, *, client_id: str) -> TokenStore:
 
 
 def _shown(spec: str) -> str:
-    from ..stores.redis import _redact
+    from .._store_spec import redact_spec
 
-    kind = spec.partition(":")[0]
-    return _redact(spec) if kind in ("redis", "rediss", "unix") else spec
+    return redact_spec(spec)
 
 
 # -- the worker process ---------------------------------------------------------------
