@@ -8,10 +8,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode
 
 import pytest
-import requests
+from web_helpers import approve, local, next_of_connect
 
 from pleo_auth import ConfigurationError, FileStore, PleoSession
 from pleo_auth.testing import Emulator
@@ -63,24 +63,9 @@ def django_settings() -> None:
         django.setup()
 
 
-def approve(authorize_url: str) -> str:
-    """Play the browser at the emulator: return the callback URL it redirects to."""
-    response = requests.get(authorize_url, allow_redirects=False, timeout=10)
-    assert response.status_code == 302, response.text
-    return response.headers["Location"]
-
-
-def local(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.path}?{parts.query}" if parts.query else parts.path
-
-
 def redirected_to_connect(location: str) -> str | None:
     """Asserts ``location`` is the connect view; returns its ``next``."""
-    parts = urlsplit(location)
-    assert parts.path == "/pleo/connect/"
-    values = parse_qs(parts.query).get("next")
-    return values[0] if values else None
+    return next_of_connect(location, "/pleo/connect/")
 
 
 @pytest.fixture
