@@ -142,7 +142,10 @@ def run_rotations(store: Recording, lifetime: float, margin: float, rotations: i
     assert counters.refresh_grants == rotated  # exactly one grant per rotation
     assert counters.rejected_refreshes == 0
     assert counters.reuse_detections == 0
-    assert counters.unauthorized == 0
+    # No 401 reached a caller (every status above is 200). The emulator may still
+    # count a few: a request the OS scheduler delays past its token's expiry, or
+    # past a rotation's bounded drain, is refused and then replayed by the session.
+    assert counters.unauthorized == counters.api_requests - sum(statuses.values())
     check_rotation_chain(store.saves)
     # A rotation starts no sooner than expiry - margin - jitter after the previous one
     # was issued: that bounds how many fit before the timer stopped.
