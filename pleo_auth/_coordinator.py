@@ -25,9 +25,7 @@ import os
 import random
 import threading
 from collections.abc import Callable, Hashable
-from typing import Literal, TypeVar
-
-import attrs
+from typing import Literal, NamedTuple, TypeVar
 
 from ._clock import Clock
 from ._endpoint import TokenEndpoint
@@ -42,8 +40,7 @@ _NEVER: Hashable = object()  # a version no store ever reports
 Operation = Literal["refresh", "sync"]
 
 
-@attrs.frozen
-class _Outcome:
+class _Outcome(NamedTuple):
     tokens: TokenSet | None
     version: Hashable
     failure: PleoAuthError | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import math
 import random
@@ -57,6 +56,8 @@ def _retry_after(response: requests.Response) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # deferred: only a Retry-After given as a date needs it
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shlex
 import urllib.parse
 import weakref
 from collections.abc import Callable, Mapping
@@ -20,7 +19,6 @@ from ._coordinator import REGISTRY, Coordinator
 from ._endpoint import ClientAuth, TokenEndpoint, check_settings
 from .errors import ConfigurationError
 from .stores.base import TokenStore
-from .stores.keyring import KeyringStore
 from .tokens import TokenSet
 
 logger = logging.getLogger(__name__)
@@ -173,6 +171,8 @@ class PleoSession(requests.Session):
             max_time=max_refresh_time,
         )
         if store is None:
+            from .stores.keyring import KeyringStore
+
             store = KeyringStore(account=client_id)
         self.store = store
         clock = clock or SYSTEM_CLOCK
@@ -209,6 +209,10 @@ class PleoSession(requests.Session):
 
     def _login_hint(self, store: TokenStore) -> str:
         """The command that logs this session's client in again, or what to do instead."""
+        import shlex
+
+        from .stores.keyring import KeyringStore
+
         spec = store.spec
         if isinstance(store, KeyringStore) and store.account != self.client_id:
             spec = None  # the CLI files keyring tokens under the client id

@@ -1,27 +1,36 @@
 """Token stores: where tokens live, and the lock that serialises refreshes.
 
-:class:`RedisStore` lives in :mod:`pleo_auth.stores.redis` and needs the
-``pleo-auth[redis]`` extra; it is imported only when used.
+Each backend is imported on first use; :class:`RedisStore` needs the
+``pleo-auth[redis]`` extra.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from .base import Lease, TokenStore
-from .file import FileStore
-from .keyring import KeyringStore
-from .memory import MemoryStore
 
 if TYPE_CHECKING:
+    from .file import FileStore
+    from .keyring import KeyringStore
+    from .memory import MemoryStore
     from .redis import RedisStore
+
+_LAZY = {
+    "FileStore": ".file",
+    "KeyringStore": ".keyring",
+    "MemoryStore": ".memory",
+    "RedisStore": ".redis",
+}
 
 __all__ = ["FileStore", "KeyringStore", "Lease", "MemoryStore", "RedisStore", "TokenStore"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "RedisStore":
-        from .redis import RedisStore
-
-        return RedisStore
-    raise AttributeError(name)
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pleo_auth.stores' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
