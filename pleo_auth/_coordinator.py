@@ -391,6 +391,7 @@ class Coordinator:
 
     def _timer_loop(self) -> None:
         me = threading.current_thread()
+        _warm_up()
         while True:
             self._wakeup.clear()
             try:
@@ -470,6 +471,13 @@ class Coordinator:
 
 
 _E = TypeVar("_E", bound=PleoAuthError)
+
+
+def _warm_up() -> None:
+    """Import what a refresh needs, on the timer thread, long before the first one:
+    ``import pleo_auth`` stays cheap, and no request waits on an import at a rotation."""
+    import backoff  # noqa: F401
+    import filelock  # noqa: F401
 
 
 def _fresh_copy(error: _E) -> _E:
