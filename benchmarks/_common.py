@@ -10,10 +10,7 @@ import os
 import platform
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,48 +86,16 @@ def anchor_available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def redis_server() -> Iterator[str | None]:
-    """A private redis-server on a free loopback port, or None when there is none.
-
-    Started the way ``tests/conftest.py`` starts its own: no persistence, a
-    throw-away working directory, stopped on exit.
-    """
-    binary = shutil.which("redis-server")
-    if binary is None or importlib.util.find_spec("redis") is None:
+    """A private redis-server on a free loopback port, or None when there is none."""
+    if shutil.which("redis-server") is None or importlib.util.find_spec("redis") is None:
         yield None
         return
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="pleo-bench-redis-") as workdir:
-        proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-                        conn.sendall(b"PING\r\n")
-                        if conn.recv(16).startswith(b"+PONG"):
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start")
-                time.sleep(0.02)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    from pleo_auth.testing import redis_server as private_redis
+
+    with private_redis() as url:
+        yield url
 
 
 def redis_store_class() -> Any | None:

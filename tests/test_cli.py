@@ -11,7 +11,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import requests
 
 from pleo_auth import FileStore, PleoSession, ReauthenticationRequired, TokenSet
 from pleo_auth.cli import build_parser, main
-from pleo_auth.testing import Emulator
+from pleo_auth.testing import Emulator, free_port
 
 SECRET = "demo-secret"
 
@@ -32,12 +31,6 @@ SECRET = "demo-secret"
 def command() -> list[str]:
     script = Path(sys.executable).with_name("pleo-auth")
     return [str(script)] if script.exists() else [sys.executable, "-m", "pleo_auth.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def query(url: str) -> dict[str, str]:

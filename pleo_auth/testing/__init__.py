@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._clock import FakeClock
 from ._emulator import Emulator, EmulatorCounters
+from ._redis import free_port, redis_server
 
 if TYPE_CHECKING:
     from ._workload import (
@@ -41,6 +42,8 @@ __all__ = [
     "WorkloadProgress",
     "WorkloadReport",
     "build_store",
+    "free_port",
+    "redis_server",
     "run_workload",
 ]
 
