@@ -6,9 +6,12 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from session_helpers import MakeSession, TimerlessClock
 
+from pleo_auth import MemoryStore, PleoSession, TokenStore
 from pleo_auth._clock import FakeClock
 from pleo_auth.testing import Emulator, redis_server
 
@@ -50,3 +53,38 @@ def keyring_backend(tmp_path: Path) -> object:
     backend = PlaintextKeyring()
     backend.file_path = str(tmp_path / "keyring.cfg")  # type: ignore[misc]
     return backend
+
+
+@pytest.fixture
+def make_session() -> Iterator[MakeSession]:
+    """Build PleoSessions against an emulator; every one is closed afterwards."""
+    made: list[PleoSession] = []
+
+    def make(emu: Emulator, store: TokenStore | None = None, **kwargs: Any) -> PleoSession:
+        kwargs.setdefault("token_url", emu.token_url)
+        kwargs.setdefault("api_url", emu.api_url)
+        client_secret = kwargs.pop("client_secret", emu.client_secret)
+        session = PleoSession(
+            emu.client_id,
+            client_secret,
+            store=store if store is not None else MemoryStore(),
+            **kwargs,
+        )
+        made.append(session)
+        return session
+
+    yield make
+    for session in made:
+        session.close()
+
+
+@pytest.fixture
+def timerless() -> TimerlessClock:
+    return TimerlessClock()
+
+
+@pytest.fixture
+def timerless_emulator(timerless: TimerlessClock) -> Iterator[Emulator]:
+    """An emulator on the timerless clock, issuing 100-second access tokens."""
+    with Emulator(access_token_lifetime=100, clock=timerless.monotonic) as emu:
+        yield emu

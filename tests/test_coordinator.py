@@ -8,7 +8,6 @@ other processes are adopted rather than repeated.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import subprocess
 import sys
@@ -22,13 +21,13 @@ import pytest
 import requests
 from keyrings.alt.file import PlaintextKeyring
 from requests.adapters import HTTPAdapter
+from session_helpers import MakeSession, TimerlessClock, bearer, issued, timer_threads
 
 from pleo_auth import (
     FileStore,
     KeyringStore,
     Lease,
     MemoryStore,
-    PleoSession,
     ReauthenticationRequired,
     RefreshError,
     TokenSet,
@@ -41,13 +40,6 @@ from pleo_auth.testing import Emulator
 REPO = Path(__file__).resolve().parent.parent
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-class TimerlessClock(FakeClock):
-    """A FakeClock under which the proactive timer never wakes by itself."""
-
-    def wait(self, event: threading.Event, timeout: float) -> bool:
-        return super().wait(event, math.inf)
 
 
 class GatedStore(MemoryStore):
@@ -214,53 +206,6 @@ class Background:
         if self.error is not None:
             raise self.error
         return self.result
-
-
-def issued(emu: Emulator, clock: FakeClock | None = None) -> TokenSet:
-    return TokenSet.from_response(emu.issue_tokens(), now=clock.time() if clock else None)
-
-
-def timer_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name == "pleo-auth-refresh"}
-
-
-def bearer(response: requests.Response) -> str:
-    return str(response.request.headers.get("Authorization", ""))
-
-
-MakeSession = Callable[..., PleoSession]
-
-
-@pytest.fixture
-def make_session() -> Iterator[MakeSession]:
-    made: list[PleoSession] = []
-
-    def make(emu: Emulator, store: TokenStore | None = None, **kwargs: Any) -> PleoSession:
-        kwargs.setdefault("token_url", emu.token_url)
-        kwargs.setdefault("api_url", emu.api_url)
-        session = PleoSession(
-            emu.client_id,
-            emu.client_secret,
-            store=store if store is not None else MemoryStore(),
-            **kwargs,
-        )
-        made.append(session)
-        return session
-
-    yield make
-    for session in made:
-        session.close()
-
-
-@pytest.fixture
-def timerless() -> TimerlessClock:
-    return TimerlessClock()
-
-
-@pytest.fixture
-def timerless_emulator(timerless: TimerlessClock) -> Iterator[Emulator]:
-    with Emulator(access_token_lifetime=100, clock=timerless.monotonic) as emu:
-        yield emu
 
 
 # -- one coordinator and one timer per stored tokens --------------------------------------------

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 
 import pytest
 import requests
+from session_helpers import MakeSession, TimerlessClock, bearer, issued, timer_threads
 
 from pleo_auth import (
     ConfigurationError,
@@ -27,21 +28,11 @@ from pleo_auth import (
     ReauthenticationRequired,
     RefreshError,
     TokenSet,
-    TokenStore,
 )
 from pleo_auth._clock import FakeClock
 from pleo_auth.testing import Emulator
 
 # -- helpers ---------------------------------------------------------------------
-
-
-class TimerlessClock(FakeClock):
-    """A FakeClock under which the proactive timer never wakes by itself: it sleeps
-    until someone publishes new tokens. Tests of the request path use it so the
-    timer cannot race them."""
-
-    def wait(self, event: threading.Event, timeout: float) -> bool:
-        return super().wait(event, math.inf)
 
 
 class RecordingStore(MemoryStore):
@@ -149,65 +140,15 @@ def status_sequence(*statuses: int) -> Responder:
     return respond
 
 
-def issued(emu: Emulator, clock: FakeClock | None = None) -> TokenSet:
-    reply = emu.issue_tokens()
-    return TokenSet.from_response(reply, now=clock.time() if clock else None)
-
-
-def timer_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name == "pleo-auth-refresh"}
-
-
 def fast_backoff(session: PleoSession, backoff_max: float = 0.01) -> None:
     session._coordinator.endpoint.backoff_factor = 0.001
     session._coordinator.endpoint.backoff_max = backoff_max
-
-
-def bearer(response: requests.Response) -> str:
-    return str(response.request.headers.get("Authorization", ""))
-
-
-MakeSession = Callable[..., PleoSession]
-
-
-@pytest.fixture
-def make_session() -> Iterator[MakeSession]:
-    """Build PleoSessions against an emulator; every one is closed afterwards."""
-    made: list[PleoSession] = []
-
-    def make(emu: Emulator, store: TokenStore | None = None, **kwargs: Any) -> PleoSession:
-        kwargs.setdefault("token_url", emu.token_url)
-        kwargs.setdefault("api_url", emu.api_url)
-        client_secret = kwargs.pop("client_secret", emu.client_secret)
-        session = PleoSession(
-            emu.client_id,
-            client_secret,
-            store=store if store is not None else MemoryStore(),
-            **kwargs,
-        )
-        made.append(session)
-        return session
-
-    yield make
-    for session in made:
-        session.close()
 
 
 @pytest.fixture
 def fake_emulator(clock: FakeClock) -> Iterator[Emulator]:
     """An emulator on the test's FakeClock, issuing 100-second access tokens."""
     with Emulator(access_token_lifetime=100, clock=clock.monotonic) as emu:
-        yield emu
-
-
-@pytest.fixture
-def timerless() -> TimerlessClock:
-    return TimerlessClock()
-
-
-@pytest.fixture
-def timerless_emulator(timerless: TimerlessClock) -> Iterator[Emulator]:
-    with Emulator(access_token_lifetime=100, clock=timerless.monotonic) as emu:
         yield emu
 
 
