@@ -327,6 +327,7 @@ class Emulator:
         self._lock = threading.Lock()
         self._grants_by_access: dict[str, _Grant] = {}  # current tokens of live grants
         self._grants_by_refresh: dict[str, _Grant] = {}  # every refresh token issued
+        self._pairs: dict[str, str] = {}  # every refresh token issued -> its access token
         self._live_grants: set[_Grant] = set()
         self._codes: dict[str, _Code] = {}
         self._faults: deque[_Fault] = deque()
@@ -444,6 +445,27 @@ class Emulator:
         with self._lock:
             return self._new_grant(scope, None)
 
+    def issued_together(self, access_token: str, refresh_token: str) -> bool:
+        """Whether these two tokens were issued as one pair, by one grant or rotation.
+
+        A store that mixes the access token of one rotation with the refresh
+        token of another answers False: tests use it to prove saves are atomic.
+        """
+        with self._lock:
+            issued = self._pairs.get(refresh_token)
+        return issued is not None and hmac.compare_digest(issued, access_token)
+
+    def is_current(self, access_token: str, refresh_token: str) -> bool:
+        """Whether this is the live pair of a grant that was not revoked."""
+        with self._lock:
+            grant = self._grants_by_refresh.get(refresh_token)
+            return (
+                grant is not None
+                and not grant.revoked
+                and grant.refresh_token == refresh_token
+                and grant.access_token == access_token
+            )
+
     def revoke_all(self) -> None:
         """Revoke every grant, as if the user disconnected the app.
 
@@ -555,6 +577,7 @@ class Emulator:
         grant.access_expires_at = self._clock() + self._lifetime
         self._grants_by_access[grant.access_token] = grant
         self._grants_by_refresh[grant.refresh_token] = grant
+        self._pairs[grant.refresh_token] = grant.access_token
         return {
             "access_token": grant.access_token,
             "refresh_token": grant.refresh_token,
