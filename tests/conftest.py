@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from secret_service import private_secret_service
 from session_helpers import MakeSession, TimerlessClock
 
 from pleo_auth import MemoryStore, PleoSession, TokenStore
@@ -53,6 +54,20 @@ def keyring_backend(tmp_path: Path) -> object:
     backend = PlaintextKeyring()
     backend.file_path = str(tmp_path / "keyring.cfg")  # type: ignore[misc]
     return backend
+
+
+@pytest.fixture
+def secret_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A private, unlocked gnome-keyring on a private D-Bus session bus.
+
+    This process talks to it (``DBUS_SESSION_BUS_ADDRESS`` is set for the test);
+    pass the yielded variables in a child process's environment to share it.
+    Skipped where the binaries are missing, failed instead under CI.
+    """
+    with private_secret_service(tmp_path) as env:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        yield env
 
 
 @pytest.fixture
