@@ -12,6 +12,7 @@ from typing import Any, Literal, cast
 import requests
 
 from ._clock import SYSTEM_CLOCK, Clock
+from ._urls import check_secure_url
 from .errors import AuthorizationError, ConfigurationError, ReauthenticationRequired, RefreshError
 from .tokens import TokenSet
 
@@ -114,9 +115,7 @@ def check_settings(
     for name, value in (("max_refresh_time", max_time), ("refresh_timeout", timeout)):
         if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise ConfigurationError(f"{name} must be a positive number of seconds")
-    parsed = urllib.parse.urlsplit(token_url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigurationError(f"token_url must be an http(s) URL, not {token_url!r}")
+    check_secure_url("token_url", token_url)
 
 
 class TokenEndpoint:
@@ -318,7 +317,11 @@ class TokenEndpoint:
                 data["client_secret"] = self._client_secret
         sent_at = self._clock.time()
         try:
-            response = self._http.post(self.token_url, data=data, auth=auth, timeout=timeout)
+            # Never follow a redirect: a 307 would re-send the refresh token and
+            # the client secret in the body to wherever the Location points.
+            response = self._http.post(
+                self.token_url, data=data, auth=auth, timeout=timeout, allow_redirects=False
+            )
         except requests.Timeout as exc:
             raise _Transient("timed out") from exc
         except requests.ConnectionError as exc:
@@ -332,6 +335,12 @@ class TokenEndpoint:
                 status_code=status,
                 retry_after=_retry_after(response),
                 response=response,
+            )
+        if 300 <= status < 400:
+            raise RefreshError(
+                "the token endpoint answered with a redirect, which pleo_auth never follows "
+                "(it would carry the refresh token elsewhere); check token_url",
+                status_code=status,
             )
         if status != 200:
             error, description = _error_fields(response)

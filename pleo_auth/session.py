@@ -17,6 +17,7 @@ from requests.auth import AuthBase
 from ._clock import SYSTEM_CLOCK, Clock
 from ._coordinator import REGISTRY, Coordinator
 from ._endpoint import ClientAuth, TokenEndpoint, check_settings
+from ._urls import check_secure_url
 from .errors import ConfigurationError
 from .stores.base import TokenStore
 from .tokens import TokenSet
@@ -70,7 +71,10 @@ class PleoSession(requests.Session):
             employees = s.get("/v2/employees").json()
 
     * Relative URLs are resolved against ``api_url``. The bearer token is attached
-      only to URLs under ``api_url``: never to another host.
+      only to URLs under ``api_url``: never to another host, and never across a
+      redirect that leaves ``api_url``.
+    * ``token_url`` and ``api_url`` must be ``https://``; plain ``http://`` is
+      accepted only for loopback addresses (the emulator).
     * A timer refreshes the tokens ``refresh_margin`` seconds before they expire,
       even while idle; a request that finds them inside the margin refreshes first.
     * Refreshes are serialised: one at a time in this process (a Condition shared
@@ -157,9 +161,7 @@ class PleoSession(requests.Session):
         self.environment = environment
         self.token_url = token_url or default_token_url
         self.api_url = (api_url or default_api_url).rstrip("/")
-        api = urllib.parse.urlsplit(self.api_url)
-        if api.scheme not in ("http", "https") or not api.netloc:
-            raise ConfigurationError(f"api_url must be an http(s) URL, not {self.api_url!r}")
+        check_secure_url("api_url", self.api_url)
         self._api_prefix = self.api_url + "/"
         # Checked here, not only when the shared coordinator is first built, so a
         # second session over the same store cannot pass bad settings unnoticed.
@@ -315,6 +317,22 @@ class PleoSession(requests.Session):
             return send(method, url, auth=_Bearer(tokens.access_token), **kwargs)
         finally:
             coordinator.release()
+
+    def rebuild_auth(
+        self, prepared_request: requests.PreparedRequest, response: requests.Response
+    ) -> None:
+        """Strip the bearer token from a redirect that leaves ``api_url``.
+
+        requests already drops ``Authorization`` when a redirect changes host or
+        port, or goes from https to http. This goes further: the token follows a
+        redirect only while it stays under ``api_url``, so a redirect to another
+        path prefix, scheme or port on the same host does not carry it either.
+        """
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
+        came_from = response.request.url or ""
+        going_to = prepared_request.url or ""
+        if came_from.startswith(self._api_prefix) and not going_to.startswith(self._api_prefix):
+            prepared_request.headers.pop("Authorization", None)
 
     def _resolve(self, url: str) -> str:
         if "://" in url[:12]:
