@@ -38,6 +38,7 @@ import attrs
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._endpoint import ClientAuth, TokenEndpoint
+from ._urls import check_secure_url
 from .errors import AuthorizationError, ConfigurationError, TokenStoreError
 from .session import ENVIRONMENTS, Environment
 from .stores.base import TokenStore
@@ -129,7 +130,7 @@ def authorize_url_for(
         if sep and not tail:
             authorize_url = base + "/oauth/authorize"
     url = authorize_url or AUTHORIZE_URLS[environment]
-    _check_http_url("authorize_url", url)
+    check_secure_url("authorize_url", url)
     return url
 
 
@@ -283,7 +284,7 @@ class AuthorizationFlow:
         self.scope = normalize_scopes(scopes)
         self.environment = environment
         self.token_url = token_url or ENVIRONMENTS[environment][0]
-        _check_http_url("token_url", self.token_url)
+        check_secure_url("token_url", self.token_url)
         self.authorize_url = authorize_url_for(
             environment, authorize_url=authorize_url, token_url=token_url
         )
