@@ -50,6 +50,7 @@ import requests
 
 from . import __version__
 from ._store_spec import DEFAULT_SPEC, SPEC_HELP, store_from_spec
+from ._urls import check_secure_url
 from .errors import (
     AuthorizationError,
     ConfigurationError,
@@ -117,14 +118,25 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> _Settings:
         )
     else:
         secret = env.get("PLEO_CLIENT_SECRET") or None
+    urls = {
+        name: pick(name, variable)
+        for name, variable in (
+            ("token_url", "PLEO_TOKEN_URL"),
+            ("api_url", "PLEO_API_URL"),
+            ("authorize_url", "PLEO_AUTHORIZE_URL"),
+        )
+    }
+    for name, url in urls.items():
+        if url is not None:
+            check_secure_url(name, url)
     return _Settings(
         client_id=pick("client_id", "PLEO_CLIENT_ID") or "",
         client_secret=secret,
         environment=cast(Environment, environment),
         store_spec=pick("store", "PLEO_STORE") or DEFAULT_SPEC,
-        token_url=pick("token_url", "PLEO_TOKEN_URL"),
-        api_url=pick("api_url", "PLEO_API_URL"),
-        authorize_url=pick("authorize_url", "PLEO_AUTHORIZE_URL"),
+        token_url=urls["token_url"],
+        api_url=urls["api_url"],
+        authorize_url=urls["authorize_url"],
         scopes=scopes,
     )
 
