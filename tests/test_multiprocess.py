@@ -102,7 +102,7 @@ def test_four_processes_of_eight_threads_rotate_once_per_schedule_without_errors
 
 @pytest.mark.soak
 @pytest.mark.parametrize("kind", STORE_KINDS)
-def test_soak_four_processes_of_eight_threads_for_a_minute(
+def test_soak_four_processes_of_eight_threads_for_forty_seconds(
     emulator: Emulator, kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     emulator.set_access_token_lifetime(3.0)
@@ -111,10 +111,10 @@ def test_soak_four_processes_of_eight_threads_for_a_minute(
         _spec(kind, request, tmp_path),
         processes=4,
         threads=8,
-        duration=60.0,
+        duration=40.0,
         refresh_margin=1.0,
     )
-    assert_clean_rotations(report, at_least=20)
+    assert_clean_rotations(report, at_least=13)
 
 
 def test_redis_workers_share_nothing_but_the_url(
