@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import os
 import secrets
 from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import TokenStoreError
+from ..errors import ConfigurationError, TokenStoreError
 from ..tokens import TokenSet
 from . import _files
 from .base import Lease, TokenStore, decode_tokens, encode_tokens
@@ -18,18 +20,82 @@ from .base import Lease, TokenStore, decode_tokens, encode_tokens
 if TYPE_CHECKING:
     from keyring.backend import KeyringBackend
 
-__all__ = ["KeyringStore"]
+__all__ = ["WINDOWS_CREDENTIAL_LIMIT", "KeyringStore"]
+
+logger = logging.getLogger(__name__)
 
 #: How long a save, clear or confirming read waits for a refresh in another process.
 _LOCK_TIMEOUT = 60.0
 
+#: Bytes in one Windows Credential Manager entry (``CRED_MAX_CREDENTIAL_BLOB_SIZE``).
+#: keyring's ``WinVaultKeyring`` stores the password as UTF-16-LE, so about 1,280
+#: characters fit.
+WINDOWS_CREDENTIAL_LIMIT = 2560
+
+#: The smallest entry limit accepted: a split entry's head must fit in one entry.
+_MIN_ENTRY_BYTES = 512
+
+#: Marks a head entry that points at parts instead of holding the tokens.
+_SPLIT_FORMAT = "pleo-auth-split/1"
+
+#: The two places a split payload alternates between: a save writes the one the
+#: head does not point at, so the parts a reader may be reading stay intact.
+_SLOTS = ("a", "b")
+
+#: Reads of a split entry that find the head moving under them before giving up.
+_READ_ATTEMPTS = 5
+
+#: More parts than any token pair needs; bounds the sweep of a strange backend.
+_MAX_PARTS = 4096
+
+#: Backends that keep nothing or keep it unencrypted, by the class's module and name.
+_REFUSED = {
+    ("keyring.backends.fail", "Keyring"): "keyring found no usable backend on this machine",
+    ("keyring.backends.null", "Keyring"): "keyring is disabled (its null backend keeps nothing)",
+    ("keyrings.alt.file", "PlaintextKeyring"): (
+        "the keyring keyring would use is keyrings.alt's PlaintextKeyring, an unencrypted file"
+    ),
+}
+
+_ALTERNATIVES = (
+    "Keep the tokens in a private file instead (FileStore(path), or `--store file:PATH` "
+    "on the command line) or in Redis (RedisStore(url), or `--store redis://HOST:PORT/DB`); "
+    "or install and unlock a keyring: on Linux a Secret Service such as gnome-keyring or "
+    "KWallet in a D-Bus session (`pip install secretstorage`), on macOS and Windows the "
+    "system's own."
+)
+
 
 class KeyringStore(TokenStore):
-    """Keeps both tokens as ONE keyring entry, so they are always saved together.
+    """Keeps both tokens in the operating system's keyring, saved as one unit.
 
-    The entry is a small JSON document under ``(service, account)``. The backend
-    is whatever :mod:`keyring` picks (macOS Keychain, Windows Credential Locker,
+    The tokens are a small JSON document under ``(service, account)``. The backend
+    is whatever :mod:`keyring` picks (macOS Keychain, Windows Credential Manager,
     the Secret Service on Linux) unless you pass one.
+
+    **Long tokens.** An entry larger than the backend holds (Windows: 2,560 bytes,
+    about 1,280 characters) is split. The parts go under ``{account}#a.0``,
+    ``{account}#a.1``, ... or ``{account}#b.0``, ..., whichever set the current
+    entry does not use; then the entry ``{account}`` itself is replaced, in one
+    write, by a small head naming the set, the number of parts and their SHA-256;
+    then the previous set is deleted. The head write is the commit: a save
+    interrupted before it leaves the previous tokens whole and loadable, and a
+    reader checks the hash, so it never returns a mix of two saves. Tokens that
+    fit stay one plain entry, as every earlier version wrote them.
+
+    **No usable keyring.** When no ``backend`` is given and keyring's choice keeps
+    nothing (its ``fail`` or ``null`` backend) or keeps it unencrypted
+    (keyrings.alt's ``PlaintextKeyring``), every call raises
+    :class:`~pleo_auth.TokenStoreError` naming FileStore and RedisStore: the tokens
+    never fall back to a plain-text file silently. This holds when
+    ``PYTHON_KEYRING_BACKEND`` or ``keyringrc.cfg`` names such a backend too, because
+    those settings steer every Python program of the user (they are often set for
+    pip or twine) and are no decision about where a Pleo grant may live. A backend
+    passed as ``backend=`` is the caller's explicit choice and is used as given;
+    for a plain file, :class:`~pleo_auth.FileStore` is the better choice (a private
+    0600 file replaced atomically). When keyring's choice is its chainer, the store
+    uses the chain's first backend, the one keyring writes to, so a read never
+    finds a stale copy in a backend further down the chain.
 
     Reading a keyring can cost milliseconds and may prompt the user, so it is read
     only when the tokens change. Processes on this machine share a lock file and
@@ -48,10 +114,19 @@ class KeyringStore(TokenStore):
         state_dir: Where the lock file and change marker live. Defaults to
             ``$XDG_RUNTIME_DIR/pleo-auth`` or ``~/.cache/pleo-auth``. Every process
             sharing the tokens must use the same directory.
+        max_entry_bytes: The most one keyring entry may hold, counted as UTF-16-LE
+            bytes (two per character of the ASCII JSON written). Larger payloads
+            are split as above. Defaults to :data:`WINDOWS_CREDENTIAL_LIMIT` when
+            the backend is keyring's Windows Credential Manager backend, else no
+            limit. At least 512.
+
+    Raises:
+        ConfigurationError: ``max_entry_bytes`` is below 512.
 
     Thread safety:
         Every method may be called from any thread and any process at once, as
         far as the keyring backend allows (every backend shipped with keyring does).
+        The only state on the object is the backend keyring resolved, computed once.
     """
 
     fenced = True
@@ -63,10 +138,17 @@ class KeyringStore(TokenStore):
         *,
         backend: KeyringBackend | None = None,
         state_dir: str | os.PathLike[str] | None = None,
+        max_entry_bytes: int | None = None,
     ):
+        if max_entry_bytes is not None and max_entry_bytes < _MIN_ENTRY_BYTES:
+            raise ConfigurationError(
+                f"max_entry_bytes must be at least {_MIN_ENTRY_BYTES}, not {max_entry_bytes}"
+            )
         self.service = service
         self.account = account or "default"
+        self.max_entry_bytes = max_entry_bytes
         self._backend = backend
+        self._default_backend: Any = None
         self._custom_location = backend is not None or state_dir is not None
         base = Path(state_dir) if state_dir is not None else _files.default_state_dir()
         tag = hashlib.sha256(f"{self.service}\0{self.account}".encode()).hexdigest()[:16]
@@ -74,63 +156,183 @@ class KeyringStore(TokenStore):
         self.marker_path = base / f"keyring-{tag}.changed"
 
     def _keyring(self) -> Any:
+        """The backend: the one passed in, else keyring's choice if it is usable.
+
+        Raises:
+            TokenStoreError: keyring's choice keeps nothing or keeps it unencrypted,
+                or cannot be loaded.
+        """
         if self._backend is not None:
             return self._backend
-        # Imported late: finding keyring backends costs more than importing requests.
-        import keyring
+        if self._default_backend is None:
+            # Resolved late: finding keyring backends costs more than importing requests.
+            # Two threads may both resolve it; they find the same backend.
+            self._default_backend = _usable_default_backend()
+        return self._default_backend
 
-        return keyring.get_keyring()
+    def _entry_limit(self, backend: Any) -> int | None:
+        if self.max_entry_bytes is not None:
+            return self.max_entry_bytes
+        return WINDOWS_CREDENTIAL_LIMIT if _writes_to_windows_vault(backend) else None
+
+    # -- the TokenStore interface ---------------------------------------------------
 
     def load(self) -> TokenSet | None:
+        backend = self._keyring()  # an unusable keyring fails here, without the lock
         if _files.holds(self.lock_path):
-            return self._read()
+            return self._read(backend)
         try:
-            tokens = self._read()
+            tokens = self._read(backend)
         except TokenStoreError:
             tokens = None
         if tokens is not None:
             return tokens
         # Some backends (keyrings.alt's files) rewrite in place, so a read can land
-        # mid-write and find nothing or half a document. Every write holds the
-        # lock, so a read under it is the truth.
+        # mid-write and find nothing or half a document; a split entry can be read
+        # while a save moves it. Every write holds the lock, so a read under it is
+        # the truth.
         with self.lock(timeout=_LOCK_TIMEOUT, lease=_LOCK_TIMEOUT):
-            return self._read()
-
-    def _read(self) -> TokenSet | None:
-        try:
-            raw = self._keyring().get_password(self.service, self.account)
-        except _keyring_errors() as exc:
-            raise TokenStoreError(f"cannot read the keyring: {_keyring_reason(exc)}") from exc
-        if raw is None:
-            return None
-        return decode_tokens(raw, f"keyring entry {self.service}/{self.account}")
+            return self._read(backend)
 
     def save(self, tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
+        backend = self._keyring()
         payload = encode_tokens(tokens)
         with self.lock(timeout=_LOCK_TIMEOUT, lease=_LOCK_TIMEOUT):
-            if replaces is not None and self._read() != replaces:
+            if replaces is not None and self._read(backend) != replaces:
                 raise TokenStoreError(
                     "the tokens in the keyring changed during the refresh; not saved"
                 )
-            try:
-                self._keyring().set_password(self.service, self.account, payload)
-            except _keyring_errors() as exc:
-                raise TokenStoreError(f"cannot write the keyring: {_keyring_reason(exc)}") from exc
+            self._write(backend, payload)
             self._mark_changed()
 
     def clear(self, *, only: TokenSet | None = None) -> None:
-        from keyring.errors import PasswordDeleteError
-
+        backend = self._keyring()
         with self.lock(timeout=_LOCK_TIMEOUT, lease=_LOCK_TIMEOUT):
-            if only is not None and self._read() != only:
+            if only is not None and self._read(backend) != only:
                 return
             try:
-                self._keyring().delete_password(self.service, self.account)
-            except PasswordDeleteError:
-                pass  # nothing stored: already clear
-            except _keyring_errors() as exc:
-                raise TokenStoreError(f"cannot clear the keyring: {_keyring_reason(exc)}") from exc
-            self._mark_changed()
+                # The head goes first: from then on no reader finds the tokens.
+                self._delete(backend, self.account, "clear")
+            finally:
+                self._mark_changed()
+            for slot in _SLOTS:
+                self._delete_parts(backend, slot, "clear")
+
+    # -- one entry, or a head and its parts -----------------------------------------
+
+    def _part(self, slot: str, index: int) -> str:
+        return f"{self.account}#{slot}.{index}"
+
+    def _read(self, backend: Any) -> TokenSet | None:
+        where = f"keyring entry {self.service}/{self.account}"
+        for _ in range(_READ_ATTEMPTS):
+            head = self._get(backend, self.account)
+            if head is None:
+                return None
+            split = _parse_head(head)
+            if split is None:
+                return decode_tokens(head, where)
+            payload = self._join(backend, split)
+            if payload is not None:
+                return decode_tokens(payload, where)
+            if self._get(backend, self.account) == head:
+                raise TokenStoreError(
+                    f"{where} is split into {split['parts']} parts, but a part is missing "
+                    "or does not match; run `pleo-auth logout` and log in again"
+                )
+            # A save moved the tokens while we read the parts: read the new ones.
+        raise TokenStoreError(
+            f"{where} changed on every one of {_READ_ATTEMPTS} reads; try again",
+            retryable=True,
+        )
+
+    def _join(self, backend: Any, split: dict[str, Any]) -> str | None:
+        """The parts ``split`` names, joined, or None if one is missing or they mismatch."""
+        parts = []
+        for index in range(split["parts"]):
+            part = self._get(backend, self._part(split["slot"], index))
+            if part is None:
+                return None
+            parts.append(part)
+        payload = "".join(parts)
+        if hashlib.sha256(payload.encode()).hexdigest() != split["sha256"]:
+            return None
+        return payload
+
+    def _write(self, backend: Any, payload: str) -> None:
+        """Replace the stored payload by one write of the head entry; the caller holds the lock."""
+        head = self._get(backend, self.account)
+        previous = _parse_head(head) if head is not None else None
+        old_slot = previous["slot"] if previous is not None else None
+        limit = self._entry_limit(backend)
+        if limit is None or _utf16_size(payload) <= limit:
+            self._set(backend, self.account, payload)
+        else:
+            slot = _SLOTS[1] if old_slot == _SLOTS[0] else _SLOTS[0]
+            # Parts a save left there before it was interrupted: none of them is live.
+            self._delete_parts(backend, slot, "write")
+            parts = _split(payload, limit)
+            for index, part in enumerate(parts):
+                self._set(backend, self._part(slot, index), part)
+            new_head = json.dumps(
+                {
+                    "format": _SPLIT_FORMAT,
+                    "slot": slot,
+                    "parts": len(parts),
+                    "sha256": hashlib.sha256(payload.encode()).hexdigest(),
+                    # Two saves of equal tokens still get distinct heads, so a reader
+                    # always notices that the head moved.
+                    "nonce": secrets.token_hex(8),
+                },
+                sort_keys=True,
+            )
+            self._set(backend, self.account, new_head)  # the commit
+        if old_slot is not None:
+            try:
+                self._delete_parts(backend, old_slot, "write")
+            except TokenStoreError as exc:
+                # Saved; the next split save sweeps these parts before using the slot.
+                logger.warning("saved, but could not delete the previous parts: %s", exc)
+
+    def _delete_parts(self, backend: Any, slot: str, action: str) -> None:
+        """Delete every part in ``slot``, the last first.
+
+        Parts are written from the first up and deleted from the last down, so an
+        interrupted save or sweep always leaves an unbroken run from part 0, and
+        the next sweep finds all of it.
+        """
+        count = 0
+        while count < _MAX_PARTS and self._get(backend, self._part(slot, count)) is not None:
+            count += 1
+        for index in reversed(range(count)):
+            self._delete(backend, self._part(slot, index), action)
+
+    # -- the backend, its errors wrapped ------------------------------------------
+
+    def _get(self, backend: Any, username: str) -> str | None:
+        try:
+            value: str | None = backend.get_password(self.service, username)
+        except Exception as exc:
+            raise _backend_error("read", exc) from exc
+        return value
+
+    def _set(self, backend: Any, username: str, value: str) -> None:
+        try:
+            backend.set_password(self.service, username, value)
+        except Exception as exc:
+            raise _backend_error("write", exc) from exc
+
+    def _delete(self, backend: Any, username: str, action: str) -> None:
+        from keyring.errors import PasswordDeleteError
+
+        try:
+            backend.delete_password(self.service, username)
+        except PasswordDeleteError:
+            pass  # nothing stored: already gone
+        except Exception as exc:
+            raise _backend_error(action, exc) from exc
+
+    # -- locking and change detection ---------------------------------------------
 
     def _mark_changed(self) -> None:
         try:
@@ -163,19 +365,139 @@ class KeyringStore(TokenStore):
         return f"keyring service {self.service!r}, account {self.account!r}"
 
 
-def _keyring_errors() -> tuple[type[Exception], ...]:
-    from keyring.errors import KeyringError
-
-    # Backends also fail with OSError (file backends, a dead D-Bus socket).
-    return (KeyringError, OSError)
+# -- split entries -------------------------------------------------------------------
 
 
-def _keyring_reason(exc: Exception) -> str:
-    from keyring.errors import NoKeyringError
+def _utf16_size(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass"))
 
-    if isinstance(exc, NoKeyringError):
-        return (
-            "no keyring backend is available on this machine. Use a file store "
-            "(`--store file:PATH` or FileStore), or install and unlock a keyring."
+
+def _split(payload: str, limit: int) -> list[str]:
+    """``payload`` cut into pieces of at most ``limit`` UTF-16-LE bytes each."""
+    parts: list[str] = []
+    start = size = 0
+    for index, char in enumerate(payload):
+        cost = 4 if ord(char) > 0xFFFF else 2
+        if size + cost > limit:
+            parts.append(payload[start:index])
+            start, size = index, 0
+        size += cost
+    parts.append(payload[start:])
+    return parts
+
+
+def _parse_head(raw: str) -> dict[str, Any] | None:
+    """The head of a split entry, or None when ``raw`` is anything else."""
+    try:
+        head = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(head, dict) or head.get("format") != _SPLIT_FORMAT:
+        return None
+    parts, slot, digest = head.get("parts"), head.get("slot"), head.get("sha256")
+    if (
+        slot not in _SLOTS
+        or not isinstance(parts, int)
+        or not 0 < parts <= _MAX_PARTS
+        or not isinstance(digest, str)
+    ):
+        return None
+    return head
+
+
+# -- choosing and judging the backend ----------------------------------------------
+
+
+def _class_names(obj: object) -> set[tuple[str, str]]:
+    return {(cls.__module__, cls.__name__) for cls in type(obj).__mro__}
+
+
+def _chain_members(backend: Any) -> list[Any] | None:
+    """The backends of keyring's chainer, best first, or None for any other backend."""
+    if ("keyring.backends.chainer", "ChainerBackend") not in _class_names(backend):
+        return None
+    return list(backend.backends)
+
+
+def _writes_to_windows_vault(backend: Any) -> bool:
+    members = _chain_members(backend)
+    if members is not None:
+        return any(_writes_to_windows_vault(member) for member in members)
+    return ("keyring.backends.Windows", "WinVaultKeyring") in _class_names(backend)
+
+
+def _configured_by() -> str:
+    """Where keyring's choice came from, for the message."""
+    if os.environ.get("PYTHON_KEYRING_BACKEND"):
+        return " (chosen by PYTHON_KEYRING_BACKEND)"
+    try:
+        import keyring.core
+
+        locate: Any = keyring.core._config_path  # private, so looked up defensively
+        path = locate()
+        if path.exists() and "default-keyring" in path.read_text(encoding="utf-8"):
+            return f" (chosen by {path})"
+    except Exception:  # keyring internals moved: the message only loses a detail
+        logger.debug("could not locate keyring's configuration file", exc_info=True)
+    return ""
+
+
+def _usable_default_backend() -> Any:
+    """keyring's default backend, unless it keeps nothing or keeps it unencrypted.
+
+    Raises:
+        TokenStoreError: It is unusable (never retryable: only installing,
+            configuring or unlocking a keyring helps).
+    """
+    import keyring
+
+    try:
+        chosen = keyring.get_keyring()
+    except Exception as exc:
+        raise TokenStoreError(
+            f"cannot load the keyring backend{_configured_by()}: "
+            f"{type(exc).__name__}: {exc}. {_ALTERNATIVES}"
+        ) from exc
+    members = _chain_members(chosen)
+    if members is not None:
+        if not members:
+            raise TokenStoreError(
+                f"keyring found no usable backend on this machine. {_ALTERNATIVES}"
+            )
+        chosen = members[0]  # where keyring's chainer writes
+    names = _class_names(chosen)
+    for name, reason in _REFUSED.items():
+        if name in names:
+            raise TokenStoreError(
+                f"{reason}{_configured_by()}; pleo-auth does not keep tokens there. {_ALTERNATIVES}"
+            )
+    return chosen
+
+
+def _backend_error(action: str, exc: Exception) -> TokenStoreError:
+    """A TokenStoreError for whatever a keyring backend raised; never a token in it."""
+    names = {name for _, name in _class_names(exc)}
+    detail = f"{type(exc).__name__}: {exc}"
+    if "KeyringLocked" in names:
+        return TokenStoreError(
+            f"cannot {action} the keyring: it is locked ({detail}). Unlock it (log in to "
+            "the desktop session, or unlock the login keyring with your keyring manager) "
+            "and try again",
+            retryable=True,
         )
-    return f"{type(exc).__name__}: {exc}"
+    if "NoKeyringError" in names:
+        return TokenStoreError(f"cannot {action} the keyring: it has no backend. {_ALTERNATIVES}")
+    if names & {
+        "InitError",
+        "SecretServiceNotAvailableException",
+        "DBusErrorResponse",
+        "ConnectionError",
+        "TimeoutError",
+    }:
+        return TokenStoreError(
+            f"cannot {action} the keyring: its service is not reachable ({detail}). Check that "
+            "the keyring daemon and, on Linux, the D-Bus session (DBUS_SESSION_BUS_ADDRESS) "
+            "are running",
+            retryable=True,
+        )
+    return TokenStoreError(f"cannot {action} the keyring: {detail}")

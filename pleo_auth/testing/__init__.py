@@ -11,7 +11,8 @@ Start an emulator, point a client at :attr:`Emulator.token_url` and
         ...
 
 The emulator uses the standard library only, so importing it is cheap; the
-workload runner (:func:`run_workload`) is loaded on first use.
+workload runner (:func:`run_workload`) and :class:`SizeLimitedKeyring` (a keyring
+backend with Windows' entry size limit) are loaded on first use.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ._emulator import Emulator, EmulatorCounters
 from ._redis import free_port, redis_server
 
 if TYPE_CHECKING:
+    from ._keyrings import SizeLimitedKeyring
     from ._workload import (
         ClientSpec,
         WorkloadError,
@@ -38,6 +40,7 @@ __all__ = [
     "Emulator",
     "EmulatorCounters",
     "FakeClock",
+    "SizeLimitedKeyring",
     "WorkloadError",
     "WorkloadProgress",
     "WorkloadReport",
@@ -59,9 +62,14 @@ _WORKLOAD_NAMES = frozenset(
 )
 
 
+#: Names loaded on first use, and the module each lives in.
+_LAZY_MODULES = {**dict.fromkeys(_WORKLOAD_NAMES, "._workload"), "SizeLimitedKeyring": "._keyrings"}
+
+
 def __getattr__(name: str) -> Any:
-    if name not in _WORKLOAD_NAMES:
+    module = _LAZY_MODULES.get(name)
+    if module is None:
         raise AttributeError(f"module 'pleo_auth.testing' has no attribute {name!r}")
-    value = getattr(importlib.import_module("._workload", __name__), name)
+    value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
