@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -12,7 +13,90 @@ import attrs
 
 from .errors import RefreshError
 
-__all__ = ["TokenSet"]
+__all__ = ["DEFAULT_EXPIRES_IN", "MAX_EXPIRES_IN", "MIN_EXPIRES_IN", "TokenSet"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds an access token is assumed to live when a reply's ``expires_in`` is
+#: missing or unusable: the 15 minutes an older Pleo page documents.
+DEFAULT_EXPIRES_IN = 900.0
+
+#: The shortest lifetime taken from ``expires_in``: shorter would make the
+#: proactive timer refresh over and over.
+MIN_EXPIRES_IN = 1.0
+
+#: The longest lifetime taken from ``expires_in`` (a day): longer would let the
+#: proactive timer sleep past any real token's death.
+MAX_EXPIRES_IN = 86_400.0
+
+_MISSING = object()
+
+# What an Authorization header can carry: visible ASCII, no spaces or controls.
+_HEADER_SAFE = frozenset(chr(code) for code in range(0x21, 0x7F))
+
+
+def _json_type(value: object) -> str:
+    """The JSON kind of ``value``, with its article: never the value itself."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _token_problem(key: str, value: object) -> str | None:
+    """What makes ``value`` unusable as ``key`` of a reply, or None. Never the value."""
+    if value is None:
+        return "is missing"
+    if not isinstance(value, str):
+        return f"is not a string ({_json_type(value)})"
+    if not value:
+        return "is empty"
+    if key == "access_token" and not _HEADER_SAFE.issuperset(value):
+        return "has characters an Authorization header cannot carry"
+    return None
+
+
+def _assumed(problem: str) -> float:
+    logger.warning(
+        "token endpoint reply: expires_in %s; assuming the access token lives %.0f s",
+        problem,
+        DEFAULT_EXPIRES_IN,
+    )
+    return DEFAULT_EXPIRES_IN
+
+
+def _lifetime(value: object) -> float:
+    """Seconds the access token lives, by the policy of :meth:`TokenSet.from_response`."""
+    if value is _MISSING or value is None:
+        return _assumed("is missing")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return _assumed(f"is not a number ({_json_type(value)})")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer too large for a float
+        seconds = math.inf
+    except ValueError:
+        return _assumed("is not a number (a non-numeric string)")
+    if math.isnan(seconds):
+        return _assumed("is not a number (NaN)")
+    if seconds <= 0:
+        return _assumed("is zero" if seconds == 0 else "is negative")
+    if seconds < MIN_EXPIRES_IN or seconds > MAX_EXPIRES_IN:
+        bound = MIN_EXPIRES_IN if seconds < MIN_EXPIRES_IN else MAX_EXPIRES_IN
+        logger.warning(
+            "token endpoint reply: expires_in %g s is out of range; using %.0f s", seconds, bound
+        )
+        return bound
+    return seconds
 
 
 def _positive_finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -63,33 +147,52 @@ class TokenSet:
     def from_response(cls, data: Mapping[str, Any], *, now: float | None = None) -> TokenSet:
         """Build a ``TokenSet`` from a token-endpoint reply.
 
+        By the time a reply arrives, Pleo has already rotated the tokens: the
+        refresh token that was sent is spent. So a reply that carries both new
+        tokens is always kept, even when its ``expires_in`` is odd, and only a
+        reply without usable tokens is refused:
+
+        * ``expires_in`` missing, null, not a number (``"soon"``, ``true``), NaN,
+          zero or negative: the access token is assumed to live
+          :data:`DEFAULT_EXPIRES_IN` seconds (15 minutes), with a warning. A token
+          that dies sooner is refused with 401, which refreshes once and replays.
+        * A numeric string (``"3600"``) counts as that number.
+        * Below :data:`MIN_EXPIRES_IN` (1 s) or above :data:`MAX_EXPIRES_IN`
+          (1 day; ``1e12``, or ``1e309``, which parses as infinity), it is clamped
+          into that range, with a warning: the proactive timer never spins, and
+          never waits past a day.
+
+        Warnings name the problem, never a value that could be a token.
+
         Args:
             data: The decoded JSON reply, with ``access_token``, ``refresh_token``,
                 ``expires_in`` and optionally ``token_type`` and ``scope``.
             now: Wall-clock epoch seconds at which the reply arrived; defaults to now.
 
         Raises:
-            RefreshError: The reply lacks a field Pleo always sends. (Pleo always
-                rotates the refresh token, so a reply without one is unusable.)
+            RefreshError: The reply lacks a usable ``access_token`` or
+                ``refresh_token``. Pleo rotates the refresh token on every refresh,
+                so a reply without a new one is unusable: the old one is not kept
+                beside a new access token.
         """
-        missing = [
-            key for key in ("access_token", "refresh_token", "expires_in") if not data.get(key)
+        problems = [
+            f"{key} {problem}"
+            for key in ("access_token", "refresh_token")
+            if (problem := _token_problem(key, data.get(key))) is not None
         ]
-        if missing:
-            raise RefreshError(f"token endpoint reply lacks {', '.join(missing)}")
-        try:
-            expires_in = float(data["expires_in"])
-        except (TypeError, ValueError) as exc:
-            raise RefreshError("token endpoint reply has a non-numeric expires_in") from exc
-        if not math.isfinite(expires_in) or expires_in <= 0:
-            raise RefreshError("token endpoint reply has a non-positive expires_in")
+        if problems:
+            raise RefreshError(f"token endpoint reply unusable: {'; '.join(problems)}")
         issued = time.time() if now is None else now
+        scope = data.get("scope")
+        if isinstance(scope, list) and all(isinstance(item, str) for item in scope):
+            scope = " ".join(scope)
+        token_type = data.get("token_type")
         return cls(
-            access_token=str(data["access_token"]),
-            refresh_token=str(data["refresh_token"]),
-            expires_at=issued + expires_in,
-            token_type=str(data.get("token_type") or "Bearer"),
-            scope=str(data["scope"]) if data.get("scope") else None,
+            access_token=data["access_token"],
+            refresh_token=data["refresh_token"],
+            expires_at=issued + _lifetime(data.get("expires_in", _MISSING)),
+            token_type=token_type if isinstance(token_type, str) and token_type else "Bearer",
+            scope=scope if isinstance(scope, str) and scope else None,
             issued_at=issued,
         )
 

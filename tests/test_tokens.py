@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 from typing import Any
 
 import attrs
@@ -12,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pleo_auth import RefreshError, TokenSet
+from pleo_auth.tokens import DEFAULT_EXPIRES_IN, MAX_EXPIRES_IN, MIN_EXPIRES_IN
 
 # Opaque tokens as Pleo (and the emulator) issue them: a prefix and url-safe text.
 _URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -23,8 +26,8 @@ scopes = st.none() | st.lists(
     max_size=4,
 ).map(" ".join)
 epochs = st.floats(min_value=0, max_value=4e9, allow_nan=False, allow_infinity=False)
-lifetimes = st.integers(min_value=1, max_value=10**7) | st.floats(
-    min_value=0.001, max_value=1e7, allow_nan=False, allow_infinity=False
+lifetimes = st.integers(min_value=1, max_value=86_400) | st.floats(
+    min_value=1.0, max_value=86_400.0, allow_nan=False, allow_infinity=False
 )
 
 
@@ -90,44 +93,130 @@ def test_from_response_defaults_token_type_to_bearer_and_scope_to_none() -> None
     assert tokens.scope is None
 
 
-def test_from_response_accepts_expires_in_as_a_numeric_string() -> None:
-    assert TokenSet.from_response(reply(expires_in="60"), now=10.0).expires_at == 70.0
-
-
-@pytest.mark.parametrize("field", ["access_token", "refresh_token", "expires_in"])
-def test_from_response_without_a_required_field_raises_refresh_error_naming_it(
-    field: str,
-) -> None:
+@pytest.mark.parametrize("field", ["access_token", "refresh_token"])
+def test_from_response_without_a_token_raises_refresh_error_naming_it(field: str) -> None:
     data = reply()
     del data[field]
-    with pytest.raises(RefreshError, match=field):
+    with pytest.raises(RefreshError, match=f"{field} is missing"):
         TokenSet.from_response(data, now=0.0)
 
 
+def test_from_response_without_either_token_names_both() -> None:
+    with pytest.raises(RefreshError, match="access_token is missing; refresh_token is missing"):
+        TokenSet.from_response({"expires_in": 60}, now=0.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("", "is empty"),
+        (None, "is missing"),
+        (123, "is not a string (a number)"),
+        (["at"], "is not a string (an array)"),
+        ({"t": "x"}, "is not a string (an object)"),
+        (True, "is not a string (a boolean)"),
+    ],
+)
 @pytest.mark.parametrize("field", ["access_token", "refresh_token"])
-def test_from_response_with_an_empty_token_raises_refresh_error(field: str) -> None:
-    with pytest.raises(RefreshError, match=field):
-        TokenSet.from_response(reply(**{field: ""}), now=0.0)
-
-
-def test_from_response_with_non_numeric_expires_in_raises_refresh_error() -> None:
-    with pytest.raises(RefreshError, match="non-numeric"):
-        TokenSet.from_response(reply(expires_in="soon"), now=0.0)
-
-
-@pytest.mark.parametrize("expires_in", [0, -5, float("inf"), float("nan")])
-def test_from_response_with_non_positive_or_non_finite_expires_in_raises_refresh_error(
-    expires_in: float,
+def test_from_response_with_an_unusable_token_raises_refresh_error_naming_it(
+    field: str, value: object, problem: str
 ) -> None:
-    with pytest.raises(RefreshError, match="expires_in"):
-        TokenSet.from_response(reply(expires_in=expires_in), now=0.0)
+    with pytest.raises(RefreshError, match=re.escape(f"{field} {problem}")):
+        TokenSet.from_response({**reply(), field: value}, now=0.0)
+
+
+@pytest.mark.parametrize("access", ["at with space", "at\r\nX-Evil: 1", "at_\u00e9", "at\x00"])
+def test_from_response_refuses_an_access_token_no_authorization_header_can_carry(
+    access: str,
+) -> None:
+    with pytest.raises(RefreshError, match="Authorization header") as caught:
+        TokenSet.from_response(reply(access_token=access), now=0.0)
+    assert access not in str(caught.value)
+
+
+def test_from_response_accepts_any_non_empty_string_as_the_refresh_token() -> None:
+    # It travels in a form body, which can carry anything.
+    assert TokenSet.from_response(reply(refresh_token="rt with space é"), now=0.0).refresh_token
+
+
+# -- the expires_in policy: keep the tokens, assume or clamp the lifetime ---------------------
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "lifetime", "warning"),
+    [
+        (900, 900.0, None),
+        (0.5 + 1, 1.5, None),
+        ("3600", 3600.0, None),
+        (" 60 ", 60.0, None),
+        ("1e3", 1000.0, None),
+        (_ABSENT := object(), DEFAULT_EXPIRES_IN, "is missing"),
+        (None, DEFAULT_EXPIRES_IN, "is missing"),
+        (0, DEFAULT_EXPIRES_IN, "is zero"),
+        (-5, DEFAULT_EXPIRES_IN, "is negative"),
+        ("-60", DEFAULT_EXPIRES_IN, "is negative"),
+        ("soon", DEFAULT_EXPIRES_IN, "not a number (a non-numeric string)"),
+        ("", DEFAULT_EXPIRES_IN, "not a number (a non-numeric string)"),
+        (True, DEFAULT_EXPIRES_IN, "not a number (a boolean)"),
+        ([60], DEFAULT_EXPIRES_IN, "not a number (an array)"),
+        ({"s": 60}, DEFAULT_EXPIRES_IN, "not a number (an object)"),
+        (float("nan"), DEFAULT_EXPIRES_IN, "not a number (NaN)"),
+        ("nan", DEFAULT_EXPIRES_IN, "not a number (NaN)"),
+        (0.001, MIN_EXPIRES_IN, "out of range"),
+        (1e12, MAX_EXPIRES_IN, "out of range"),
+        (float("inf"), MAX_EXPIRES_IN, "out of range"),
+        ("inf", MAX_EXPIRES_IN, "out of range"),
+        (10**400, MAX_EXPIRES_IN, "out of range"),
+    ],
+)
+def test_from_response_keeps_the_tokens_whatever_expires_in_says(
+    caplog: pytest.LogCaptureFixture, expires_in: object, lifetime: float, warning: str | None
+) -> None:
+    data = reply()
+    del data["expires_in"]
+    if expires_in is not _ABSENT:
+        data["expires_in"] = expires_in
+    with caplog.at_level(logging.WARNING, logger="pleo_auth.tokens"):
+        tokens = TokenSet.from_response(data, now=1000.0)
+    assert (tokens.access_token, tokens.refresh_token) == ("at_abc", "rt_def")
+    assert tokens.expires_at - tokens.issued_at == lifetime  # type: ignore[operator]
+    messages = [record.getMessage() for record in caplog.records]
+    if warning is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1
+        assert warning in messages[0]
+        assert "at_abc" not in messages[0]
+        assert "rt_def" not in messages[0]
+
+
+def test_from_response_parses_1e309_json_as_infinity_and_clamps_it_to_a_day() -> None:
+    raw = '{"access_token": "at_abc", "refresh_token": "rt_def", "expires_in": 1e309}'
+    tokens = TokenSet.from_response(json.loads(raw), now=1000.0)
+    assert tokens.expires_at == 1000.0 + MAX_EXPIRES_IN
+
+
+def test_from_response_warning_never_shows_a_non_numeric_expires_in(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pleo_auth.tokens"):
+        TokenSet.from_response(reply(expires_in="rt_def"), now=0.0)
+    assert "rt_def" not in caplog.text
+
+
+def test_from_response_takes_a_list_scope_as_space_separated_and_ignores_junk() -> None:
+    assert TokenSet.from_response(reply(scope=["a:read", "b:write"]), now=0.0).scope == (
+        "a:read b:write"
+    )
+    assert TokenSet.from_response(reply(scope={"x": 1}), now=0.0).scope is None
+    assert TokenSet.from_response(reply(token_type=7), now=0.0).token_type == "Bearer"
 
 
 def test_from_response_error_message_never_contains_a_token() -> None:
     with pytest.raises(RefreshError) as caught:
-        TokenSet.from_response(reply(expires_in="soon"), now=0.0)
+        TokenSet.from_response(reply(access_token=["at_abc"], refresh_token=""), now=0.0)
     assert "at_abc" not in str(caught.value)
-    assert "rt_def" not in str(caught.value)
+    assert "at_abc" not in repr(caught.value)
 
 
 # -- the model -------------------------------------------------------------------
