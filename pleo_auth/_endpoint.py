@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 import random
 import urllib.parse
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any, Literal, cast
 
 import requests
@@ -27,8 +29,27 @@ TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 DEAD_GRANT_ERRORS = frozenset({"invalid_grant", "invalid_token", "expired_token"})
 
 
+#: The longest Retry-After honoured, in seconds: a server that asks for more (or
+#: for infinity) must not stop this process from ever refreshing again.
+MAX_RETRY_AFTER = 3600.0
+
+# Appended to every "200 but unusable" error: by the time a 200 arrives, Pleo has
+# probably rotated the tokens, so the refresh token that was sent is spent.
+_SPENT = (
+    ". Pleo has probably rotated the tokens already: if so, the refresh token is spent, "
+    "the next refresh will be refused and a new login will be needed"
+)
+
+
 class _Transient(Exception):
-    """A failure worth retrying. Internal: it never leaves this module."""
+    """A failure worth retrying. Internal: it never leaves this module.
+
+    Attributes:
+        unanswered: The request may have reached the server, but no reply reached
+            us (a read timeout, a connection lost after sending, a gateway's 502
+            or 504). If the server handled it, it rotated the tokens.
+        stopped_by: Why the retries stopped here, when they did (set by the loop).
+    """
 
     def __init__(
         self,
@@ -37,12 +58,15 @@ class _Transient(Exception):
         status_code: int | None = None,
         retry_after: float | None = None,
         response: requests.Response | None = None,
+        unanswered: bool = False,
     ):
         super().__init__(reason)
         self.reason = reason
         self.status_code = status_code
         self.retry_after = retry_after
         self.response = response
+        self.unanswered = unanswered
+        self.stopped_by: str | None = None
 
 
 class _LeaseExpired(Exception):
@@ -53,25 +77,54 @@ def _retry_after(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
         return None
+    seconds: float | None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
+        seconds = _retry_after_date(value)
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+def _retry_after_date(value: str) -> float | None:
+    import datetime
     import email.utils  # deferred: only a Retry-After given as a date needs it
 
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        now = datetime.datetime.now(tz=when.tzinfo or datetime.UTC)
+        return (when - now).total_seconds()
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    import datetime
-
-    now = datetime.datetime.now(tz=when.tzinfo or datetime.UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
-def _error_fields(response: requests.Response) -> tuple[str | None, str | None]:
+def _scrub(text: str, secrets: tuple[str, ...], limit: int) -> str:
+    """``text`` fit for a message: no secret, no control character, at most ``limit`` long."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    text = "".join(char if char.isprintable() else "?" for char in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json(response: requests.Response) -> object:
+    """The decoded body. Raises ValueError for anything that is not JSON.
+
+    Not ``response.json()``: it trusts a declared charset, and a deeply nested
+    document raises RecursionError, which is not a ValueError.
+    """
     try:
-        body = response.json()
+        return json.loads(response.content)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _error_fields(
+    response: requests.Response, secrets: tuple[str, ...]
+) -> tuple[str | None, str | None]:
+    try:
+        body = _json(response)
     except ValueError:
         return None, None
     if not isinstance(body, dict):
@@ -79,13 +132,72 @@ def _error_fields(response: requests.Response) -> tuple[str | None, str | None]:
     error = body.get("error")
     description = body.get("error_description")
     return (
-        str(error) if error else None,
-        str(description)[:300] if description else None,
+        _scrub(error, secrets, 80) if isinstance(error, str) and error else None,
+        _scrub(description, secrets, 300) if isinstance(description, str) and description else None,
     )
 
 
-def _wait_generator(factor: float, cap: float) -> Generator[float, Any, None]:
-    """Exponential backoff with full jitter, never shorter than a server's Retry-After.
+def _media_type(response: requests.Response, secrets: tuple[str, ...]) -> str:
+    value = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    return _scrub(value, secrets, 60) if value else "no Content-Type"
+
+
+def _not_a_token_reply(response: requests.Response, secrets: tuple[str, ...]) -> str:
+    """What a 200 body that is not a JSON object looks like, for the message."""
+    media = _media_type(response, secrets)
+    if not response.content:
+        return f"an empty body ({media})"
+    if "html" in media:
+        return f"an HTML page ({media}), not a token reply"
+    return f"a body that is not valid JSON ({media}, {len(response.content)} bytes: truncated?)"
+
+
+def _chain(exc: BaseException) -> list[object]:
+    """``exc`` and what it wraps: causes, contexts, urllib3 reasons and arguments."""
+    seen: list[object] = []
+    pending: list[object] = [exc]
+    while pending and len(seen) < 32:
+        item = pending.pop()
+        if any(item is known for known in seen):
+            continue
+        seen.append(item)
+        if isinstance(item, BaseException):
+            pending.extend(arg for arg in item.args if isinstance(arg, BaseException))
+            for link in (item.__cause__, item.__context__, getattr(item, "reason", None)):
+                if isinstance(link, BaseException):
+                    pending.append(link)
+    return seen
+
+
+def _transport_failure(exc: requests.RequestException) -> _Transient | None:
+    """The transient failure a transport error stands for, or None if it is not one."""
+    import urllib3.exceptions  # already loaded by requests
+
+    chain = _chain(exc)
+
+    def has(*kinds: type[BaseException]) -> bool:
+        return any(isinstance(item, kinds) for item in chain)
+
+    if isinstance(exc, requests.ConnectTimeout):
+        return _Transient("connecting timed out")
+    if isinstance(exc, requests.ConnectionError) and has(urllib3.exceptions.NewConnectionError):
+        return _Transient("connection refused" if has(ConnectionRefusedError) else "cannot connect")
+    if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        if has(urllib3.exceptions.ReadTimeoutError):
+            return _Transient("timed out waiting for the reply", unanswered=True)
+        if has(ConnectionResetError):
+            return _Transient("connection reset before the reply was complete", unanswered=True)
+        return _Transient("connection closed before the reply was complete", unanswered=True)
+    if isinstance(exc, requests.Timeout):
+        return _Transient("timed out waiting for the reply", unanswered=True)
+    return None
+
+
+def _wait_generator(
+    factor: float, cap: float, remaining: Callable[[], float] | None = None
+) -> Generator[float, Any, None]:
+    """Exponential backoff with full jitter, never shorter than a server's Retry-After,
+    and never longer than the ``remaining`` time budget.
 
     backoff sends each failure into the generator, which is how Retry-After gets in.
     """
@@ -96,6 +208,8 @@ def _wait_generator(factor: float, cap: float) -> Generator[float, Any, None]:
         retry_after = getattr(failure, "retry_after", None)
         if retry_after is not None:
             delay = max(delay, retry_after)
+        if remaining is not None:
+            delay = max(0.0, min(delay, remaining()))
         attempt += 1
         failure = yield delay
 
@@ -164,7 +278,11 @@ class TokenEndpoint:
 
     @property
     def budget(self) -> float:
-        """The longest one refresh can take, every retry included."""
+        """An upper bound on how long one refresh takes, every retry included.
+
+        No attempt starts after ``max_time``, and each lasts at most ``timeout``,
+        so a refresh ends within ``max_time + timeout``; ``backoff_max`` is margin.
+        """
         return self.max_time + self.timeout + self.backoff_max
 
     def reset_connections(self) -> None:
@@ -178,24 +296,34 @@ class TokenEndpoint:
     def refresh(self, refresh_token: str, *, deadline: float | None = None) -> TokenSet:
         """Spend ``refresh_token`` for a new :class:`TokenSet`.
 
+        Transient failures (connection refused or lost, timeouts, 429 and 5xx) are
+        retried with backoff, up to ``max_attempts`` attempts, none started after
+        ``max_time`` seconds. A reply that is 200 but unusable is never retried:
+        Pleo has probably rotated the tokens already.
+
         Args:
             refresh_token: The refresh token read from the store just now.
-            deadline: Monotonic time by which the caller's lease runs out. No attempt
-                starts that could not finish before it.
+            deadline: Monotonic time by which the caller's lease runs out. An
+                attempt starts only if its whole ``timeout`` fits before it, so no
+                reply is still on its way when another process may take the lock.
 
         Raises:
             ReauthenticationRequired: The grant is dead (``invalid_grant`` and kin).
-            RefreshError: Any other refusal, or transient failures that outlasted
-                the retry budget (then ``retryable`` is True).
+                When an earlier attempt of this refresh went unanswered, the message
+                says that its reply was lost after Pleo had rotated the tokens, so the
+                retry was refused as reuse.
+            RefreshError: Any other refusal, an unusable 200 reply, or transient
+                failures that outlasted the retry budget (then ``retryable`` is True).
         """
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        secrets = (refresh_token, self._client_secret or "")
+        unanswered: list[str] = []
         try:
-            return self._request_tokens(form, deadline)
+            return self._request_tokens(form, deadline, secrets, unanswered)
         except _Refused as refused:
             if refused.error in DEAD_GRANT_ERRORS:
                 raise ReauthenticationRequired(
-                    "Pleo refused the refresh token: the authorisation has expired or was revoked.",
-                    error=refused.error,
+                    _dead_grant_reason(unanswered), error=refused.error
                 ) from None
             raise RefreshError(
                 "the token endpoint refused the refresh",
@@ -210,7 +338,8 @@ class TokenEndpoint:
 
         Raises:
             AuthorizationError: The code was refused (used, expired, wrong verifier).
-            RefreshError: Transient failures outlasted the retry budget.
+            RefreshError: An unusable 200 reply, or transient failures that
+                outlasted the retry budget.
         """
         form = {
             "grant_type": "authorization_code",
@@ -218,8 +347,9 @@ class TokenEndpoint:
             "redirect_uri": redirect_uri,
             "code_verifier": code_verifier,
         }
+        secrets = (code, code_verifier, self._client_secret or "")
         try:
-            return self._request_tokens(form, None)
+            return self._request_tokens(form, None, secrets, [])
         except _Refused as refused:
             raise AuthorizationError(
                 f"Pleo refused the authorization code (HTTP {refused.response.status_code}"
@@ -228,23 +358,62 @@ class TokenEndpoint:
                 description=refused.description,
             ) from None
 
-    def _request_tokens(self, form: Mapping[str, str], deadline: float | None) -> TokenSet:
+    def _request_tokens(
+        self,
+        form: Mapping[str, str],
+        deadline: float | None,
+        secrets: tuple[str, ...],
+        unanswered: list[str],
+    ) -> TokenSet:
+        """Post ``form`` with retries.
+
+        Args:
+            unanswered: Filled with the reason of each attempt that may have reached
+                the server without its reply reaching us (per call, never on self).
+        """
+        started = self._clock.monotonic()
         max_time = self.max_time
         if deadline is not None:
-            max_time = min(max_time, deadline - self._clock.monotonic())
+            max_time = min(max_time, deadline - started)
             if max_time <= 0:
                 raise RefreshError(
                     "the refresh lock's lease ran out before the refresh", retryable=True
                 )
+        tries = 0
 
-        def give_up(details: Any) -> None:
-            failure = details.get("exception")
-            logger.warning(
-                "token endpoint: giving up after %d attempts in %.1fs (%s)",
-                details["tries"],
-                details["elapsed"],
-                getattr(failure, "reason", type(failure).__name__),
-            )
+        def attempt() -> TokenSet:
+            nonlocal tries
+            tries += 1
+            try:
+                return self._attempt(form, deadline, secrets)
+            except _Transient as failure:
+                if failure.unanswered:
+                    unanswered.append(failure.reason)
+                raise
+
+        def stop(failure: Exception) -> bool:
+            # Decided afresh after each failure, on the injected clock: backoff's own
+            # max_time is measured before the attempt, so it would let a slow attempt
+            # be followed by one more.
+            assert isinstance(failure, _Transient)
+            now = self._clock.monotonic()
+            retry_after = failure.retry_after or 0.0
+            if deadline is not None and deadline - (now + retry_after) < self.timeout:
+                failure.stopped_by = (
+                    "the refresh lock's lease runs out before another attempt could finish"
+                )
+            elif now - started >= max_time:
+                failure.stopped_by = f"max_refresh_time of {self.max_time:g}s spent"
+            elif now - started + retry_after > max_time:
+                # Waiting out the server's Retry-After would overrun the budget: stop
+                # now rather than retry early against the server's wishes.
+                failure.stopped_by = (
+                    f"Retry-After {retry_after:g}s is beyond max_refresh_time of {self.max_time:g}s"
+                )
+            return failure.stopped_by is not None
+
+        def remaining() -> float:
+            return started + max_time - self._clock.monotonic()
 
         def on_backoff(details: Any) -> None:
             failure = details.get("exception")
@@ -255,36 +424,48 @@ class TokenEndpoint:
                 details["wait"],
             )
 
-        started = self._clock.monotonic()
-
-        def retry_after_too_long(failure: Exception) -> bool:
-            # Waiting out the server's Retry-After would overrun the budget: stop now
-            # rather than retry early against the server's wishes.
-            retry_after = getattr(failure, "retry_after", None)
-            if retry_after is None:
-                return False
-            return bool(self._clock.monotonic() - started + retry_after > max_time)
-
         import backoff  # deferred: it costs more to import than it does to run once
 
-        attempt = backoff.on_exception(
-            cast(Any, _wait_generator),
+        retrying = backoff.on_exception(
+            # Bound here: backoff would call a callable keyword argument once, up front.
+            cast(Any, functools.partial(_wait_generator, remaining=remaining)),
             _Transient,
             max_tries=self.max_attempts,
             max_time=max_time,
             jitter=None,
-            giveup=retry_after_too_long,
+            giveup=stop,
             on_backoff=on_backoff,
-            on_giveup=give_up,
             logger=None,
             factor=self.backoff_factor,
             cap=self.backoff_max,
-        )(self._attempt)
+        )(attempt)
         try:
-            return attempt(form, deadline)
+            return retrying()
         except _Transient as failure:
+            elapsed = self._clock.monotonic() - started
+            why = failure.stopped_by or (
+                f"max_refresh_attempts of {self.max_attempts} made"
+                if tries >= self.max_attempts
+                else f"max_refresh_time of {self.max_time:g}s spent"
+            )
+            logger.warning(
+                "token endpoint: giving up after %d attempts in %.1fs (%s; %s)",
+                tries,
+                elapsed,
+                failure.reason,
+                why,
+            )
+            message = (
+                f"the token endpoint did not answer usefully: {failure.reason}; gave up after "
+                f"{tries} attempt{'s' if tries != 1 else ''} in {elapsed:.1f}s ({why})"
+            )
+            if unanswered:
+                message += (
+                    ". An attempt went unanswered: if Pleo handled it, the refresh token is "
+                    "spent and the next refresh will be refused"
+                )
             raise RefreshError(
-                f"the token endpoint did not answer usefully: {failure.reason}",
+                message,
                 status_code=failure.status_code,
                 retryable=True,
                 retry_after=failure.retry_after,
@@ -292,17 +473,16 @@ class TokenEndpoint:
             ) from failure.__cause__
         except _LeaseExpired:
             raise RefreshError(
-                "gave up: the refresh lock's lease would expire before the token endpoint answered",
+                "gave up: the refresh lock's lease would run out before the token endpoint "
+                f"could answer another attempt (after {tries - 1} attempts)",
                 retryable=True,
             ) from None
 
-    def _attempt(self, form: Mapping[str, str], deadline: float | None) -> TokenSet:
-        timeout = self.timeout
-        if deadline is not None:
-            remaining = deadline - self._clock.monotonic()
-            if remaining <= 0.05:
-                raise _LeaseExpired
-            timeout = min(timeout, remaining)
+    def _attempt(
+        self, form: Mapping[str, str], deadline: float | None, secrets: tuple[str, ...]
+    ) -> TokenSet:
+        if deadline is not None and deadline - self._clock.monotonic() < self.timeout:
+            raise _LeaseExpired
         data = dict(form)
         auth: tuple[str, str] | None = None
         if self.client_auth == "basic" and self._client_secret is not None:
@@ -320,13 +500,14 @@ class TokenEndpoint:
             # Never follow a redirect: a 307 would re-send the refresh token and
             # the client secret in the body to wherever the Location points.
             response = self._http.post(
-                self.token_url, data=data, auth=auth, timeout=timeout, allow_redirects=False
+                self.token_url, data=data, auth=auth, timeout=self.timeout, allow_redirects=False
             )
-        except requests.Timeout as exc:
-            raise _Transient("timed out") from exc
-        except requests.ConnectionError as exc:
-            raise _Transient("connection failed") from exc
         except requests.RequestException as exc:
+            transient = _transport_failure(exc)
+            if transient is not None:
+                raise transient from exc
+            raise RefreshError(f"cannot call the token endpoint: {type(exc).__name__}") from exc
+        except Exception as exc:  # a foreign error from deep in the HTTP stack
             raise RefreshError(f"cannot call the token endpoint: {type(exc).__name__}") from exc
         status = response.status_code
         if status in TRANSIENT_STATUSES:
@@ -335,6 +516,8 @@ class TokenEndpoint:
                 status_code=status,
                 retry_after=_retry_after(response),
                 response=response,
+                # A gateway's 502 or 504 may come after Pleo handled the request.
+                unanswered=status in (502, 504),
             )
         if 300 <= status < 400:
             raise RefreshError(
@@ -343,20 +526,39 @@ class TokenEndpoint:
                 status_code=status,
             )
         if status != 200:
-            error, description = _error_fields(response)
+            error, description = _error_fields(response, secrets)
             raise _Refused(response, error, description)
+        # From here on, the reply carries new tokens or garbage, never an error: the
+        # response (which may hold new tokens) is not attached to any exception.
         try:
-            body = response.json()
-        except ValueError as exc:
+            body = _json(response)
+        except ValueError:
             raise RefreshError(
-                "the token endpoint answered 200 without JSON", status_code=200
-            ) from exc
+                f"the token endpoint answered 200 with {_not_a_token_reply(response, secrets)}"
+                + _SPENT,
+                status_code=200,
+            ) from None
         if not isinstance(body, dict):
             raise RefreshError(
-                "the token endpoint answered 200 with unexpected JSON", status_code=200
+                "the token endpoint answered 200 with JSON that is not an object" + _SPENT,
+                status_code=200,
             )
-        # Expiry counts from when the request was sent: never later than the server's view.
-        return TokenSet.from_response(body, now=sent_at)
+        try:
+            # Expiry counts from when the request was sent: never later than the server's view.
+            return TokenSet.from_response(body, now=sent_at)
+        except RefreshError as exc:
+            raise RefreshError(f"{exc}{_SPENT}", status_code=200) from None
+
+
+def _dead_grant_reason(unanswered: list[str]) -> str:
+    if not unanswered:
+        return "Pleo refused the refresh token: the authorisation has expired or was revoked."
+    return (
+        "Pleo refused the refresh token as already used, and revoked the authorisation. "
+        f"An earlier attempt of this same refresh got no reply ({unanswered[0]}): Pleo had "
+        "rotated the tokens on it, but the reply carrying the new ones was lost, so the "
+        "retry counted as reuse."
+    )
 
 
 class _Refused(Exception):

@@ -16,6 +16,7 @@ import backoff._sync
 import pytest
 import requests
 import responses
+import urllib3.exceptions
 
 from pleo_auth import (
     AuthorizationError,
@@ -25,7 +26,7 @@ from pleo_auth import (
     RefreshError,
 )
 from pleo_auth._clock import FakeClock
-from pleo_auth._endpoint import TokenEndpoint, _retry_after, _wait_generator
+from pleo_auth._endpoint import MAX_RETRY_AFTER, TokenEndpoint, _retry_after, _wait_generator
 
 TOKEN_URL = "https://auth.example.test/oauth/token"
 CLIENT_ID = "client-123"
@@ -145,11 +146,18 @@ def test_each_attempt_waits_at_most_timeout_seconds(mocked: responses.RequestsMo
     assert mocked.calls[0].request.req_kwargs["timeout"] == 7.5
 
 
-def test_attempt_timeout_is_capped_by_the_lease_deadline(mocked: responses.RequestsMock) -> None:
+def test_an_attempt_starts_only_if_its_whole_timeout_fits_before_the_lease_deadline(
+    mocked: responses.RequestsMock,
+) -> None:
     clock = FakeClock()
     mocked.add(responses.POST, TOKEN_URL, json=token_reply())
-    endpoint(timeout=10.0, clock=clock).refresh(OLD_REFRESH, deadline=clock.monotonic() + 3.0)
-    assert mocked.calls[0].request.req_kwargs["timeout"] == 3.0
+    ep = endpoint(timeout=10.0, clock=clock)
+    with pytest.raises(RefreshError, match="lease") as caught:
+        ep.refresh(OLD_REFRESH, deadline=clock.monotonic() + 9.9)
+    assert len(mocked.calls) == 0
+    assert caught.value.retryable is True
+    ep.refresh(OLD_REFRESH, deadline=clock.monotonic() + 10.0)
+    assert mocked.calls[0].request.req_kwargs["timeout"] == 10.0
 
 
 # -- transient failures ------------------------------------------------------------
@@ -269,7 +277,19 @@ def test_retry_after_beyond_the_time_budget_gives_up_without_retrying_early(
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [("12", 12.0), ("0.25", 0.25), ("-3", 0.0), ("soon", None), ("", None)],
+    [
+        ("12", 12.0),
+        ("0.25", 0.25),
+        ("-3", 0.0),
+        ("soon", None),
+        ("", None),
+        ("nan", None),
+        ("inf", MAX_RETRY_AFTER),
+        ("1e400", MAX_RETRY_AFTER),
+        ("86400", MAX_RETRY_AFTER),
+        ("Mon, 99 Foo 2024 99:99:99 GMT", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+    ],
 )
 def test_retry_after_header_parsing(header: str, expected: float | None) -> None:
     response = requests.Response()
@@ -369,7 +389,11 @@ def test_4xx_without_json_raises_refresh_error_with_the_status(
         "not json",
         "[1, 2]",
         '{"access_token": "at_x", "expires_in": 60}',
-        '{"access_token": "at_x", "refresh_token": "rt_x", "expires_in": "never"}',
+        '{"refresh_token": "rt_x", "expires_in": 60}',
+        '{"access_token": "at_x", "refresh_token": "rt_x", "expires_in": 60',
+        "<!doctype html><title>Welcome to the hotel Wi-Fi</title>",
+        "",
+        "[" * 100_000,
     ],
 )
 def test_unusable_200_reply_raises_refresh_error_without_retry(
@@ -380,6 +404,37 @@ def test_unusable_200_reply_raises_refresh_error_without_retry(
         endpoint().refresh(OLD_REFRESH)
     assert len(mocked.calls) == 1
     assert not isinstance(caught.value, ReauthenticationRequired)
+    assert caught.value.retryable is False
+    assert caught.value.status_code == 200
+    assert caught.value.response is None  # it may hold new tokens
+    assert "refresh token is spent" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "named"),
+    [
+        ("<html><body>Bad gateway</body></html>", "text/html; charset=utf-8", "an HTML page"),
+        ('{"access_token": "at_x", "refresh_', "application/json", "not valid JSON"),
+        ("", "application/json", "an empty body"),
+        ("[1, 2]", "application/json", "JSON that is not an object"),
+        ('{"refresh_token": "rt_x"}', "application/json", "access_token is missing"),
+        ('{"access_token": "at_x"}', "application/json", "refresh_token is missing"),
+    ],
+)
+def test_unusable_200_reply_message_names_the_problem(
+    mocked: responses.RequestsMock, body: str, content_type: str, named: str
+) -> None:
+    mocked.add(responses.POST, TOKEN_URL, status=200, body=body, content_type=content_type)
+    with pytest.raises(RefreshError, match=named):
+        endpoint().refresh(OLD_REFRESH)
+
+
+def test_200_reply_with_an_odd_expires_in_is_kept(mocked: responses.RequestsMock) -> None:
+    mocked.add(responses.POST, TOKEN_URL, json=token_reply(expires_in="never"))  # type: ignore[arg-type]
+    tokens = endpoint().refresh(OLD_REFRESH)
+    assert tokens.refresh_token == "rt_new_1"
+    assert tokens.issued_at is not None
+    assert tokens.expires_at - tokens.issued_at == 900.0
 
 
 # -- the lease -----------------------------------------------------------------------
@@ -403,6 +458,206 @@ def test_lease_too_short_for_another_attempt_raises_without_calling(
         endpoint(clock=clock).refresh(OLD_REFRESH, deadline=clock.monotonic() + 0.01)
     assert len(mocked.calls) == 0
     assert caught.value.retryable is True
+
+
+def test_no_retry_starts_when_the_lease_would_run_out_before_it_could_finish(
+    mocked: responses.RequestsMock, sleeps: list[float]
+) -> None:
+    clock = FakeClock()
+    deadline = clock.monotonic() + 20.0
+
+    def slow_503(request: Any) -> tuple[int, dict[str, str], str]:
+        clock.advance(12.0)  # 8 s of lease left: less than one 10 s attempt
+        return 503, {}, "{}"
+
+    mocked.add_callback(responses.POST, TOKEN_URL, callback=slow_503)
+    mocked.add(responses.POST, TOKEN_URL, json=token_reply())
+    with pytest.raises(RefreshError, match="lease runs out before another attempt") as caught:
+        endpoint(timeout=10.0, max_time=60.0, clock=clock).refresh(OLD_REFRESH, deadline=deadline)
+    assert len(mocked.calls) == 1
+    assert sleeps == []
+    assert caught.value.retryable is True
+
+
+def test_no_retry_starts_when_retry_after_would_push_it_past_the_lease(
+    mocked: responses.RequestsMock, sleeps: list[float]
+) -> None:
+    clock = FakeClock()
+    mocked.add(responses.POST, TOKEN_URL, status=429, headers={"Retry-After": "15"})
+    mocked.add(responses.POST, TOKEN_URL, json=token_reply())
+    with pytest.raises(RefreshError, match="lease"):
+        endpoint(timeout=10.0, max_time=60.0, clock=clock).refresh(
+            OLD_REFRESH, deadline=clock.monotonic() + 20.0
+        )
+    assert len(mocked.calls) == 1
+    assert sleeps == []
+
+
+# -- the time budget ------------------------------------------------------------------
+
+
+def test_no_attempt_starts_after_max_time_even_when_one_attempt_ran_long(
+    mocked: responses.RequestsMock, sleeps: list[float]
+) -> None:
+    clock = FakeClock()
+
+    def timing_out(request: Any) -> Exception:
+        clock.advance(6.0)  # as long as a read timeout would take
+        return requests.ReadTimeout("read timed out")
+
+    def slow_timeout(request: Any) -> tuple[int, dict[str, str], str]:
+        raise timing_out(request)
+
+    mocked.add_callback(responses.POST, TOKEN_URL, callback=slow_timeout)
+    with pytest.raises(RefreshError) as caught:
+        endpoint(timeout=6.0, max_time=10.0, max_attempts=10, clock=clock).refresh(OLD_REFRESH)
+    # Attempts start at 0 and 6 s; the third would start at 12 s, past max_time.
+    assert len(mocked.calls) == 2
+    message = str(caught.value)
+    assert "gave up after 2 attempts" in message
+    assert "max_refresh_time of 10s spent" in message
+    assert "timed out waiting for the reply" in message
+
+
+def test_backoff_waits_never_outlast_the_remaining_budget() -> None:
+    left = [0.25]
+    waits = _wait_generator(10.0, 60.0, remaining=lambda: left[0])
+    next(waits)
+    for _ in range(20):
+        assert 0.0 <= waits.send(None) <= 0.25
+    left[0] = -1.0
+    assert waits.send(None) == 0.0
+
+
+def test_the_final_error_names_the_failure_and_the_attempts(
+    mocked: responses.RequestsMock, sleeps: list[float]
+) -> None:
+    mocked.add(responses.POST, TOKEN_URL, status=502, body="<html>Bad gateway</html>")
+    with pytest.raises(RefreshError) as caught:
+        endpoint(max_attempts=3).refresh(OLD_REFRESH)
+    message = str(caught.value)
+    assert "HTTP 502" in message
+    assert "gave up after 3 attempts" in message
+    assert "max_refresh_attempts of 3 made" in message
+    # A gateway's 502 may hide a reply Pleo did send.
+    assert "An attempt went unanswered" in message
+
+
+def test_chunked_encoding_errors_mid_reply_are_retried(
+    mocked: responses.RequestsMock, sleeps: list[float]
+) -> None:
+    mocked.add(
+        responses.POST,
+        TOKEN_URL,
+        body=requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead"),
+    )
+    mocked.add(responses.POST, TOKEN_URL, json=token_reply())
+    assert endpoint().refresh(OLD_REFRESH).access_token == "at_new_1"
+    assert len(mocked.calls) == 2
+
+
+# -- a lost reply ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lost", "reason"),
+    [
+        (requests.ReadTimeout("read timed out"), "timed out waiting for the reply"),
+        (
+            requests.ConnectionError(ConnectionResetError(104, "Connection reset by peer")),
+            "connection reset before the reply was complete",
+        ),
+        (
+            requests.exceptions.ChunkedEncodingError("IncompleteRead"),
+            "connection closed before the reply was complete",
+        ),
+    ],
+)
+def test_invalid_grant_after_an_unanswered_attempt_explains_the_lost_reply(
+    mocked: responses.RequestsMock, sleeps: list[float], lost: Exception, reason: str
+) -> None:
+    mocked.add(responses.POST, TOKEN_URL, body=lost)
+    mocked.add(responses.POST, TOKEN_URL, status=400, json={"error": "invalid_grant"})
+    with pytest.raises(ReauthenticationRequired) as caught:
+        endpoint().refresh(OLD_REFRESH)
+    message = str(caught.value)
+    assert f"got no reply ({reason})" in message
+    assert "the reply carrying the new ones was lost" in message
+    assert "the retry counted as reuse" in message
+    assert caught.value.error == "invalid_grant"
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_invalid_grant_after_a_gateway_error_explains_the_lost_reply(
+    mocked: responses.RequestsMock, sleeps: list[float], status: int
+) -> None:
+    mocked.add(responses.POST, TOKEN_URL, status=status)
+    mocked.add(responses.POST, TOKEN_URL, status=400, json={"error": "invalid_grant"})
+    with pytest.raises(ReauthenticationRequired, match=f"got no reply \\(HTTP {status}\\)"):
+        endpoint().refresh(OLD_REFRESH)
+
+
+@pytest.mark.parametrize(
+    "never_sent",
+    [
+        requests.ConnectTimeout("connect timed out"),
+        requests.ConnectionError(
+            urllib3.exceptions.MaxRetryError(
+                None,  # type: ignore[arg-type]
+                "/oauth/token",
+                urllib3.exceptions.NewConnectionError(None, "Connection refused"),  # type: ignore[arg-type]
+            )
+        ),
+    ],
+)
+def test_invalid_grant_after_attempts_that_never_connected_is_a_plain_dead_grant(
+    mocked: responses.RequestsMock, sleeps: list[float], never_sent: Exception
+) -> None:
+    mocked.add(responses.POST, TOKEN_URL, status=503)
+    mocked.add(responses.POST, TOKEN_URL, body=never_sent)
+    mocked.add(responses.POST, TOKEN_URL, status=400, json={"error": "invalid_grant"})
+    with pytest.raises(ReauthenticationRequired) as caught:
+        endpoint().refresh(OLD_REFRESH)
+    assert "no reply" not in str(caught.value)
+    assert "expired or was revoked" in str(caught.value)
+
+
+# -- what the server says never carries a secret into a message ---------------------------
+
+
+def test_an_error_description_echoing_a_secret_is_redacted(mocked: responses.RequestsMock) -> None:
+    mocked.add(
+        responses.POST,
+        TOKEN_URL,
+        status=400,
+        json={
+            "error": f"invalid_request {SECRET}",
+            "error_description": f"bad token {OLD_REFRESH} for \x1b[31m{SECRET}\n",
+        },
+    )
+    with pytest.raises(RefreshError) as caught:
+        endpoint().refresh(OLD_REFRESH)
+    error = caught.value
+    for text in (str(error), repr(error), error.description or "", error.error or ""):
+        assert OLD_REFRESH not in text
+        assert SECRET not in text
+        assert "\x1b" not in text
+        assert "\n" not in text
+    assert error.description == "bad token [redacted] for ?[31m[redacted]?"
+
+
+def test_error_fields_that_are_not_strings_are_ignored(mocked: responses.RequestsMock) -> None:
+    mocked.add(
+        responses.POST,
+        TOKEN_URL,
+        status=400,
+        json={"error": {"refresh_token": OLD_REFRESH}, "error_description": [OLD_REFRESH]},
+    )
+    with pytest.raises(RefreshError) as caught:
+        endpoint().refresh(OLD_REFRESH)
+    assert caught.value.error is None
+    assert caught.value.description is None
+    assert OLD_REFRESH not in str(caught.value)
 
 
 # -- code exchange -----------------------------------------------------------------
