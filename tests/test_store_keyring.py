@@ -1,0 +1,690 @@
+"""KeyringStore's split entries for size-limited keyrings, and its refusal of unusable ones.
+
+Windows keeps at most 2,560 bytes in one credential. The split is tested against
+:class:`~pleo_auth.testing.SizeLimitedKeyring`, which enforces that limit, wrapped
+around real keyrings.alt file backends (and, where threads race, around a small
+in-memory keyring whose entries change atomically, as the Secret Service's and
+Windows' do; keyrings.alt rewrites its file in place, so a lock-free reader there
+can see nothing for reasons that have nothing to do with splitting).
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import io
+import itertools
+import json
+import math
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import keyring
+import keyring.backend
+import keyring.core
+import pytest
+from keyring.backends import chainer, fail, null
+from keyring.errors import KeyringLocked, PasswordDeleteError, PasswordSetError
+from keyrings.alt.escape import escape
+from keyrings.alt.file import PlaintextKeyring
+from store_contract import MakeStore, TokenStoreContract, new_tokens
+
+from pleo_auth import (
+    ConfigurationError,
+    KeyringStore,
+    PleoSession,
+    TokenSet,
+    TokenStoreError,
+)
+from pleo_auth.cli import main
+from pleo_auth.stores.base import encode_tokens
+from pleo_auth.testing import Emulator, SizeLimitedKeyring
+
+SERVICE = "pleo-auth-test"
+ACCOUNT = "client-1"
+LIMIT = 2560
+
+
+def long_tokens(tag: str, size: int) -> TokenSet:
+    """A pair whose access and refresh tokens are each ``size`` characters, JWT-like."""
+    body = (tag * (size // len(tag) + 1))[: size - 3]
+    return TokenSet(
+        access_token="at_" + body,
+        refresh_token="rt_" + body,
+        expires_at=2_000_000_000.0,
+        scope="users:read",
+        issued_at=1_999_999_100.0,
+    )
+
+
+def tag_of(tokens: TokenSet) -> tuple[str, str]:
+    return tokens.access_token[3:], tokens.refresh_token[3:]
+
+
+class MemoryKeyring:
+    """A keyring held in a dict, each entry set, read or deleted atomically.
+
+    Duck-typed rather than a KeyringBackend subclass, so keyring never sees it
+    as a candidate default backend.
+    """
+
+    priority = 1  # viable, for keyring's chainer
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def get_password(self, service: str, username: str) -> str | None:
+        with self._lock:
+            return self.entries.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        with self._lock:
+            self.entries[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        with self._lock:
+            if self.entries.pop((service, username), None) is None:
+                raise PasswordDeleteError("no such entry")
+
+
+def file_backend(path: Path) -> PlaintextKeyring:
+    backend = PlaintextKeyring()
+    backend.file_path = str(path)  # type: ignore[misc]
+    return backend
+
+
+def usernames(backend: Any) -> set[str]:
+    """The user names ``backend`` holds under SERVICE, however it stores them."""
+    if isinstance(backend, SizeLimitedKeyring):
+        backend = backend.inner
+    if isinstance(backend, MemoryKeyring):
+        return {user for service, user in backend.entries if service == SERVICE}
+    # keyrings.alt's file: read it once, not once per name (each read parses the file).
+    candidates = [ACCOUNT] + [f"{ACCOUNT}#{slot}.{i}" for slot in "ab" for i in range(64)]
+    by_option = {escape(name).lower(): name for name in candidates}
+    parser = configparser.RawConfigParser()
+    parser.read(backend.file_path)
+    section = escape(SERVICE)
+    options = parser.options(section) if parser.has_section(section) else []
+    return {by_option[option] for option in options if option in by_option}
+
+
+def parts_of(slot: str, count: int) -> set[str]:
+    return {f"{ACCOUNT}#{slot}.{index}" for index in range(count)}
+
+
+@pytest.fixture
+def limited(tmp_path: Path) -> SizeLimitedKeyring:
+    return SizeLimitedKeyring(file_backend(tmp_path / "keyring.cfg"), max_bytes=LIMIT)
+
+
+@pytest.fixture
+def store(limited: SizeLimitedKeyring, tmp_path: Path) -> KeyringStore:
+    return KeyringStore(
+        SERVICE, ACCOUNT, backend=limited, state_dir=tmp_path / "state", max_entry_bytes=LIMIT
+    )
+
+
+# -- the contract, with every save split ------------------------------------------------
+
+
+class TestKeyringStoreSplitOverALimitedKeyring(TokenStoreContract):
+    """The whole contract with entries limited to 320 bytes: the contract's pairs
+    (about 180 characters, 360 bytes) are then always split into two parts. Over
+    the in-memory keyring, to keep it fast; tests/test_keyring_secret_service.py
+    runs it over the Secret Service."""
+
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> MakeStore:
+        backend = SizeLimitedKeyring(MemoryKeyring(), max_bytes=320)
+        return lambda: KeyringStore(
+            SERVICE, ACCOUNT, backend=backend, state_dir=tmp_path / "state", max_entry_bytes=320
+        )
+
+    def test_the_contract_pairs_are_really_split_here(self, store: KeyringStore) -> None:
+        store.save(new_tokens())
+        head = json.loads(store._keyring().get_password(SERVICE, ACCOUNT))
+        assert head["format"] == "pleo-auth-split/1"
+        assert head["parts"] == 2
+
+
+# -- long tokens --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [4096, 10240])
+def test_long_tokens_round_trip_in_parts_that_each_fit_the_limit(
+    store: KeyringStore, limited: SizeLimitedKeyring, size: int
+) -> None:
+    tokens = long_tokens("eyJhbGciOiJSUzI1NiJ9", size)
+    store.save(tokens)
+    assert store.load() == tokens
+    payload_bytes = 2 * len(encode_tokens(tokens))
+    count = math.ceil(payload_bytes / LIMIT)
+    assert usernames(limited) == {ACCOUNT} | parts_of("a", count)
+    for name in usernames(limited):
+        assert len(limited.get_password(SERVICE, name).encode("utf-16-le")) <= LIMIT
+    assert limited.refused == []
+
+
+def test_the_limited_backend_refuses_a_long_entry_that_is_not_split(
+    limited: SizeLimitedKeyring, tmp_path: Path
+) -> None:
+    """Proves the limit is enforced: without max_entry_bytes the same save fails, cleanly."""
+    unsplit = KeyringStore(SERVICE, ACCOUNT, backend=limited, state_dir=tmp_path / "state")
+    with pytest.raises(TokenStoreError, match="cannot write the keyring: PasswordSetError") as info:
+        unsplit.save(long_tokens("x", 4096))
+    assert isinstance(info.value.__cause__, PasswordSetError)
+    assert limited.refused == [2 * len(encode_tokens(long_tokens("x", 4096)))]
+    assert unsplit.load() is None
+
+
+def test_a_pair_that_fits_stays_one_plain_entry(
+    store: KeyringStore, limited: SizeLimitedKeyring
+) -> None:
+    tokens = new_tokens()
+    store.save(tokens)
+    assert usernames(limited) == {ACCOUNT}
+    assert json.loads(limited.get_password(SERVICE, ACCOUNT))["refresh_token"] == (
+        tokens.refresh_token
+    )
+
+
+def test_an_entry_written_before_splitting_existed_still_loads(
+    store: KeyringStore, limited: SizeLimitedKeyring
+) -> None:
+    tokens = new_tokens()
+    limited.set_password(SERVICE, ACCOUNT, json.dumps(tokens.to_dict()))
+    assert store.load() == tokens
+
+
+def test_saves_alternate_slots_and_delete_the_previous_slots_parts(
+    store: KeyringStore, limited: SizeLimitedKeyring
+) -> None:
+    first, second, third = (long_tokens(tag, 4096) for tag in ("one", "two", "six"))
+    count = math.ceil(2 * len(encode_tokens(first)) / LIMIT)
+    store.save(first)
+    assert usernames(limited) == {ACCOUNT} | parts_of("a", count)
+    store.save(second, replaces=first)
+    assert usernames(limited) == {ACCOUNT} | parts_of("b", count)
+    store.save(third, replaces=second)
+    assert usernames(limited) == {ACCOUNT} | parts_of("a", count)
+    assert store.load() == third
+
+
+def test_a_short_pair_after_a_long_one_is_plain_and_leaves_no_parts(
+    store: KeyringStore, limited: SizeLimitedKeyring
+) -> None:
+    long, short = long_tokens("long", 6000), new_tokens()
+    store.save(long)
+    store.save(short, replaces=long)
+    assert usernames(limited) == {ACCOUNT}
+    assert store.load() == short
+
+
+def test_clear_deletes_the_head_and_every_part(
+    store: KeyringStore, limited: SizeLimitedKeyring
+) -> None:
+    store.save(long_tokens("gone", 8000))
+    # Parts a save left behind before it was interrupted, in the other slot.
+    limited.set_password(SERVICE, f"{ACCOUNT}#b.0", "orphan")
+    limited.set_password(SERVICE, f"{ACCOUNT}#b.1", "orphan")
+    store.clear()
+    assert usernames(limited) == set()
+    assert store.load() is None
+
+
+def test_clear_only_the_stored_long_pair_clears_it(store: KeyringStore) -> None:
+    tokens = long_tokens("only", 5000)
+    store.save(tokens)
+    store.clear(only=long_tokens("other", 5000))
+    assert store.load() == tokens
+    store.clear(only=tokens)
+    assert store.load() is None
+
+
+# -- a save interrupted before its commit ---------------------------------------------
+
+
+class RefuseTheHead(SizeLimitedKeyring):
+    """Fails the write of the head entry, as a crash just before the commit would."""
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        if username == ACCOUNT and self.armed:
+            raise PasswordSetError("simulated crash before the commit")
+        super().set_password(service, username, password)
+
+    armed = False
+
+
+@pytest.mark.parametrize("old_size", [None, 5000], ids=["old-plain", "old-split"])
+def test_a_save_failing_at_the_head_leaves_the_old_pair_loadable(
+    tmp_path: Path, old_size: int | None
+) -> None:
+    backend = RefuseTheHead(file_backend(tmp_path / "keyring.cfg"), max_bytes=LIMIT)
+    store = KeyringStore(
+        SERVICE, ACCOUNT, backend=backend, state_dir=tmp_path / "state", max_entry_bytes=LIMIT
+    )
+    old = new_tokens() if old_size is None else long_tokens("old", old_size)
+    store.save(old)
+    backend.armed = True
+    with pytest.raises(TokenStoreError, match="simulated crash"):
+        store.save(long_tokens("new", 9000), replaces=old)
+    assert store.load() == old
+    old_slot = (
+        set() if old_size is None else parts_of("a", math.ceil(2 * len(encode_tokens(old)) / LIMIT))
+    )
+    new_slot = "a" if old_size is None else "b"
+    assert any(name.startswith(f"{ACCOUNT}#{new_slot}.") for name in usernames(backend))
+    # The next save sweeps the parts the failed one left, and commits.
+    backend.armed = False
+    newer = long_tokens("newer", 3000)
+    store.save(newer, replaces=old)
+    assert store.load() == newer
+    count = math.ceil(2 * len(encode_tokens(newer)) / LIMIT)
+    assert usernames(backend) == {ACCOUNT} | parts_of(new_slot, count)
+    assert old_slot.isdisjoint(usernames(backend))
+
+
+KILLED_SAVER = textwrap.dedent(
+    """
+    import json, sys
+    from keyrings.alt.file import PlaintextKeyring
+    from pleo_auth import KeyringStore, TokenSet
+    from pleo_auth.testing import SizeLimitedKeyring
+
+    keyring_file, state_dir, service, account = sys.argv[1:5]
+
+    class PauseAtTheHead(SizeLimitedKeyring):
+        def set_password(self, service, username, password):
+            if username == account:
+                print("committing", flush=True)
+                sys.stdin.readline()  # the parent kills this process here
+            super().set_password(service, username, password)
+
+    inner = PlaintextKeyring()
+    inner.file_path = keyring_file
+    store = KeyringStore(service, account, backend=PauseAtTheHead(inner),
+                         state_dir=state_dir, max_entry_bytes=2560)
+    store.save(TokenSet.from_dict(json.loads(sys.stdin.readline())))
+    print("saved", flush=True)
+    """
+)
+
+
+def test_a_process_killed_between_the_parts_and_the_head_leaves_the_old_pair(
+    store: KeyringStore, limited: SizeLimitedKeyring, tmp_path: Path
+) -> None:
+    old = long_tokens("old", 5000)
+    store.save(old)
+    script = tmp_path / "saver.py"
+    script.write_text(KILLED_SAVER)
+    saver = subprocess.Popen(
+        [sys.executable, str(script), limited.inner.file_path, str(tmp_path / "state"),
+         SERVICE, ACCOUNT],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert saver.stdin is not None
+        assert saver.stdout is not None
+        saver.stdin.write(json.dumps(long_tokens("new", 9000).to_dict()) + "\n")
+        saver.stdin.flush()
+        assert saver.stdout.readline() == "committing\n", (
+            saver.stderr.read() if saver.stderr else ""
+        )
+        # Every part of the new pair is written; the head is not.
+        assert any(name.startswith(f"{ACCOUNT}#b.") for name in usernames(limited))
+        saver.send_signal(signal.SIGKILL)
+    finally:
+        saver.kill()
+        saver.wait(30)
+    assert saver.returncode == -signal.SIGKILL
+    assert store.load() == old
+    newer = long_tokens("newer", 4000)
+    store.save(newer, replaces=old)
+    assert store.load() == newer
+
+
+# -- readers racing a writer ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("lock_free", [False, True], ids=["load", "lock-free-read"])
+def test_readers_racing_a_writer_get_a_whole_old_or_new_long_pair(
+    tmp_path: Path, lock_free: bool
+) -> None:
+    """``load`` may fall back to a read under the lock; the lock-free read may not,
+    so it shows that the head and the hash alone keep a reader from a torn pair.
+    A lock-free read that finds the head moving on every attempt may give up with
+    a retryable error (``load`` then reads under the lock); it never returns a mix."""
+    backend = SizeLimitedKeyring(MemoryKeyring(), max_bytes=LIMIT)
+    writer = KeyringStore(
+        SERVICE, ACCOUNT, backend=backend, state_dir=tmp_path / "state", max_entry_bytes=LIMIT
+    )
+    pairs = [long_tokens(f"pair{n:03d}-", 4000 + 97 * n) for n in range(25)]
+    writer.save(pairs[0])
+    readers, stop = 3, threading.Event()
+    barrier = threading.Barrier(readers + 1)
+    seen: list[list[TokenSet | None]] = [[] for _ in range(readers)]
+    gave_up: list[TokenStoreError] = []
+    errors: list[BaseException] = []
+
+    def read(index: int) -> None:
+        reader = KeyringStore(
+            SERVICE, ACCOUNT, backend=backend, state_dir=tmp_path / "state", max_entry_bytes=LIMIT
+        )
+        try:
+            barrier.wait()
+            while not stop.is_set():
+                try:
+                    seen[index].append(reader._read(backend) if lock_free else reader.load())
+                except TokenStoreError as exc:
+                    if not (lock_free and exc.retryable):
+                        raise
+                    gave_up.append(exc)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(readers)]
+    for thread in threads:
+        thread.start()
+    try:
+        barrier.wait()
+        for previous, following in itertools.pairwise(pairs):
+            writer.save(following, replaces=previous)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert errors == []
+    reads = [tokens for per_thread in seen for tokens in per_thread]
+    assert reads, "the readers never ran"
+    assert None not in reads
+    assert all(tokens in pairs for tokens in reads)
+    assert all(len(set(tag_of(tokens))) == 1 for tokens in reads if tokens is not None)
+    assert all("changed on every one of" in str(exc) for exc in gave_up)
+
+
+# -- corrupt split entries ---------------------------------------------------------------
+
+
+def test_a_missing_part_raises_a_clear_error_that_is_not_retryable(
+    store: KeyringStore, limited: SizeLimitedKeyring
+) -> None:
+    store.save(long_tokens("x", 6000))
+    limited.delete_password(SERVICE, f"{ACCOUNT}#a.1")
+    with pytest.raises(TokenStoreError, match="a part is missing or does not match") as info:
+        store.load()
+    assert info.value.retryable is False
+
+
+def test_a_part_that_does_not_match_the_hash_raises_instead_of_a_mixed_pair(
+    store: KeyringStore, limited: SizeLimitedKeyring
+) -> None:
+    store.save(long_tokens("x", 6000))
+    part = limited.get_password(SERVICE, f"{ACCOUNT}#a.0")
+    limited.set_password(SERVICE, f"{ACCOUNT}#a.0", part.replace("x", "y"))
+    with pytest.raises(TokenStoreError, match="a part is missing or does not match"):
+        store.load()
+
+
+def test_an_entry_limit_too_small_for_the_head_is_a_configuration_error(
+    limited: SizeLimitedKeyring,
+) -> None:
+    with pytest.raises(ConfigurationError, match="at least 320"):
+        KeyringStore(SERVICE, ACCOUNT, backend=limited, max_entry_bytes=200)
+
+
+# -- the limit's default -------------------------------------------------------------------
+
+
+class WinVaultKeyring:
+    """Named like keyring's Windows Credential Manager backend, and as limited.
+
+    Not a KeyringBackend subclass, so keyring never registers it as a candidate.
+    """
+
+    priority = 5  # viable, for keyring's chainer
+
+    def __init__(self, inner: Any):
+        self.limited = SizeLimitedKeyring(inner, max_bytes=LIMIT)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.limited, name)
+
+
+WinVaultKeyring.__module__ = "keyring.backends.Windows"
+
+
+def windows_lookalike(inner: Any) -> Any:
+    return WinVaultKeyring(inner)
+
+
+def test_the_windows_backend_gets_the_2560_byte_limit_without_being_told(tmp_path: Path) -> None:
+    backend = windows_lookalike(MemoryKeyring())
+    store = KeyringStore(SERVICE, ACCOUNT, backend=backend, state_dir=tmp_path / "state")
+    tokens = long_tokens("win", 5000)
+    store.save(tokens)
+    assert store.load() == tokens
+    assert json.loads(backend.get_password(SERVICE, ACCOUNT))["format"] == "pleo-auth-split/1"
+    assert backend.refused == []
+
+
+def test_a_chain_holding_the_windows_backend_gets_the_limit_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = windows_lookalike(MemoryKeyring())
+    monkeypatch.setattr(keyring.backend, "get_all_keyring", lambda: [backend])
+    monkeypatch.setattr(keyring.core, "_keyring_backend", chainer.ChainerBackend())
+    store = KeyringStore(SERVICE, ACCOUNT, state_dir=tmp_path / "state")
+    tokens = long_tokens("chain", 5000)
+    store.save(tokens)
+    assert store.load() == tokens
+    assert backend.refused == []
+
+
+def test_other_backends_get_no_limit(tmp_path: Path) -> None:
+    memory = MemoryKeyring()
+    store = KeyringStore(SERVICE, ACCOUNT, backend=memory, state_dir=tmp_path / "state")
+    tokens = long_tokens("free", 10240)
+    store.save(tokens)
+    assert usernames(memory) == {ACCOUNT}
+    assert store.load() == tokens
+
+
+# -- no usable keyring ------------------------------------------------------------------
+
+
+ALTERNATIVES = ("FileStore", "RedisStore", "--store file:PATH", "--store redis://")
+
+
+def assert_names_the_alternatives(error: TokenStoreError) -> None:
+    message = str(error)
+    for alternative in ALTERNATIVES:
+        assert alternative in message, message
+    assert "install and unlock a keyring" in message
+    assert error.retryable is False
+
+
+@pytest.fixture
+def private_keyring_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """keyring's configuration and data directories, private and empty; no backend chosen yet."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("PYTHON_KEYRING_BACKEND", raising=False)
+    monkeypatch.setattr(keyring.core, "_keyring_backend", None)
+    return tmp_path
+
+
+def default_store(tmp_path: Path) -> KeyringStore:
+    return KeyringStore(SERVICE, ACCOUNT, state_dir=tmp_path / "state")
+
+
+def plaintext() -> PlaintextKeyring:
+    return PlaintextKeyring()
+
+
+@pytest.mark.parametrize(
+    ("default", "reason"),
+    [
+        (fail.Keyring, "no usable backend"),
+        (null.Keyring, "null backend"),
+        (plaintext, "PlaintextKeyring, an unencrypted file"),
+    ],
+    ids=["fail", "null", "plaintext"],
+)
+def test_an_unusable_default_keyring_is_refused_naming_file_and_redis_stores(
+    private_keyring_config: Path, monkeypatch: pytest.MonkeyPatch, default: Any, reason: str
+) -> None:
+    monkeypatch.setattr(keyring.core, "_keyring_backend", default())
+    store = default_store(private_keyring_config)
+    for call in (store.load, lambda: store.save(new_tokens()), store.clear):
+        with pytest.raises(TokenStoreError, match=reason) as info:
+            call()
+        assert_names_the_alternatives(info.value)
+    assert not (private_keyring_config / "data").exists(), "something was written in plain text"
+
+
+@pytest.mark.parametrize("first", [plaintext, None], ids=["plaintext-first", "empty"])
+def test_a_chain_that_would_write_plain_text_or_nowhere_is_refused(
+    private_keyring_config: Path, monkeypatch: pytest.MonkeyPatch, first: Any
+) -> None:
+    members = [first()] if first is not None else []
+    monkeypatch.setattr(keyring.backend, "get_all_keyring", lambda: members)
+    monkeypatch.setattr(keyring.core, "_keyring_backend", chainer.ChainerBackend())
+    with pytest.raises(TokenStoreError) as info:
+        default_store(private_keyring_config).save(new_tokens())
+    assert_names_the_alternatives(info.value)
+
+
+def test_a_chain_uses_its_first_backend_so_a_stale_copy_below_is_never_read(
+    private_keyring_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, below = MemoryKeyring(), MemoryKeyring()
+    below.set_password(SERVICE, ACCOUNT, encode_tokens(new_tokens("stale")))
+    monkeypatch.setattr(keyring.backend, "get_all_keyring", lambda: [first, below])
+    monkeypatch.setattr(keyring.core, "_keyring_backend", chainer.ChainerBackend())
+    store = default_store(private_keyring_config)
+    assert store.load() is None
+    tokens = new_tokens()
+    store.save(tokens)
+    assert first.get_password(SERVICE, ACCOUNT) == encode_tokens(tokens)
+    store.clear()
+    assert store.load() is None
+
+
+def test_a_plaintext_backend_named_by_python_keyring_backend_is_refused_too(
+    private_keyring_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring")
+    with pytest.raises(TokenStoreError, match="PYTHON_KEYRING_BACKEND") as info:
+        default_store(private_keyring_config).save(new_tokens())
+    assert_names_the_alternatives(info.value)
+    assert not (private_keyring_config / "data").exists()
+
+
+def test_the_null_backend_named_by_keyringrc_is_refused_naming_the_file(
+    private_keyring_config: Path,
+) -> None:
+    config = private_keyring_config / "config" / "python_keyring" / "keyringrc.cfg"
+    config.parent.mkdir(parents=True)
+    config.write_text("[backend]\ndefault-keyring=keyring.backends.null.Keyring\n")
+    with pytest.raises(TokenStoreError, match=r"keyringrc\.cfg") as info:
+        default_store(private_keyring_config).load()
+    assert_names_the_alternatives(info.value)
+
+
+def test_a_backend_named_by_python_keyring_backend_that_cannot_load_is_a_clear_error(
+    private_keyring_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "no_such_module.Keyring")
+    with pytest.raises(TokenStoreError, match="cannot load the keyring backend") as info:
+        default_store(private_keyring_config).load()
+    assert "PYTHON_KEYRING_BACKEND" in str(info.value)
+    assert_names_the_alternatives(info.value)
+
+
+def test_a_plaintext_backend_passed_explicitly_is_honoured(tmp_path: Path) -> None:
+    backend = file_backend(tmp_path / "keyring.cfg")
+    store = KeyringStore(SERVICE, ACCOUNT, backend=backend, state_dir=tmp_path / "state")
+    tokens = new_tokens()
+    store.save(tokens)
+    assert store.load() == tokens
+    assert backend.get_password(SERVICE, ACCOUNT) == encode_tokens(tokens)
+
+
+def test_a_session_on_the_default_keyring_without_one_fails_naming_the_alternatives(
+    private_keyring_config: Path, monkeypatch: pytest.MonkeyPatch, emulator: Emulator
+) -> None:
+    monkeypatch.setattr(keyring.core, "_keyring_backend", fail.Keyring())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(private_keyring_config / "cache"))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    before = emulator.counters
+    with PleoSession(
+        emulator.client_id, emulator.client_secret, token_url=emulator.token_url,
+        api_url=emulator.api_url,
+    ) as session:  # fmt: skip
+        assert isinstance(session.store, KeyringStore)
+        with pytest.raises(TokenStoreError) as info:
+            session.get("/v2/employees")
+    assert_names_the_alternatives(info.value)
+    assert emulator.counters == before
+
+
+def test_the_cli_keyring_store_without_a_keyring_exits_3_naming_the_alternatives(
+    private_keyring_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keyring.core, "_keyring_backend", fail.Keyring())
+    env = {
+        "PLEO_CLIENT_ID": "client-1",
+        "XDG_CACHE_HOME": str(private_keyring_config / "cache"),
+    }
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["status"], env=env, out=io.StringIO())
+    assert code == 3
+    message = err.getvalue()
+    assert message.startswith("pleo-auth: status failed: keyring found no usable backend")
+    for alternative in ALTERNATIVES:
+        assert alternative in message
+    assert "Traceback" not in message
+
+
+# -- backend failures become TokenStoreError -----------------------------------------------
+
+
+class Broken(MemoryKeyring):
+    def __init__(self, error: Exception):
+        super().__init__()
+        self.error = error
+
+    def get_password(self, service: str, username: str) -> str | None:
+        raise self.error
+
+    set_password = delete_password = get_password  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize(
+    ("error", "retryable", "words"),
+    [
+        (KeyringLocked("Failed to unlock the collection!"), True, "it is locked"),
+        (ConnectionRefusedError(111, "Connection refused"), True, "not reachable"),
+        (RuntimeError("something odd"), False, "RuntimeError: something odd"),
+    ],
+    ids=["locked", "unreachable", "other"],
+)
+def test_every_backend_failure_is_a_token_store_error_with_its_cause(
+    tmp_path: Path, error: Exception, retryable: bool, words: str
+) -> None:
+    store = KeyringStore(SERVICE, ACCOUNT, backend=Broken(error), state_dir=tmp_path / "state")
+    for call in (store.load, lambda: store.save(new_tokens()), store.clear):
+        with pytest.raises(TokenStoreError, match=words) as info:
+            call()
+        assert info.value.retryable is retryable
+        assert info.value.__cause__ is error
