@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from leakguard import _leak_guard_installed, leak_guard  # every test runs under the leak guard
 from secret_service import private_secret_service
 from session_helpers import MakeSession, TimerlessClock
 
 from pleo_auth import MemoryStore, PleoSession, TokenStore
 from pleo_auth._clock import FakeClock
 from pleo_auth.testing import Emulator, redis_server
+
+__all__ = ["_leak_guard_installed", "leak_guard"]
 
 
 def _require(binary: str) -> str:
