@@ -40,7 +40,9 @@ Where the guard looks, at the end of every test (setup, call and teardown):
 A leak fails the test at teardown with a message that names the kind of secret,
 its fingerprint (the first 12 hex digits of its SHA-256) and length, and where it
 showed, with every known secret in the excerpt replaced by ``[SECRET]``. The
-secret itself is never printed.
+secret itself is never printed: the captured output and logs pytest then shows
+for the test are masked the same way (except under ``-rP``/``-rA``, which print
+a passing call phase from its report, made before the guard's teardown).
 
 Not reached: log records and exceptions inside child processes (multiprocess,
 fork and CLI-subprocess tests), and output a test takes from a child through a

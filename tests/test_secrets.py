@@ -37,6 +37,7 @@ from leakguard import (
 )
 
 from pleo_auth import (
+    AuthorizationError,
     AuthorizationFlow,
     FileStore,
     KeyringStore,
@@ -309,30 +310,47 @@ def test_refresh_error_with_a_response_hides_what_was_sent(emulator: Emulator) -
         assert_hidden(text, tokens.refresh_token, tokens.access_token)
 
 
-ECHOED = pytest.mark.xfail(
-    strict=True,
-    reason="pleo_auth/_endpoint.py copies error_description into the error unredacted",
-)
+TOKEN_URL = "https://auth.example.test/oauth/token"
 
 
-@ECHOED
 @pytest.mark.parametrize("echoed", ["refresh_token", "client_secret"])
-def test_a_server_that_echoes_a_secret_in_its_error_description_does_not_leak_it(
+def test_a_refusal_that_echoes_a_secret_in_its_error_description_does_not_leak_it(
     leak_guard: LeakGuard, echoed: str
 ) -> None:
-    form = {"refresh_token": secret("rt_"), "client_secret": secret("cs_")}
+    sent = {"refresh_token": secret("rt_"), "client_secret": secret("cs_")}
     with responses.RequestsMock() as mocked:
         mocked.post(
-            "https://auth.example.test/oauth/token",
+            TOKEN_URL,
             status=400,
-            json={"error": "invalid_request", "error_description": f"bad {form[echoed]}"},
+            json={"error": f"e {sent[echoed]}", "error_description": f"bad {sent[echoed]}"},
         )
-        endpoint = TokenEndpoint(
-            "https://auth.example.test/oauth/token", "client-1", form["client_secret"]
-        )
-        with pytest.raises(RefreshError):
-            endpoint.refresh(form["refresh_token"])
+        endpoint = TokenEndpoint(TOKEN_URL, "client-1", sent["client_secret"])
+        with pytest.raises(RefreshError, match=r"bad \[redacted\]"):
+            endpoint.refresh(sent["refresh_token"])
         endpoint.close()
+    assert_no_leak(leak_guard)
+
+
+@pytest.mark.parametrize("echoed", ["code", "code_verifier", "client_secret"])
+def test_a_refused_code_exchange_that_echoes_a_secret_does_not_leak_it(
+    leak_guard: LeakGuard, echoed: str
+) -> None:
+    sent = {"code": secret("ac_"), "code_verifier": secret("v_"), "client_secret": secret("cs_")}
+    with responses.RequestsMock() as mocked:
+        mocked.post(
+            TOKEN_URL,
+            status=400,
+            json={"error": "invalid_grant", "error_description": sent[echoed]},
+        )
+        endpoint = TokenEndpoint(TOKEN_URL, "client-1", sent["client_secret"], client_auth="body")
+        with pytest.raises(AuthorizationError) as caught:
+            endpoint.exchange_code(
+                sent["code"],
+                redirect_uri="http://127.0.0.1:1/cb",
+                code_verifier=sent["code_verifier"],
+            )
+        endpoint.close()
+    assert caught.value.description == "[redacted]"
     assert_no_leak(leak_guard)
 
 
