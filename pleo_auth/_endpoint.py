@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import http.client
 import json
 import logging
 import math
@@ -12,6 +13,7 @@ from collections.abc import Callable, Generator, Mapping
 from typing import Any, Literal, cast
 
 import requests
+import urllib3.exceptions
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._urls import check_secure_url
@@ -171,8 +173,6 @@ def _chain(exc: BaseException) -> list[object]:
 
 def _transport_failure(exc: requests.RequestException) -> _Transient | None:
     """The transient failure a transport error stands for, or None if it is not one."""
-    import urllib3.exceptions  # already loaded by requests
-
     chain = _chain(exc)
 
     def has(*kinds: type[BaseException]) -> bool:
@@ -185,6 +185,8 @@ def _transport_failure(exc: requests.RequestException) -> _Transient | None:
     if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
         if has(urllib3.exceptions.ReadTimeoutError):
             return _Transient("timed out waiting for the reply", unanswered=True)
+        if has(http.client.RemoteDisconnected):  # a subclass of ConnectionResetError
+            return _Transient("connection closed without a reply", unanswered=True)
         if has(ConnectionResetError):
             return _Transient("connection reset before the reply was complete", unanswered=True)
         return _Transient("connection closed before the reply was complete", unanswered=True)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import math
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from http.client import HTTPConnection
 from typing import Any
-from urllib.parse import parse_qs, quote_plus, urlsplit
+from urllib.parse import parse_qs, quote_plus, urlencode, urlsplit
 
 import pytest
 import requests
@@ -702,6 +705,233 @@ def test_inject_fault_rejects_a_fault_that_does_nothing(emu: Emulator) -> None:
         emu.inject_fault(status=200)
     with pytest.raises(ValueError):
         emu.inject_fault(status=503, count=0)
+
+
+def raw_refresh(emu: Emulator, refresh_token: str) -> tuple[bytes, BaseException | None]:
+    """POST a refresh over a bare socket; every byte received, and how the stream ended
+    (None for an orderly close, the error for a reset)."""
+    body = urlencode({"grant_type": "refresh_token", "refresh_token": refresh_token}).encode()
+    credentials = base64.b64encode(f"{emu.client_id}:{emu.client_secret}".encode()).decode()
+    request = (
+        "POST /oauth/token HTTP/1.1\r\nHost: emulator\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Authorization: Basic {credentials}\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    port = urlsplit(emu.url).port
+    assert port is not None
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError as exc:
+            return received, exc
+    return received, None
+
+
+def test_reset_sends_part_of_the_reply_then_an_rst_and_keeps_the_token(emu: Emulator) -> None:
+    tokens = emu.issue_tokens()
+    emu.inject_fault(reset=True, reset_after=20)
+
+    received, ending = raw_refresh(emu, tokens["refresh_token"])
+
+    assert isinstance(ending, ConnectionResetError)
+    assert received == b"HTTP/1.1 503 Service"  # the first 20 bytes, then the RST
+    assert emu.is_current(tokens["access_token"], tokens["refresh_token"])
+    assert emu.counters == EmulatorCounters(token_requests=1, faults_served=1)
+
+
+def test_reset_by_default_cuts_after_the_status_line_and_is_a_connection_error(
+    emu: Emulator, http: requests.Session
+) -> None:
+    tokens = emu.issue_tokens()
+    emu.inject_fault(reset=True)
+    received, ending = raw_refresh(emu, tokens["refresh_token"])
+    assert isinstance(ending, ConnectionResetError)
+    assert received.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert not received.endswith(b"}")
+
+    emu.inject_fault(reset=True, reset_after=10_000)  # past the end: all but the last byte
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        refresh(http, emu, tokens["refresh_token"])
+    assert refresh(http, emu, tokens["refresh_token"]).status_code == 200
+
+
+def test_drop_closes_without_a_byte(emu: Emulator) -> None:
+    tokens = emu.issue_tokens()
+    emu.inject_fault(drop=True)
+    assert raw_refresh(emu, tokens["refresh_token"]) == (b"", None)
+
+
+def test_body_and_content_type_replace_the_reply_without_spending_the_token(
+    emu: Emulator, http: requests.Session
+) -> None:
+    tokens = emu.issue_tokens()
+    page = "<!doctype html><h1>502 Bad Gateway</h1>"
+    emu.inject_fault(status=502, body=page, content_type="text/html")
+    emu.inject_fault(body=b"<html>Sign in to the hotel Wi-Fi</html>", content_type="text/html")
+
+    gateway = refresh(http, emu, tokens["refresh_token"])
+    portal = refresh(http, emu, tokens["refresh_token"])
+
+    assert (gateway.status_code, gateway.headers["Content-Type"], gateway.text) == (
+        502,
+        "text/html",
+        page,
+    )
+    assert (portal.status_code, portal.headers["Content-Type"]) == (200, "text/html")
+    assert emu.is_current(tokens["access_token"], tokens["refresh_token"])
+    assert emu.counters.refresh_grants == 0
+
+
+def test_truncate_before_the_grant_cuts_an_error_body(
+    emu: Emulator, http: requests.Session
+) -> None:
+    emu.inject_fault(truncate=5)
+    response = refresh(http, emu, emu.issue_tokens()["refresh_token"])
+    assert (response.status_code, response.content) == (503, b'{"err')
+
+
+def test_after_grant_truncate_rotates_and_sends_a_cut_but_well_framed_reply(
+    emu: Emulator, http: requests.Session
+) -> None:
+    tokens = emu.issue_tokens()
+    emu.inject_fault(after_grant=True, truncate=30)
+
+    response = refresh(http, emu, tokens["refresh_token"])
+
+    assert response.status_code == 200
+    assert response.headers["Content-Length"] == "30"
+    assert response.content.startswith(b'{"access_token":"at_')
+    with pytest.raises(ValueError):
+        response.json()
+    assert not emu.is_current(tokens["access_token"], tokens["refresh_token"])
+    assert emu.counters == EmulatorCounters(refresh_grants=1, token_requests=1, faults_served=1)
+
+
+@pytest.mark.parametrize(
+    ("fault", "failure"),
+    [
+        ({"drop": True}, requests.ConnectionError),
+        ({"reset": True}, requests.RequestException),
+        ({"delay": 0.5}, requests.Timeout),
+    ],
+)
+def test_after_grant_the_reply_is_lost_but_the_tokens_rotated(
+    emu: Emulator,
+    http: requests.Session,
+    fault: dict[str, Any],
+    failure: type[Exception],
+) -> None:
+    tokens = emu.issue_tokens()
+    emu.inject_fault(after_grant=True, **fault)
+
+    with pytest.raises(failure):
+        refresh(http, emu, tokens["refresh_token"], timeout=0.2)
+    retry = refresh(http, emu, tokens["refresh_token"])
+
+    assert retry.json()["error"] == "invalid_grant"
+    counters = emu.counters
+    assert (counters.refresh_grants, counters.reuse_detections) == (1, 1)
+
+
+def test_after_grant_a_body_function_edits_the_real_reply(
+    emu: Emulator, http: requests.Session
+) -> None:
+    tokens = emu.issue_tokens()
+    seen: list[dict[str, Any]] = []
+
+    def odd_expiry(reply: dict[str, Any]) -> str:
+        seen.append(reply)
+        return json.dumps({**reply, "expires_in": "soon"})
+
+    emu.inject_fault(after_grant=True, body=odd_expiry)
+    emu.inject_fault(after_grant=True, body=lambda reply: "<html>gateway</html>", status=502)
+
+    edited = refresh(http, emu, tokens["refresh_token"]).json()
+    gateway = refresh(http, emu, edited["refresh_token"])
+
+    assert edited["expires_in"] == "soon"
+    assert edited["access_token"] == seen[0]["access_token"]
+    assert not emu.is_current(edited["access_token"], edited["refresh_token"])  # rotated again
+    assert gateway.status_code == 502
+    assert emu.counters.refresh_grants == 2
+
+
+def test_after_grant_status_alone_is_a_gateway_error_after_the_rotation(
+    emu: Emulator, http: requests.Session
+) -> None:
+    tokens = emu.issue_tokens()
+    emu.inject_fault(after_grant=True, status=504)
+    assert refresh(http, emu, tokens["refresh_token"]).json()["error"] == "server_error"
+    assert emu.counters.refresh_grants == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"status": 200},
+        {"status": 302},
+        {"status": 600},
+        {"status": True},
+        {"status": 503, "count": 0},
+        {"status": 503, "count": 1.5},
+        {"delay": -1},
+        {"delay": math.inf},
+        {"retry_after": math.nan},
+        {"body": "x", "error": "invalid_grant"},
+        {"body": 42},
+        {"body": lambda reply: "x"},
+        {"drop": True, "reset": True},
+        {"reset": True, "truncate": 3},
+        {"drop": True, "truncate": 3},
+        {"truncate": -1},
+        {"reset_after": 3},
+        {"reset": True, "reset_after": -1},
+        {"error": ""},
+        {"content_type": "text/html"},
+        {"status": 502, "content_type": "text/html\r\nX-Evil: 1"},
+        {"after_grant": True},
+    ],
+)
+def test_inject_fault_rejects_bad_or_contradictory_arguments(
+    emu: Emulator, kwargs: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError):
+        emu.inject_fault(**kwargs)
+    assert emu.pending_faults == 0
+
+
+def test_the_token_request_hook_sees_every_request_before_its_fault(
+    emu: Emulator, http: requests.Session
+) -> None:
+    tokens = emu.issue_tokens()
+    seen: list[tuple[str | None, int]] = []
+    emu.set_token_request_hook(lambda grant_type: seen.append((grant_type, emu.pending_faults)))
+    emu.inject_fault(status=503)
+
+    refresh(http, emu, tokens["refresh_token"])
+    refresh(http, emu, tokens["refresh_token"])
+    http.post(emu.token_url, data=b"\xff")
+    emu.set_token_request_hook(None)
+    refresh(http, emu, tokens["refresh_token"])
+
+    assert seen == [("refresh_token", 1), ("refresh_token", 0), (None, 0)]
+
+
+def test_a_failing_token_request_hook_is_answered_500(
+    emu: Emulator, http: requests.Session
+) -> None:
+    def broken(grant_type: str | None) -> None:
+        raise RuntimeError("hook failed")
+
+    emu.set_token_request_hook(broken)
+    tokens = emu.issue_tokens()
+    assert refresh(http, emu, tokens["refresh_token"]).status_code == 500
+    assert emu.is_current(tokens["access_token"], tokens["refresh_token"])
 
 
 # -- control --------------------------------------------------------------------

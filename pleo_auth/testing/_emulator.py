@@ -156,6 +156,11 @@ class _Code:
     expires_at: float  # on the emulator's clock
 
 
+#: What a fault's ``body`` may be: the bytes to send, text (sent as UTF-8), or,
+#: with ``after_grant=True``, a function of the real reply's JSON object.
+FaultBody = bytes | str | Callable[[dict[str, Any]], bytes | str]
+
+
 @dataclass(frozen=True)
 class _Fault:
     status: int | None
@@ -163,6 +168,36 @@ class _Fault:
     drop: bool
     retry_after: float | None
     error: str | None
+    body: FaultBody | None = None
+    content_type: str | None = None
+    truncate: int | None = None
+    reset: bool = False
+    reset_after: int | None = None
+    after_grant: bool = False
+
+    @property
+    def replaces_reply(self) -> bool:
+        """Whether it answers in place of the grant (anything beyond a delay)."""
+        return (
+            self.status is not None
+            or self.body is not None
+            or self.drop
+            or self.reset
+            or self.truncate is not None
+        )
+
+
+# CR, LF and other controls would split or corrupt a header line.
+_UNSAFE_HEADER = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _grant_type(request: _Request) -> str | None:
+    """The form's grant_type, read leniently (for hooks; the grant reads it strictly)."""
+    try:
+        values = parse_qs(request.body.decode("utf-8")).get("grant_type")
+    except UnicodeDecodeError:
+        return None
+    return values[0] if values else None
 
 
 class _FormError(Exception):
@@ -260,8 +295,10 @@ class Emulator:
     ``/oauth/token/introspect``, it serves ``GET /v2/employees`` (a small
     fixed list) and answers any other ``/v...`` path with an echo, so a client
     can be tested end to end. Faults on the token endpoint (errors,
-    ``Retry-After``, delays, dropped connections) are injected with
-    :meth:`inject_fault`.
+    ``Retry-After``, delays, dropped or reset connections, HTML pages, cut
+    JSON, and replies lost or spoiled after the server rotated) are injected
+    with :meth:`inject_fault`; :meth:`set_token_request_hook` lets a test look
+    at the client at the moment of each token request.
 
     Time: token and code expiry follow ``clock`` (``time.monotonic`` by
     default), so a test can pass a fake clock and expire tokens without
@@ -331,6 +368,7 @@ class Emulator:
         self._live_grants: set[_Grant] = set()
         self._codes: dict[str, _Code] = {}
         self._faults: deque[_Fault] = deque()
+        self._token_hook: Callable[[str | None], object] | None = None
         self._tally = _Tally()
 
         self._lifecycle_lock = threading.Lock()
@@ -509,52 +547,162 @@ class Emulator:
         retry_after: float | None = None,
         error: str | None = None,
         count: int = 1,
+        body: FaultBody | None = None,
+        content_type: str | None = None,
+        truncate: int | None = None,
+        reset: bool = False,
+        reset_after: int | None = None,
+        after_grant: bool = False,
     ) -> None:
         """Queue a fault for the next ``count`` requests to ``/oauth/token``.
 
-        Faults are consumed first in, first out, one per request. A faulted
-        request never touches grant state: a refresh token sent with it is
-        not consumed. Faults apply to ``/oauth/token`` only.
+        Faults are consumed first in, first out, one per request, and apply to
+        ``/oauth/token`` only.
+
+        **Before or after the grant.** By default a fault answers *instead of*
+        the grant: the request never touches grant state, so a refresh token
+        sent with it is not spent (a delay alone delays the request, which is
+        then handled as usual). With ``after_grant=True`` the request is handled
+        first, so a refresh token *is* spent and the tokens rotated, and the
+        fault then spoils the reply: the reply is lost (``drop``, ``reset``, or a
+        ``delay`` longer than the client waits), cut (``truncate``), replaced
+        (``status``, ``body``) or edited (``body`` as a function). That is how a
+        reply gets lost after the server rotated.
+
+        Examples::
+
+            emu.inject_fault(status=503, retry_after=2)           # nothing spent
+            emu.inject_fault(reset=True)                          # a cut reply, then RST
+            emu.inject_fault(body="<h1>Bad gateway</h1>", status=502, content_type="text/html")
+            emu.inject_fault(after_grant=True, drop=True)         # rotated, reply lost
+            emu.inject_fault(after_grant=True, truncate=40)       # rotated, JSON cut
+            emu.inject_fault(after_grant=True,                    # rotated, odd expires_in
+                             body=lambda reply: json.dumps({**reply, "expires_in": "soon"}))
 
         Args:
-            status: Answer with this HTTP status (400-599) and a JSON body
-                ``{"error": ...}``. Defaults to 400 when ``error`` is given
-                (401 for ``"invalid_client"``) and to 503 when only
-                ``retry_after`` is.
-            delay: Sleep this many real seconds first. Alone, the request is
-                then handled normally.
-            drop: Close the connection without any response; the client sees
-                a connection error. Wins over ``status``.
+            status: The HTTP status of the reply (200-599). Without ``body`` the
+                reply is a JSON OAuth error, so the status must be 400-599; it
+                defaults to 400 when ``error`` is given (401 for
+                ``"invalid_client"``) and to 503 when only ``retry_after``, or
+                only ``truncate`` or ``reset`` before the grant, is. With ``body``
+                it defaults to 200 (before the grant) or the real reply's status.
+            delay: Sleep this many real seconds before answering: before the
+                grant, or with ``after_grant`` after it (a client that gives up
+                sooner never sees the reply the server made).
+            drop: Close the connection without a reply (a FIN, no bytes). Wins
+                over ``status``.
             retry_after: Add a ``Retry-After`` header with this many seconds.
                 A fractional value is sent as written (not standard, but it
                 keeps tests fast).
-            error: The OAuth error code of the body, e.g. ``"invalid_grant"``.
-                Defaults to ``"temporarily_unavailable"`` for 429 and 503,
-                ``"server_error"`` for other 5xx, ``"invalid_client"`` for
-                401, and ``"invalid_request"`` for other 4xx.
+            error: The OAuth error code of a JSON error body, e.g.
+                ``"invalid_grant"``. Defaults to ``"temporarily_unavailable"``
+                for 429 and 503, ``"server_error"`` for other 5xx,
+                ``"invalid_client"`` for 401, and ``"invalid_request"`` for
+                other 4xx. Not with ``body``.
             count: How many requests this fault applies to.
+            body: The reply body instead of the usual one: bytes, or text sent
+                as UTF-8 (an HTML error page, a captive portal, JSON without
+                ``access_token``). With ``after_grant`` it may be a function
+                that takes the real reply's JSON object (new tokens included)
+                and returns the body to send.
+            content_type: The ``Content-Type`` of the reply (default
+                ``application/json``), e.g. ``"text/html; charset=utf-8"``.
+            truncate: Send only the first ``truncate`` bytes of the body, with a
+                matching ``Content-Length``: a well-framed reply whose JSON is
+                cut mid-document.
+            reset: Send the start of the reply (the status line and about half
+                of the rest, so the cut falls in the headers or the body), then
+                abort the connection with a TCP RST (``SO_LINGER`` 0).
+            reset_after: With ``reset``: how many bytes of the raw reply, status
+                line and headers included, to send first (never all of them).
+            after_grant: Handle the request first, then apply the fault to its
+                reply (see above).
 
         Raises:
-            ValueError: An argument is out of range, or the fault would do
-                nothing.
+            ValueError: An argument is out of range or of the wrong type, two
+                arguments contradict each other, or the fault would do nothing.
         """
-        if count < 1:
-            raise ValueError("count must be >= 1")
-        if not math.isfinite(delay) or delay < 0:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError("count must be an integer >= 1")
+        if not isinstance(delay, int | float) or not math.isfinite(delay) or delay < 0:
             raise ValueError("delay must be a finite number of seconds >= 0")
-        if retry_after is not None and (not math.isfinite(retry_after) or retry_after < 0):
+        if retry_after is not None and (
+            not isinstance(retry_after, int | float)
+            or not math.isfinite(retry_after)
+            or retry_after < 0
+        ):
             raise ValueError("retry_after must be a finite number of seconds >= 0")
-        if status is not None and not 400 <= status <= 599:
-            raise ValueError("status must be an HTTP error status, 400-599")
-        if status is None and error is not None:
-            status = 401 if error == "invalid_client" else 400
-        if status is None and retry_after is not None:
-            status = 503
-        if status is None and not drop and delay == 0:
-            raise ValueError("the fault does nothing: give status, error, delay or drop")
-        fault = _Fault(status, delay, drop, retry_after, error)
+        if status is not None and (
+            isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599
+        ):
+            raise ValueError("status must be an HTTP status, 200-599")
+        if body is not None and not isinstance(body, bytes | str) and not callable(body):
+            raise ValueError("body must be bytes, text, or a function of the reply")
+        if callable(body) and not after_grant:
+            raise ValueError("a body function needs after_grant=True: it edits the real reply")
+        if body is not None and error is not None:
+            raise ValueError("give error (for a JSON error body) or body, not both")
+        if error is not None and (not isinstance(error, str) or not error):
+            raise ValueError("error must be a non-empty OAuth error code")
+        if content_type is not None and (
+            not isinstance(content_type, str)
+            or not content_type
+            or _UNSAFE_HEADER.search(content_type)
+        ):
+            raise ValueError("content_type must be a non-empty header value on one line")
+        for name, value in (("truncate", truncate), ("reset_after", reset_after)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                raise ValueError(f"{name} must be an integer number of bytes >= 0")
+        if reset_after is not None and not reset:
+            raise ValueError("reset_after needs reset=True")
+        if sum((bool(drop), bool(reset), truncate is not None)) > 1:
+            raise ValueError("drop, reset and truncate each end the reply differently: pick one")
+        if status is None and body is None:
+            if error is not None:
+                status = 401 if error == "invalid_client" else 400
+            elif retry_after is not None or (not after_grant and (reset or truncate is not None)):
+                status = 503
+        if content_type is not None and not after_grant and status is None and body is None:
+            raise ValueError("content_type needs a status or body, or after_grant=True")
+        if status is not None and status < 400 and body is None:
+            raise ValueError(f"status {status} needs a body: without one the reply is an error")
+        fault = _Fault(
+            status,
+            float(delay),
+            bool(drop),
+            retry_after,
+            error,
+            body=body,
+            content_type=content_type,
+            truncate=truncate,
+            reset=bool(reset),
+            reset_after=reset_after,
+            after_grant=bool(after_grant),
+        )
+        if not fault.replaces_reply and content_type is None and delay == 0:
+            raise ValueError(
+                "the fault does nothing: give status, error, body, delay, drop, reset or truncate"
+            )
         with self._lock:
             self._faults.extend([fault] * count)
+
+    def set_token_request_hook(self, hook: Callable[[str | None], object] | None) -> None:
+        """Call ``hook(grant_type)`` at the start of every request to ``/oauth/token``.
+
+        It runs on the connection's thread, before any fault or grant, without
+        the emulator's lock, and may block: the request waits for it. Tests use it
+        to look at the client's state at the moment of each request (for example,
+        that the client still holds its store's lock). It gets the form's
+        ``grant_type`` (or None), never a token. An exception it raises is
+        answered with 500: record failures and assert afterwards instead.
+
+        Args:
+            hook: The callable, or None to remove it.
+        """
+        with self._lock:
+            self._token_hook = hook
 
     @property
     def pending_faults(self) -> int:
@@ -649,18 +797,54 @@ class Emulator:
 
     def _token_endpoint(self, request: _Request) -> _Response:
         with self._lock:
+            hook = self._token_hook
+        if hook is not None:
+            hook(_grant_type(request))
+        with self._lock:
             self._tally.token_requests += 1
             fault = self._faults.popleft() if self._faults else None
             if fault is not None:
                 self._tally.faults_served += 1
-        if fault is not None:
+        if fault is None:
+            return self._token_grant(request)
+        if fault.after_grant:
+            reply = self._token_grant(request)
             if fault.delay:
                 time.sleep(fault.delay)
-            if fault.drop:
-                return _Response(0, drop=True)
-            if fault.status is not None:
-                return self._fault_response(fault.status, fault.error, fault.retry_after)
-        return self._token_grant(request)
+            return self._spoil(fault, reply)
+        if fault.delay:
+            time.sleep(fault.delay)
+        if not fault.replaces_reply:
+            return self._token_grant(request)
+        return self._spoil(fault, None)
+
+    def _spoil(self, fault: _Fault, reply: _Response | None) -> _Response:
+        """The reply ``fault`` makes of the real ``reply`` (None: no grant was made)."""
+        if fault.drop:
+            return _Response(0, drop=True)
+        if fault.body is not None:
+            content = fault.body
+            if callable(content):
+                assert reply is not None  # inject_fault allows a function only after the grant
+                content = content(json.loads(reply.body))
+            if isinstance(content, str):
+                content = content.encode("utf-8")
+            status = fault.status or (reply.status if reply is not None else 200)
+            headers = reply.headers if reply is not None else _NO_STORE
+            if fault.retry_after is not None:
+                headers += (("Retry-After", str(_number(fault.retry_after))),)
+            reply = _Response(status, content, headers=headers)
+        elif fault.status is not None:
+            reply = self._fault_response(fault.status, fault.error, fault.retry_after)
+        assert reply is not None  # without a grant, inject_fault always sets a status or body
+        body = reply.body if fault.truncate is None else reply.body[: fault.truncate]
+        return dataclasses.replace(
+            reply,
+            body=body,
+            content_type=fault.content_type or reply.content_type,
+            reset=fault.reset,
+            reset_after=fault.reset_after,
+        )
 
     @staticmethod
     def _fault_response(status: int, error: str | None, retry_after: float | None) -> _Response:

@@ -12,6 +12,7 @@ import logging
 import selectors
 import socket
 import socketserver
+import struct
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -45,7 +46,10 @@ class _Request:
 class _Response:
     """What the application wants written back.
 
-    ``drop=True`` closes the connection without writing anything.
+    ``drop=True`` closes the connection without writing anything. ``reset=True``
+    writes the first ``reset_after`` bytes of the response (status line and
+    headers included; by default the status line and half of the rest, and
+    never all of it), then closes the connection with a TCP RST.
     """
 
     status: int
@@ -53,6 +57,8 @@ class _Response:
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
     drop: bool = False
+    reset: bool = False
+    reset_after: int | None = None
 
 
 _App = Callable[[_Request], _Response]
@@ -149,6 +155,9 @@ class _Handler(BaseHTTPRequestHandler):
         if response.drop:
             self.close_connection = True
             return
+        if response.reset:
+            self._write_and_reset(response)
+            return
         self.send_response(response.status)
         for name, value in response.headers:
             self.send_header(name, value)
@@ -157,6 +166,36 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
         self.wfile.write(response.body)
+
+    def _write_and_reset(self, response: _Response) -> None:
+        """Send part of ``response``, then abort the connection with an RST."""
+        self.close_connection = True
+        reason = self.responses.get(response.status, ("",))[0]
+        lines = [
+            f"{self.protocol_version} {response.status} {reason}",
+            f"Server: {self.version_string()}",
+            f"Date: {self.date_time_string()}",
+            *(f"{name}: {value}" for name, value in response.headers),
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(response.body)}",
+        ]
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
+        cut = response.reset_after
+        if cut is None:
+            status_line = len(lines[0]) + 2
+            cut = status_line + (len(raw) - status_line) // 2
+        cut = min(cut, len(raw) - 1)  # never all of it: the client must see it cut
+        connection: socket.socket = self.connection
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+            if cut > 0:
+                connection.sendall(raw[:cut])
+            # Linger on, with a timeout of zero: close() sends an RST, not a FIN.
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # The descriptor closes (and the RST goes out) once the handler's reader
+        # and writer let go of it, right after this request.
+        connection.close()
+        logger.debug("reset the connection after %d of %d bytes", cut, len(raw))
 
 
 class _Server(ThreadingHTTPServer):
