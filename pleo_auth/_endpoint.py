@@ -557,9 +557,9 @@ def _dead_grant_reason(unanswered: list[str]) -> str:
         return "Pleo refused the refresh token: the authorisation has expired or was revoked."
     return (
         "Pleo refused the refresh token as already used, and revoked the authorisation. "
-        f"An earlier attempt of this same refresh got no reply ({unanswered[0]}): Pleo had "
-        "rotated the tokens on it, but the reply carrying the new ones was lost, so the "
-        "retry counted as reuse."
+        "An earlier attempt of this same refresh never got Pleo's reply "
+        f"({unanswered[0]}): Pleo had rotated the tokens on it, but the reply carrying the "
+        "new ones was lost, so the retry counted as reuse."
     )
 
 

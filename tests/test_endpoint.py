@@ -581,7 +581,7 @@ def test_invalid_grant_after_an_unanswered_attempt_explains_the_lost_reply(
     with pytest.raises(ReauthenticationRequired) as caught:
         endpoint().refresh(OLD_REFRESH)
     message = str(caught.value)
-    assert f"got no reply ({reason})" in message
+    assert f"never got Pleo's reply ({reason})" in message
     assert "the reply carrying the new ones was lost" in message
     assert "the retry counted as reuse" in message
     assert caught.value.error == "invalid_grant"
@@ -593,7 +593,9 @@ def test_invalid_grant_after_a_gateway_error_explains_the_lost_reply(
 ) -> None:
     mocked.add(responses.POST, TOKEN_URL, status=status)
     mocked.add(responses.POST, TOKEN_URL, status=400, json={"error": "invalid_grant"})
-    with pytest.raises(ReauthenticationRequired, match=f"got no reply \\(HTTP {status}\\)"):
+    with pytest.raises(
+        ReauthenticationRequired, match=f"never got Pleo's reply \\(HTTP {status}\\)"
+    ):
         endpoint().refresh(OLD_REFRESH)
 
 
@@ -618,7 +620,7 @@ def test_invalid_grant_after_attempts_that_never_connected_is_a_plain_dead_grant
     mocked.add(responses.POST, TOKEN_URL, status=400, json={"error": "invalid_grant"})
     with pytest.raises(ReauthenticationRequired) as caught:
         endpoint().refresh(OLD_REFRESH)
-    assert "no reply" not in str(caught.value)
+    assert "never got Pleo's reply" not in str(caught.value)
     assert "expired or was revoked" in str(caught.value)
 
 
