@@ -5,8 +5,9 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import math
 from collections.abc import Hashable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
 
@@ -21,18 +22,71 @@ def encode_tokens(tokens: TokenSet) -> str:
     return json.dumps(tokens.to_dict(), sort_keys=True)
 
 
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
 def decode_tokens(raw: str | bytes, where: str) -> TokenSet:
     """Parse :func:`encode_tokens`' output read from ``where`` (for the message).
 
+    Only the document :func:`encode_tokens` writes is accepted: a JSON object with
+    non-empty string tokens, a finite ``expires_at``, and ``token_type``, ``scope``
+    and ``issued_at`` of the right type or absent. Other keys are ignored.
+
     Raises:
-        TokenStoreError: ``raw`` is not a saved :class:`~pleo_auth.TokenSet`.
+        TokenStoreError: ``raw`` is not a saved :class:`~pleo_auth.TokenSet`. The
+            message names ``where`` and what is wrong, never the content.
     """
+
+    def refused(reason: str) -> TokenStoreError:
+        return TokenStoreError(
+            f"{where} does not hold pleo-auth tokens ({reason}); "
+            "run `pleo-auth logout` and log in again"
+        )
+
     try:
-        return TokenSet.from_dict(json.loads(raw))
-    except (ValueError, TypeError) as exc:
-        raise TokenStoreError(
-            f"{where} does not hold pleo-auth tokens; run `pleo-auth logout` and log in again"
-        ) from exc
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise refused(f"not JSON: {exc.msg} at character {exc.pos}") from exc
+    except UnicodeDecodeError:
+        # Not chained: the error's repr carries the raw bytes, tokens included.
+        raise refused("not UTF-8 text") from None
+    except RecursionError:
+        raise refused("JSON nested too deeply") from None
+    if not isinstance(data, dict):
+        kind = "null" if data is None else _JSON_KINDS.get(type(data), "value")
+        raise refused(f"a JSON {kind}, not an object")
+    problem = _problem(data)
+    if problem is not None:
+        raise refused(problem)
+    return TokenSet.from_dict(data)  # checked above: it cannot fail
+
+
+def _problem(data: dict[str, Any]) -> str | None:
+    """What makes ``data`` not a saved TokenSet, in words free of its values."""
+    for name in ("access_token", "refresh_token"):
+        value = data.get(name)
+        if not isinstance(value, str) or not value:
+            return f"{name} is missing or not a non-empty string"
+    if not _finite_number(data.get("expires_at")):
+        return "expires_at is missing or not a finite number"
+    token_type = data.get("token_type")
+    if token_type is not None and (not isinstance(token_type, str) or not token_type):
+        return "token_type is not a non-empty string"
+    if data.get("scope") is not None and not isinstance(data["scope"], str):
+        return "scope is not a string"
+    if data.get("issued_at") is not None and not _finite_number(data["issued_at"]):
+        return "issued_at is not a finite number"
+    return None
+
+
+def _finite_number(value: object) -> bool:
+    # JSON's true and false are not numbers; an integer too big for a float is not finite.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 @attrs.frozen
