@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
+import urllib.parse
 from collections.abc import Hashable, Iterator
 from pathlib import Path
 
-from ..errors import TokenStoreError
+from ..errors import ConfigurationError, TokenStoreError
 from ..tokens import TokenSet
 from . import _files
 from .base import Lease, TokenStore, decode_tokens, encode_tokens
@@ -36,6 +38,10 @@ class FileStore(TokenStore):
     Args:
         path: The token file. ``~`` is expanded.
 
+    Raises:
+        ConfigurationError: ``path`` is not a path to a file (a directory such as
+            ``/``, a NUL character, not text).
+
     Thread safety:
         Every method may be called from any thread and any process at once.
     """
@@ -43,11 +49,20 @@ class FileStore(TokenStore):
     fenced = True
 
     def __init__(self, path: str | os.PathLike[str]):
-        self.path = Path(os.path.expanduser(os.fspath(path))).absolute()
+        try:
+            text = os.fspath(path)
+        except TypeError:
+            raise ConfigurationError(f"FileStore needs a path, not {type(path).__name__}") from None
+        if not isinstance(text, str) or "\0" in text:
+            raise ConfigurationError("FileStore needs a path as text, without NUL")
+        self.path = Path(os.path.expanduser(text)).absolute()
+        if not self.path.name:
+            raise ConfigurationError(f"FileStore needs a file path, not the directory {self.path}")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
 
     def load(self) -> TokenSet | None:
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+        # O_NONBLOCK: a FIFO put at the path must not hang the open; it is refused below.
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
             fd = os.open(self.path, flags)
         except FileNotFoundError:
@@ -56,9 +71,20 @@ class FileStore(TokenStore):
             if exc.errno == errno.ELOOP:
                 raise TokenStoreError(f"refusing to follow a symlink at {self.path}") from exc
             raise TokenStoreError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
-        with os.fdopen(fd, "rb") as handle:
-            _files.check_private(self.path, os.fstat(handle.fileno()))
-            raw = handle.read()
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise TokenStoreError(
+                    f"refusing to use {self.path}: it is not a regular file. "
+                    "Point the store at a file path."
+                )
+            _files.check_private(self.path, info)
+            with os.fdopen(fd, "rb", closefd=False) as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise TokenStoreError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
         return decode_tokens(raw, str(self.path))
 
     def save(self, tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
@@ -98,7 +124,11 @@ class FileStore(TokenStore):
 
     @property
     def spec(self) -> str:
-        return f"file:{self.path}"
+        path = str(self.path)
+        if path.startswith("//"):
+            # file://HOST/... would name a host: write it as a file URL with an empty one.
+            return "file://" + urllib.parse.quote(path)
+        return f"file:{path}"
 
     def describe(self) -> str:
         return f"file {self.path}"
