@@ -38,6 +38,7 @@ import attrs
 
 from ._clock import SYSTEM_CLOCK, Clock
 from ._endpoint import ClientAuth, TokenEndpoint
+from ._text import one_line, shown
 from ._urls import check_secure_url
 from .errors import AuthorizationError, ConfigurationError, TokenStoreError
 from .session import ENVIRONMENTS, Environment
@@ -67,7 +68,11 @@ _VERIFIER_RE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 _STATE_RE = re.compile(r"[A-Za-z0-9\-._~]{16,256}")
 # RFC 6749 appendix A.4: a scope token is printable ASCII except space, " and \.
 _SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# RFC 6749 appendix A.11: a code is visible ASCII and spaces.
+_CODE_RE = re.compile(r"[\x20-\x7e]+")
 _DESCRIPTION_LIMIT = 300
+_ERROR_LIMIT = 64
+_CALLBACK_PARAMETERS = ("state", "code", "error", "error_description")
 
 
 def normalize_scopes(scopes: str | Iterable[str] | None) -> str | None:
@@ -88,14 +93,19 @@ def normalize_scopes(scopes: str | Iterable[str] | None) -> str | None:
     """
     if scopes is None:
         return None
-    items = [scopes] if isinstance(scopes, str) else list(scopes)
+    try:
+        items = [scopes] if isinstance(scopes, str) else list(scopes)
+    except TypeError:
+        raise ConfigurationError(
+            f"scopes must be a string or a list of strings, not {type(scopes).__name__}"
+        ) from None
     seen: dict[str, None] = {}
     for item in items:
         if not isinstance(item, str):
             raise ConfigurationError("scopes must be strings")
         for token in item.split():
             if not _SCOPE_TOKEN_RE.fullmatch(token):
-                raise ConfigurationError(f"invalid scope {token!r}")
+                raise ConfigurationError(f"invalid scope {shown(token)}")
             seen.setdefault(token, None)
     return " ".join(seen) or None
 
@@ -121,28 +131,114 @@ def authorize_url_for(
     >>> authorize_url_for(token_url="http://127.0.0.1:8080/oauth/token")
     'http://127.0.0.1:8080/oauth/authorize'
     """
-    if environment not in AUTHORIZE_URLS:
-        raise ConfigurationError(
-            f"environment must be one of {sorted(AUTHORIZE_URLS)}, not {environment!r}"
-        )
-    if authorize_url is None and token_url is not None:
+    _check_environment(environment)
+    if authorize_url is None and isinstance(token_url, str):
         base, sep, tail = token_url.rstrip("/").rpartition("/oauth/token")
         if sep and not tail:
             authorize_url = base + "/oauth/authorize"
-    url = authorize_url or AUTHORIZE_URLS[environment]
-    check_secure_url("authorize_url", url)
+    url = AUTHORIZE_URLS[environment] if authorize_url in (None, "") else authorize_url
+    if check_secure_url("authorize_url", url).fragment:
+        raise ConfigurationError("authorize_url must not have a #fragment")
     return url
 
 
-def _check_http_url(name: str, url: str) -> None:
+def _check_environment(environment: object) -> None:
+    if not isinstance(environment, str) or environment not in AUTHORIZE_URLS:
+        raise ConfigurationError(
+            f"environment must be one of {sorted(AUTHORIZE_URLS)}, not {shown(environment)}"
+        )
+
+
+def _check_http_url(name: str, url: object) -> urllib.parse.SplitResult:
+    """Refuse anything but an absolute http(s) URL with a host and a valid port."""
+    if not isinstance(url, str):
+        raise ConfigurationError(f"{name} must be a URL string, not {type(url).__name__}")
     try:
         parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(f"{name} must be an absolute http(s) URL, not {url!r}")
+        raise ConfigurationError(f"{name} is not a valid URL (bad host or port)") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigurationError(f"{name} must be an absolute http(s) URL, not {shown(url)}")
     if parts.fragment:
         raise ConfigurationError(f"{name} must not have a #fragment")
+    return parts
+
+
+def _check_text(name: str, value: object, *, optional: bool = False) -> None:
+    """Refuse an id or secret that no request could carry as it is."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value or not value.isprintable():
+        # Never echo the value: it may be the client secret.
+        none = " or None" if optional else ""
+        raise ConfigurationError(
+            f"{name} must be a non-empty string of printable characters{none} "
+            "(no newline, control character or undecodable byte)"
+        )
+
+
+def _callback_parameters(callback: object) -> dict[str, str]:
+    """The callback's ``state``, ``code``, ``error`` and ``error_description``.
+
+    Raises:
+        AuthorizationError: The URL is malformed, or repeats one of them (RFC 6749
+            section 3.1 forbids it; a repeat is how a forged value is smuggled in).
+        ConfigurationError: ``callback`` is neither a URL nor a mapping, or a value
+            is not a string.
+    """
+    found: dict[str, list[object]]
+    if isinstance(callback, str):
+        try:
+            query = urllib.parse.urlsplit(callback).query
+        except ValueError:
+            raise AuthorizationError(
+                "the callback is not a valid URL. Start the login again."
+            ) from None
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        found = {
+            name: [value for key, value in pairs if key == name] for name in _CALLBACK_PARAMETERS
+        }
+    elif isinstance(callback, Mapping):
+        # Web frameworks' multi-value dicts (Flask's request.args, Django's
+        # request.GET) give one value by key; only getlist shows a repeat.
+        getlist = getattr(callback, "getlist", None)
+        found = {
+            name: list(getlist(name)) if callable(getlist) else [callback[name]]
+            for name in _CALLBACK_PARAMETERS
+            if name in callback
+        }
+    else:
+        raise ConfigurationError(
+            "the callback must be the callback URL (a string) or its query parameters "
+            f"(a mapping), not {type(callback).__name__}"
+        )
+    params: dict[str, str] = {}
+    for name, values in found.items():
+        if len(values) > 1:
+            raise AuthorizationError(
+                f"the callback repeats its {name} parameter, so it cannot be trusted. "
+                "Start the login again."
+            )
+        if values:
+            value = values[0]
+            if not isinstance(value, str):
+                raise ConfigurationError(
+                    f"the callback's {name} must be a string, not {type(value).__name__}"
+                )
+            params[name] = value
+    return params
+
+
+def _check_code(code: str) -> None:
+    # Never echo the code: it is a credential until it is spent.
+    if not code:
+        raise AuthorizationError("the authorization code is empty")
+    if not _CODE_RE.fullmatch(code):
+        raise AuthorizationError(
+            "the authorization code is malformed (not printable ASCII). Start the login again."
+        )
 
 
 def _s256(verifier: str) -> str:
@@ -213,6 +309,10 @@ class PendingAuthorization:
             values["state"]
         ):
             raise AuthorizationError("not a saved pending authorization")
+        try:
+            _check_http_url("redirect_uri", values["redirect_uri"])
+        except ConfigurationError:
+            raise AuthorizationError("not a saved pending authorization") from None
         return cls(scope=scope, **values)
 
     def __repr__(self) -> str:
@@ -269,21 +369,19 @@ class AuthorizationFlow:
         max_time: float = 30.0,
         clock: Clock | None = None,
     ):
-        if not isinstance(client_id, str) or not client_id:
-            raise ConfigurationError("client_id must be a non-empty string")
-        if environment not in ENVIRONMENTS:
-            raise ConfigurationError(
-                f"environment must be one of {sorted(ENVIRONMENTS)}, not {environment!r}"
-            )
+        _check_text("client_id", client_id)
+        _check_text("client_secret", client_secret, optional=True)
+        _check_environment(environment)
         _check_http_url("redirect_uri", redirect_uri)
-        if subject is not None and (not isinstance(subject, str) or not subject):
-            raise ConfigurationError("subject must be a non-empty string or None")
+        _check_text("subject", subject, optional=True)
         self.client_id = client_id
         self._client_secret = client_secret
         self.redirect_uri = redirect_uri
         self.scope = normalize_scopes(scopes)
         self.environment = environment
-        self.token_url = token_url or ENVIRONMENTS[environment][0]
+        if token_url is None or token_url == "":  # "" is the default, as for PleoSession
+            token_url = ENVIRONMENTS[environment][0]
+        self.token_url = token_url
         check_secure_url("token_url", self.token_url)
         self.authorize_url = authorize_url_for(
             environment, authorize_url=authorize_url, token_url=token_url
@@ -396,9 +494,9 @@ class AuthorizationFlow:
             raise ConfigurationError("give either the callback or code, not both or neither")
         if callback is not None:
             code = self._code_from_callback(pending, callback)
-        assert code is not None
-        if not code:
-            raise AuthorizationError("the authorization code is empty")
+        elif not isinstance(code, str):
+            raise ConfigurationError(f"code must be a string, not {type(code).__name__}")
+        _check_code(code)
         endpoint = self._endpoint()
         try:
             tokens = endpoint.exchange_code(
@@ -416,32 +514,26 @@ class AuthorizationFlow:
         return tokens
 
     @staticmethod
-    def _code_from_callback(
-        pending: PendingAuthorization, callback: str | Mapping[str, str]
-    ) -> str:
-        if isinstance(callback, str):
-            query = urllib.parse.urlsplit(callback).query
-            params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
-        else:
-            params = {key: callback[key] for key in callback}
+    def _code_from_callback(pending: PendingAuthorization, callback: object) -> str:
+        params = _callback_parameters(callback)
         state = params.get("state")
+        # surrogatepass: a percent-encoded lone surrogate must compare unequal, not crash.
         if state is not None and not hmac.compare_digest(
-            state.encode("utf-8", "surrogateescape"), pending.state.encode()
+            state.encode("utf-8", "surrogatepass"), pending.state.encode("utf-8", "surrogatepass")
         ):
             raise AuthorizationError(
                 "the callback's state does not match this login: it belongs to another "
                 "login attempt, or was forged. Start the login again."
             )
-        error = params.get("error")
-        if error:
-            description = params.get("error_description") or None
-            if description is not None:
-                description = description[:_DESCRIPTION_LIMIT]
+        if "error" in params:
+            # Both come from the browser: cut them short and keep them on one line.
+            error = one_line(params["error"], _ERROR_LIMIT) or "no error code"
+            description = one_line(params.get("error_description", ""), _DESCRIPTION_LIMIT)
             detail = f": {description}" if description else ""
             raise AuthorizationError(
-                f"Pleo did not authorise the login ({error[:64]}){detail}",
-                error=error[:64],
-                description=description,
+                f"Pleo did not authorise the login ({error}){detail}",
+                error=error,
+                description=description or None,
             )
         if state is None:
             raise AuthorizationError(
@@ -449,7 +541,7 @@ class AuthorizationFlow:
                 "Start the login again."
             )
         code = params.get("code")
-        if not code:
+        if code is None:
             raise AuthorizationError("the callback carries no authorization code")
         return code
 
