@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import urllib.parse
 
+from ._text import shown
 from .errors import ConfigurationError
 from .stores.base import TokenStore
 
@@ -76,13 +77,18 @@ def store_from_spec(spec: str, *, client_id: str) -> TokenStore:
         return _redis_store(spec)
     if not spec:
         raise ConfigurationError(f"the token store spec is empty: use {SPEC_HELP}")
-    raise ConfigurationError(f"unknown token store {redact_spec(spec)!r}: use {SPEC_HELP}")
+    raise ConfigurationError(f"unknown token store {shown(redact_spec(spec))}: use {SPEC_HELP}")
 
 
 def _need_client_id(client_id: str, kind: str) -> None:
-    if not client_id:
+    if not isinstance(client_id, str) or not client_id:
         raise ConfigurationError(
             f"the {kind} store is per client: give the client id (--client-id or PLEO_CLIENT_ID)"
+        )
+    if not client_id.isprintable():
+        raise ConfigurationError(
+            "the client id must be printable text, without a newline, control character "
+            "or undecodable byte"
         )
 
 
@@ -93,7 +99,7 @@ def _file_store(spec: str) -> TokenStore:
         host, slash, rest = path[2:].partition("/")
         if host not in ("", "localhost") or not slash:
             raise ConfigurationError(
-                f"store {spec!r}: a file URL must name a local absolute path (file:///PATH)"
+                f"store {shown(spec)}: a file URL must name a local absolute path (file:///PATH)"
             )
         path = "/" + urllib.parse.unquote(rest)
     if not path.strip():
@@ -106,6 +112,7 @@ def _file_store(spec: str) -> TokenStore:
 
 
 def _redis_store(spec: str) -> TokenStore:
+    _check_redis_url(spec)
     try:
         from .stores.redis import RedisStore
     except ImportError as exc:  # pragma: no cover - the module ships with pleo_auth
@@ -115,3 +122,35 @@ def _redis_store(spec: str) -> TokenStore:
     # RedisStore reads the key from the URL (?key=NAME or #NAME), as its spec writes it.
     store: TokenStore = RedisStore(spec)
     return store
+
+
+def _check_redis_url(spec: str) -> None:
+    """Refuse what redis-py would misread or fail on later: no ``//``, no host or
+    socket path, a bad port, a database that is not a number."""
+
+    def refuse(problem: str) -> ConfigurationError:
+        return ConfigurationError(f"invalid Redis URL {shown(redact_spec(spec))}: {problem}")
+
+    scheme, _, rest = spec.partition(":")
+    if not rest.startswith("//"):
+        # Not echoed: without the // nothing tells a password from a host.
+        raise ConfigurationError(
+            f"invalid Redis URL: write {scheme.lower()}://HOST[:PORT][/DB] or unix:///PATH"
+        )
+    try:
+        parts = urllib.parse.urlsplit(spec)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        raise refuse("bad host or port") from None
+    if parts.scheme == "unix":
+        if not parts.path.strip("/"):
+            raise refuse("a unix:// URL needs the socket's path, as in unix:///run/redis.sock")
+        return
+    if not host:
+        raise refuse("no host")
+    if port == 0:
+        raise refuse("port 0")
+    database = parts.path[1:]
+    if database and not (database.isascii() and database.isdigit()):
+        raise refuse("the path must be a database number")
