@@ -50,6 +50,7 @@ import requests
 
 from . import __version__
 from ._store_spec import DEFAULT_SPEC, SPEC_HELP, store_from_spec
+from ._text import one_line, shown
 from ._urls import check_secure_url
 from .errors import (
     AuthorizationError,
@@ -78,6 +79,8 @@ _LOOPBACK_HOSTS = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1", "::1": ":
 _CALLBACK_PATH = "/callback"
 # How long the browser's callback request waits for the code exchange to finish.
 _VERDICT_TIMEOUT = 120.0
+# The longest error message printed: longer ones are cut.
+_MESSAGE_LIMIT = 2000
 
 
 # -- settings -------------------------------------------------------------------
@@ -100,12 +103,14 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> _Settings:
         value = getattr(args, flag, None)
         if value is None:
             value = env.get(variable) or None
-        return value.strip() if isinstance(value, str) else None
+        # Blank is unset, as an empty variable is.
+        return (value.strip() or None) if isinstance(value, str) else None
 
     environment = pick("environment", "PLEO_ENVIRONMENT") or "production"
     if environment not in ENVIRONMENTS:
         raise ConfigurationError(
-            f"unknown environment {environment!r}: use one of {', '.join(sorted(ENVIRONMENTS))}"
+            f"unknown environment {shown(environment)} (--environment or PLEO_ENVIRONMENT): "
+            f"use one of {', '.join(sorted(ENVIRONMENTS))}"
         )
     scope_flags: list[str] | None = getattr(args, "scope", None)
     scopes = normalize_scopes(scope_flags or env.get("PLEO_SCOPES") or None)
@@ -118,6 +123,19 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> _Settings:
         )
     else:
         secret = env.get("PLEO_CLIENT_SECRET") or None
+    client_id = pick("client_id", "PLEO_CLIENT_ID") or ""
+    # A byte the locale cannot decode reaches os.environ as a lone surrogate, which
+    # no request can carry: refuse it here, not with a traceback at the first request.
+    if not client_id.isprintable():
+        raise ConfigurationError(
+            "the client id (--client-id or PLEO_CLIENT_ID) must be printable text, without "
+            "a control character or undecodable byte"
+        )
+    if secret is not None and not secret.isprintable():
+        raise ConfigurationError(
+            "the client secret (PLEO_CLIENT_SECRET or --client-secret) must be printable "
+            "text, without a newline, control character or undecodable byte"
+        )
     urls = {
         name: pick(name, variable)
         for name, variable in (
@@ -130,7 +148,7 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> _Settings:
         if url is not None:
             check_secure_url(name, url)
     return _Settings(
-        client_id=pick("client_id", "PLEO_CLIENT_ID") or "",
+        client_id=client_id,
         client_secret=secret,
         environment=cast(Environment, environment),
         store_spec=pick("store", "PLEO_STORE") or DEFAULT_SPEC,
@@ -846,14 +864,17 @@ def main(
             "logout": _cmd_logout,
         }[args.command]
         return command(args, settings, out)
+    # Messages can quote outside text (a path, a URL, Pleo's error description):
+    # one_line keeps each on one line, whatever that text holds.
     except ConfigurationError as exc:
-        print(f"pleo-auth: error: {exc}", file=sys.stderr)
+        print(f"pleo-auth: error: {one_line(str(exc), _MESSAGE_LIMIT)}", file=sys.stderr)
         return EXIT_USAGE
     except ReauthenticationRequired as exc:
-        print(f"pleo-auth: {exc}", file=sys.stderr)
+        print(f"pleo-auth: {one_line(str(exc), _MESSAGE_LIMIT)}", file=sys.stderr)
         return EXIT_LOGIN_NEEDED
     except PleoAuthError as exc:
-        print(f"pleo-auth: {args.command} failed: {exc}", file=sys.stderr)
+        message = one_line(str(exc), _MESSAGE_LIMIT)
+        print(f"pleo-auth: {args.command} failed: {message}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("pleo-auth: interrupted", file=sys.stderr)
