@@ -21,6 +21,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,17 +81,29 @@ class MemoryKeyring:
         self._lock = threading.Lock()
 
     def get_password(self, service: str, username: str) -> str | None:
+        _call_out()
         with self._lock:
             return self.entries.get((service, username))
 
     def set_password(self, service: str, username: str, password: str) -> None:
+        _call_out()
         with self._lock:
             self.entries[(service, username)] = password
 
     def delete_password(self, service: str, username: str) -> None:
+        _call_out()
         with self._lock:
             if self.entries.pop((service, username), None) is None:
                 raise PasswordDeleteError("no such entry")
+
+
+def _call_out() -> None:
+    """Let other threads run, as a real backend's D-Bus or file call does.
+
+    Without it, readers spinning in pure Python hold the GIL for whole switch
+    intervals and starve the writer. ``sleep(0)`` is a yield, not a wait.
+    """
+    time.sleep(0)
 
 
 def file_backend(path: Path) -> PlaintextKeyring:
@@ -113,6 +126,11 @@ def usernames(backend: Any) -> set[str]:
     section = escape(SERVICE)
     options = parser.options(section) if parser.has_section(section) else []
     return {by_option[option] for option in options if option in by_option}
+
+
+def parts_needed(tokens: TokenSet) -> int:
+    """Parts of at most LIMIT bytes of UTF-16-LE that the saved pair needs."""
+    return math.ceil(2 * len(encode_tokens(tokens)) / LIMIT)
 
 
 def parts_of(slot: str, count: int) -> set[str]:
@@ -273,22 +291,24 @@ def test_a_save_failing_at_the_head_leaves_the_old_pair_loadable(
     old = new_tokens() if old_size is None else long_tokens("old", old_size)
     store.save(old)
     backend.armed = True
+    new = long_tokens("new", 9000)
     with pytest.raises(TokenStoreError, match="simulated crash"):
-        store.save(long_tokens("new", 9000), replaces=old)
+        store.save(new, replaces=old)
     assert store.load() == old
-    old_slot = (
-        set() if old_size is None else parts_of("a", math.ceil(2 * len(encode_tokens(old)) / LIMIT))
-    )
+    # Every part of the new pair was written, in the slot the old head does not use.
+    old_parts = set() if old_size is None else parts_of("a", parts_needed(old))
     new_slot = "a" if old_size is None else "b"
-    assert any(name.startswith(f"{ACCOUNT}#{new_slot}.") for name in usernames(backend))
-    # The next save sweeps the parts the failed one left, and commits.
+    assert usernames(backend) == {ACCOUNT} | old_parts | parts_of(new_slot, parts_needed(new))
+    # The next save writes over the parts the failed one left, and commits; the
+    # save after it moves to the other slot and sweeps this one, leftovers and all.
     backend.armed = False
-    newer = long_tokens("newer", 3000)
+    newer, newest = long_tokens("newer", 3000), long_tokens("newest", 3000)
     store.save(newer, replaces=old)
     assert store.load() == newer
-    count = math.ceil(2 * len(encode_tokens(newer)) / LIMIT)
-    assert usernames(backend) == {ACCOUNT} | parts_of(new_slot, count)
-    assert old_slot.isdisjoint(usernames(backend))
+    store.save(newest, replaces=newer)
+    assert store.load() == newest
+    other_slot = "b" if new_slot == "a" else "a"
+    assert usernames(backend) == {ACCOUNT} | parts_of(other_slot, parts_needed(newest))
 
 
 KILLED_SAVER = textwrap.dedent(
@@ -407,6 +427,47 @@ def test_readers_racing_a_writer_get_a_whole_old_or_new_long_pair(
     assert all(tokens in pairs for tokens in reads)
     assert all(len(set(tag_of(tokens))) == 1 for tokens in reads if tokens is not None)
     assert all("changed on every one of" in str(exc) for exc in gave_up)
+    assert len(set(reads)) > 1, "the readers never overlapped the saves"
+
+
+class SaveWhileReading(MemoryKeyring):
+    """Runs ``interrupt`` (once) when a reader asks for part 1 of slot a: a save
+    that lands between a reader's parts, deterministically."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupt: Any = None
+
+    def get_password(self, service: str, username: str) -> str | None:
+        if username == f"{ACCOUNT}#a.1" and self.interrupt is not None:
+            interrupt, self.interrupt = self.interrupt, None
+            interrupt()
+        return super().get_password(service, username)
+
+
+@pytest.mark.parametrize("saves", [1, 2], ids=["parts-deleted", "parts-rewritten"])
+def test_a_read_whose_parts_are_replaced_midway_reads_the_new_pair_whole(
+    tmp_path: Path, saves: int
+) -> None:
+    """One save deletes the parts being read; two saves rewrite them with another
+    pair's, so the parts read mix two pairs. Either way the reader, taking no lock,
+    notices the moved head (missing part or hash mismatch) and reads again."""
+    backend = SaveWhileReading()
+    writer, reader = (
+        KeyringStore(SERVICE, ACCOUNT, backend=backend, state_dir=tmp_path / "state",
+                     max_entry_bytes=LIMIT)
+        for _ in range(2)
+    )  # fmt: skip
+    pairs = [long_tokens(tag, 6000) for tag in ("zero", "one", "two")]
+    writer.save(pairs[0])
+
+    def save() -> None:
+        for previous, following in itertools.pairwise(pairs[: saves + 1]):
+            writer.save(following, replaces=previous)
+
+    backend.interrupt = save
+    assert reader._read(backend) == pairs[saves]
+    assert backend.interrupt is None, "the interrupting save never ran"
 
 
 # -- corrupt split entries ---------------------------------------------------------------

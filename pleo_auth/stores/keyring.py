@@ -32,8 +32,8 @@ _LOCK_TIMEOUT = 60.0
 #: characters fit.
 WINDOWS_CREDENTIAL_LIMIT = 2560
 
-#: The smallest entry limit accepted: a split entry's head must fit in one entry.
-_MIN_ENTRY_BYTES = 512
+#: The smallest entry limit accepted: a split entry's head (149 characters) must fit.
+_MIN_ENTRY_BYTES = 320
 
 #: Marks a head entry that points at parts instead of holding the tokens.
 _SPLIT_FORMAT = "pleo-auth-split/1"
@@ -118,10 +118,10 @@ class KeyringStore(TokenStore):
             bytes (two per character of the ASCII JSON written). Larger payloads
             are split as above. Defaults to :data:`WINDOWS_CREDENTIAL_LIMIT` when
             the backend is keyring's Windows Credential Manager backend, else no
-            limit. At least 512.
+            limit. At least 320.
 
     Raises:
-        ConfigurationError: ``max_entry_bytes`` is below 512.
+        ConfigurationError: ``max_entry_bytes`` is below 320.
 
     Thread safety:
         Every method may be called from any thread and any process at once, as
@@ -198,11 +198,15 @@ class KeyringStore(TokenStore):
         backend = self._keyring()
         payload = encode_tokens(tokens)
         with self.lock(timeout=_LOCK_TIMEOUT, lease=_LOCK_TIMEOUT):
-            if replaces is not None and self._read(backend) != replaces:
-                raise TokenStoreError(
-                    "the tokens in the keyring changed during the refresh; not saved"
-                )
-            self._write(backend, payload)
+            if replaces is not None:
+                current, head = self._read_entry(backend)
+                if current != replaces:
+                    raise TokenStoreError(
+                        "the tokens in the keyring changed during the refresh; not saved"
+                    )
+            else:
+                head = self._get(backend, self.account)
+            self._write(backend, payload, head)
             self._mark_changed()
 
     def clear(self, *, only: TokenSet | None = None) -> None:
@@ -224,17 +228,21 @@ class KeyringStore(TokenStore):
         return f"{self.account}#{slot}.{index}"
 
     def _read(self, backend: Any) -> TokenSet | None:
+        return self._read_entry(backend)[0]
+
+    def _read_entry(self, backend: Any) -> tuple[TokenSet | None, str | None]:
+        """The stored tokens, and the head entry they were read through."""
         where = f"keyring entry {self.service}/{self.account}"
         for _ in range(_READ_ATTEMPTS):
             head = self._get(backend, self.account)
             if head is None:
-                return None
+                return None, None
             split = _parse_head(head)
             if split is None:
-                return decode_tokens(head, where)
+                return decode_tokens(head, where), head
             payload = self._join(backend, split)
             if payload is not None:
-                return decode_tokens(payload, where)
+                return decode_tokens(payload, where), head
             if self._get(backend, self.account) == head:
                 raise TokenStoreError(
                     f"{where} is split into {split['parts']} parts, but a part is missing "
@@ -259,18 +267,19 @@ class KeyringStore(TokenStore):
             return None
         return payload
 
-    def _write(self, backend: Any, payload: str) -> None:
-        """Replace the stored payload by one write of the head entry; the caller holds the lock."""
-        head = self._get(backend, self.account)
+    def _write(self, backend: Any, payload: str, head: str | None) -> None:
+        """Replace the stored payload, committed by one write of the head entry.
+
+        The caller holds the lock; ``head`` is the head entry stored now.
+        """
         previous = _parse_head(head) if head is not None else None
-        old_slot = previous["slot"] if previous is not None else None
         limit = self._entry_limit(backend)
         if limit is None or _utf16_size(payload) <= limit:
             self._set(backend, self.account, payload)
         else:
-            slot = _SLOTS[1] if old_slot == _SLOTS[0] else _SLOTS[0]
-            # Parts a save left there before it was interrupted: none of them is live.
-            self._delete_parts(backend, slot, "write")
+            slot = _SLOTS[0] if previous is None or previous["slot"] != _SLOTS[0] else _SLOTS[1]
+            # Parts an interrupted save left in this slot are overwritten from
+            # part 0 up; any beyond the new last part go with the slot's next sweep.
             parts = _split(payload, limit)
             for index, part in enumerate(parts):
                 self._set(backend, self._part(slot, index), part)
@@ -282,26 +291,29 @@ class KeyringStore(TokenStore):
                     "sha256": hashlib.sha256(payload.encode()).hexdigest(),
                     # Two saves of equal tokens still get distinct heads, so a reader
                     # always notices that the head moved.
-                    "nonce": secrets.token_hex(8),
+                    "nonce": secrets.token_hex(4),
                 },
                 sort_keys=True,
+                separators=(",", ":"),
             )
             self._set(backend, self.account, new_head)  # the commit
-        if old_slot is not None:
+        if previous is not None:
             try:
-                self._delete_parts(backend, old_slot, "write")
+                self._delete_parts(backend, previous["slot"], "write", known=previous["parts"])
             except TokenStoreError as exc:
-                # Saved; the next split save sweeps these parts before using the slot.
+                # Saved. The sweep after the next commit to the other slot, or a
+                # clear, deletes what is left.
                 logger.warning("saved, but could not delete the previous parts: %s", exc)
 
-    def _delete_parts(self, backend: Any, slot: str, action: str) -> None:
+    def _delete_parts(self, backend: Any, slot: str, action: str, known: int = 0) -> None:
         """Delete every part in ``slot``, the last first.
 
         Parts are written from the first up and deleted from the last down, so an
         interrupted save or sweep always leaves an unbroken run from part 0, and
-        the next sweep finds all of it.
+        a sweep that looks for parts from ``known`` (a count it knows exist) up
+        finds all of them.
         """
-        count = 0
+        count = known
         while count < _MAX_PARTS and self._get(backend, self._part(slot, count)) is not None:
             count += 1
         for index in reversed(range(count)):
