@@ -323,7 +323,9 @@ class TokenEndpoint:
         try:
             return self._request_tokens(form, deadline, secrets, unanswered)
         except _Refused as refused:
-            if refused.error in DEAD_GRANT_ERRORS:
+            # Only a client error says the grant is dead: a 2xx that names one is not
+            # worth a forced login.
+            if refused.error in DEAD_GRANT_ERRORS and 400 <= refused.response.status_code < 500:
                 raise ReauthenticationRequired(
                     _dead_grant_reason(unanswered), error=refused.error
                 ) from None

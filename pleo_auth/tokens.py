@@ -162,7 +162,9 @@ class TokenSet:
           into that range, with a warning: the proactive timer never spins, and
           never waits past a day.
 
-        Warnings name the problem, never a value that could be a token.
+        ``token_type`` is always ``"Bearer"``: Pleo issues nothing else, and a
+        reply that says otherwise is warned about, not trusted. Warnings name the
+        problem, never a value that could be a token.
 
         Args:
             data: The decoded JSON reply, with ``access_token``, ``refresh_token``,
@@ -187,11 +189,19 @@ class TokenSet:
         if isinstance(scope, list) and all(isinstance(item, str) for item in scope):
             scope = " ".join(scope)
         token_type = data.get("token_type")
+        if token_type is not None and not (
+            isinstance(token_type, str) and token_type.lower() == "bearer"
+        ):
+            # Pleo issues Bearer tokens only, and pleo_auth sends them as such.
+            logger.warning(
+                "token endpoint reply: token_type is not Bearer (%s); using the token as Bearer",
+                _json_type(token_type),
+            )
         return cls(
             access_token=data["access_token"],
             refresh_token=data["refresh_token"],
             expires_at=issued + _lifetime(data.get("expires_in", _MISSING)),
-            token_type=token_type if isinstance(token_type, str) and token_type else "Bearer",
+            token_type="Bearer",
             scope=scope if isinstance(scope, str) and scope else None,
             issued_at=issued,
         )

@@ -333,6 +333,17 @@ def test_dead_grant_raises_reauthentication_required_without_retry(
     assert caught.value.error == error
 
 
+@pytest.mark.parametrize("status", [201, 202, 299])
+def test_a_2xx_that_names_invalid_grant_is_not_a_dead_grant(
+    mocked: responses.RequestsMock, status: int
+) -> None:
+    mocked.add(responses.POST, TOKEN_URL, status=status, json={"error": "invalid_grant"})
+    with pytest.raises(RefreshError) as caught:
+        endpoint().refresh(OLD_REFRESH)
+    assert not isinstance(caught.value, ReauthenticationRequired)
+    assert caught.value.status_code == status
+
+
 def test_invalid_client_raises_refresh_error_with_error_and_description_without_retry(
     mocked: responses.RequestsMock, sleeps: list[float]
 ) -> None:

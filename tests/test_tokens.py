@@ -209,7 +209,18 @@ def test_from_response_takes_a_list_scope_as_space_separated_and_ignores_junk() 
         "a:read b:write"
     )
     assert TokenSet.from_response(reply(scope={"x": 1}), now=0.0).scope is None
-    assert TokenSet.from_response(reply(token_type=7), now=0.0).token_type == "Bearer"
+
+
+@pytest.mark.parametrize("token_type", ["bearer", "BEARER", "mac", 7, ["Bearer"], "rt_def"])
+def test_from_response_token_type_is_always_bearer_and_never_echoes_the_reply(
+    caplog: pytest.LogCaptureFixture, token_type: object
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pleo_auth.tokens"):
+        tokens = TokenSet.from_response(reply(token_type=token_type), now=0.0)
+    assert tokens.token_type == "Bearer"
+    assert "rt_def" not in repr(tokens)
+    assert "rt_def" not in caplog.text
+    assert ("not Bearer" in caplog.text) is (str(token_type).lower() != "bearer")
 
 
 def test_from_response_error_message_never_contains_a_token() -> None:
