@@ -14,6 +14,10 @@ Workers share nothing but the store spec (and the emulator's URLs): each builds
 its own store and session from the spec, as separate hosts would. A
 ``client_factory`` puts another HTTP client in the workers' hands instead (the
 benchmarks compare other OAuth libraries this way).
+
+Each worker also samples its own resident memory and thread count while the load
+runs (:class:`ResourceSample`), so a soak test can show that neither grows with
+the rotations.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import importlib
 import logging
 import math
 import multiprocessing
+import os
 import queue as queue_module
 import threading
 import time
@@ -40,6 +45,7 @@ from ._emulator import Emulator, EmulatorCounters
 
 __all__ = [
     "ClientSpec",
+    "ResourceSample",
     "WorkloadError",
     "WorkloadProgress",
     "WorkloadReport",
@@ -75,6 +81,7 @@ class WorkloadProgress:
         requests: API requests finished so far, in every worker.
         errors: Of those, the ones that failed for the caller (exception or non-200).
         refresh_grants: Refresh grants the emulator has made so far.
+        errors_by_process: ``errors`` of each worker, by worker index.
 
     Thread safety:
         Immutable; share it freely.
@@ -85,6 +92,32 @@ class WorkloadProgress:
     requests: int
     errors: int
     refresh_grants: int
+    errors_by_process: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResourceSample:
+    """One worker process's footprint at one moment of the load.
+
+    Attributes:
+        elapsed: Seconds since the start signal.
+        rss: Resident memory of the process, in bytes: ``/proc/self/statm``
+            where it exists, else the peak from :func:`resource.getrusage`.
+        threads: :func:`threading.active_count` in the process: the load
+            threads, the main thread, the session's refresh timer and the
+            result queue's feeder.
+        records: Bytes of ``rss`` that are the runner's own per-request records
+            (timeline and failures), which grow with the requests by design:
+            subtract them to see what the session itself holds.
+
+    Thread safety:
+        Immutable; share it freely.
+    """
+
+    elapsed: float
+    rss: int
+    threads: int
+    records: int
 
 
 @dataclass(frozen=True)
@@ -118,6 +151,8 @@ class WorkloadReport:
         timeline: ``(start, latency)`` of every request, sorted by start, where
             ``start`` counts from the start signal: ready to plot.
         failures: The ``start`` of every request that failed for its caller, sorted.
+        failure_spans: ``(start, end)`` of every request that failed for its
+            caller, sorted, on the clock of ``timeline``.
         refresh_grants: Refresh grants the emulator made.
         rejected_refreshes: Refresh grant requests the emulator refused.
         reuse_detections: Spent refresh tokens presented (each kills the grant).
@@ -128,6 +163,16 @@ class WorkloadReport:
         rotations_expected: Rotations the schedule calls for in ``duration``: one
             every token lifetime less the effective refresh margin and the mean
             timer jitter. A guide, not a bound.
+        saved_rotations: The fingerprint (:attr:`TokenSet.fingerprint`) of every
+            pair the workers' sessions saved to the store, one per save: each
+            refresh grant that reached its client appears here exactly once.
+            Empty with a ``client_factory``.
+        resources: Per worker, by worker index, its :class:`ResourceSample` s,
+            about every half second from the start signal to the deadline.
+        warnings: ``(time, text)`` of every record of WARNING or above that the
+            ``pleo_auth`` loggers emitted in the workers, sorted, ``time`` on the
+            clock of ``timeline``: a refresh that gave up shows here even when no
+            caller noticed. Empty with a ``client_factory``.
 
     Thread safety:
         Immutable; share it freely.
@@ -152,12 +197,16 @@ class WorkloadReport:
     latency_p99: float
     timeline: tuple[tuple[float, float], ...] = field(repr=False)
     failures: tuple[float, ...] = field(repr=False)
+    failure_spans: tuple[tuple[float, float], ...] = field(repr=False)
     refresh_grants: int
     rejected_refreshes: int
     reuse_detections: int
     unauthorized: int
     api_requests: int
     rotations_expected: int
+    saved_rotations: tuple[str, ...] = field(repr=False)
+    resources: tuple[tuple[ResourceSample, ...], ...] = field(repr=False)
+    warnings: tuple[tuple[float, str], ...] = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -192,6 +241,8 @@ class _WorkerConfig:
     client_factory: str | None
     threads: int
     duration: float
+    session_options: tuple[tuple[str, Any], ...] = ()
+    error_pause: float = 0.0
 
 
 # -- the store spec -----------------------------------------------------------------
@@ -248,6 +299,7 @@ class _ThreadTally:
         "caller_401s",
         "error_count",
         "errors",
+        "failure_ends",
         "failures",
         "last_end",
         "requests",
@@ -264,12 +316,47 @@ class _ThreadTally:
         self.samples: dict[str, str] = {}
         self.timeline = array.array("d")  # start, latency, start, latency, ...
         self.failures = array.array("d")  # start of each failed request
+        self.failure_ends = array.array("d")  # and its end, in the same order
 
-    def failed(self, start: float, kind: str, message: str) -> None:
+    def failed(self, start: float, end: float, kind: str, message: str) -> None:
         self.failures.append(start)
+        self.failure_ends.append(end)
         self.errors[kind] += 1
         self.error_count += 1
         self.samples.setdefault(kind, message[:300])
+
+    def record_bytes(self) -> int:
+        """Bytes held by the growing records; read from another thread, so only len()."""
+        return 8 * (len(self.timeline) + len(self.failures) + len(self.failure_ends))
+
+
+class _WarningLog(logging.Handler):
+    """Keeps the library's warnings in a worker, with the monotonic time of each."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record must not break the worker
+            message = str(record.msg)
+        self.records.append((time.monotonic(), f"{record.name} {record.levelname}: {message}"))
+
+
+def _rss() -> int:
+    """This process's resident memory, in bytes."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            resident_pages = int(statm.read().split()[1])
+        return resident_pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes there, KiB elsewhere
 
 
 def _worker_main(config: _WorkerConfig, index: int, outbox: Any, go: Any, start_at: Any) -> None:
@@ -280,8 +367,11 @@ def _worker_main(config: _WorkerConfig, index: int, outbox: Any, go: Any, start_
         outbox.put(("failed", index, traceback.format_exc()))
 
 
-def _build_client(config: _WorkerConfig) -> Any:
-    """The worker's HTTP client: a PleoSession over its own store, or the factory's."""
+def _build_client(config: _WorkerConfig, saved: list[str]) -> Any:
+    """The worker's HTTP client: a PleoSession over its own store, or the factory's.
+
+    Every pair the session saves is appended to ``saved`` by fingerprint.
+    """
     spec = config.client
     if config.client_factory is not None:
         module, _, name = config.client_factory.partition(":")
@@ -289,20 +379,33 @@ def _build_client(config: _WorkerConfig) -> Any:
         return factory(spec)
     from ..session import PleoSession
 
+    store = build_store(spec.store_spec, client_id=spec.client_id)
+    save = store.save
+
+    def counted_save(tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
+        save(tokens, replaces=replaces)
+        saved.append(tokens.fingerprint)  # only once the save went through
+
+    # On the instance: the store's class, and so its key and behaviour, stay as built.
+    store.save = counted_save  # type: ignore[method-assign]
     return PleoSession(
         spec.client_id,
         spec.client_secret,
-        store=build_store(spec.store_spec, client_id=spec.client_id),
+        store=store,
         token_url=spec.token_url,
         api_url=spec.api_url,
         refresh_margin=spec.refresh_margin,
+        **dict(config.session_options),
     )
 
 
 def _work(config: _WorkerConfig, index: int, outbox: Any, go: Any, start_at: Any) -> None:
     from ..session import _LIVE_SESSIONS
 
-    session = _build_client(config)
+    saved: list[str] = []
+    warnings = _WarningLog()
+    logging.getLogger("pleo_auth").addHandler(warnings)
+    session = _build_client(config, saved)
     url = config.client.api_url.rstrip("/") + API_PATH
     barrier = threading.Barrier(config.threads + 1)
     tallies = [_ThreadTally() for _ in range(config.threads)]
@@ -314,6 +417,7 @@ def _work(config: _WorkerConfig, index: int, outbox: Any, go: Any, start_at: Any
         deadline = times["deadline"]
         get = session.get
         record = tally.timeline.extend
+        error_pause = config.error_pause
         while True:
             started = time.monotonic()
             if started >= deadline:
@@ -321,12 +425,13 @@ def _work(config: _WorkerConfig, index: int, outbox: Any, go: Any, start_at: Any
             try:
                 response = get(url, timeout=30)
             except Exception as exc:
+                finished = time.monotonic()
                 status = None
-                tally.failed(started - origin, type(exc).__name__, str(exc))
+                tally.failed(started - origin, finished - origin, type(exc).__name__, str(exc))
             else:
                 status = response.status_code
                 response.close()
-            finished = time.monotonic()
+                finished = time.monotonic()
             tally.requests += 1
             tally.last_end = finished - origin
             record((started - origin, finished - started))
@@ -334,8 +439,13 @@ def _work(config: _WorkerConfig, index: int, outbox: Any, go: Any, start_at: Any
                 if status == 401:
                     tally.caller_401s += 1
                 tally.failed(
-                    started - origin, f"HTTP {status}", f"GET {API_PATH} answered {status}"
+                    started - origin,
+                    finished - origin,
+                    f"HTTP {status}",
+                    f"GET {API_PATH} answered {status}",
                 )
+            if error_pause and status != 200:
+                time.sleep(error_pause)
 
     threads = [
         threading.Thread(target=loop, args=(tally,), name=f"workload-{index}-{n}", daemon=True)
@@ -348,8 +458,8 @@ def _work(config: _WorkerConfig, index: int, outbox: Any, go: Any, start_at: Any
         barrier.abort()
         return
     # CLOCK_MONOTONIC is one clock for every process on a host.
-    times["origin"] = start_at.value
-    times["deadline"] = start_at.value + config.duration
+    origin = times["origin"] = start_at.value
+    deadline = times["deadline"] = start_at.value + config.duration
     barrier.wait()
 
     def totals() -> tuple[int, int]:
@@ -358,9 +468,19 @@ def _work(config: _WorkerConfig, index: int, outbox: Any, go: Any, start_at: Any
             sum(tally.error_count for tally in tallies),
         )
 
+    resources: list[tuple[float, int, int, int]] = []
+
+    def sample() -> None:
+        now = time.monotonic()
+        if now < deadline:  # afterwards the load threads are leaving
+            records = sum(tally.record_bytes() for tally in tallies)
+            resources.append((now - origin, _rss(), threading.active_count(), records))
+
+    sample()
     for thread in threads:
         while thread.is_alive():
             thread.join(_PROGRESS_EVERY)
+            sample()
             outbox.put(("progress", index, *totals()))
     close = getattr(session, "close", None)
     if close is not None:
@@ -376,11 +496,13 @@ def _work(config: _WorkerConfig, index: int, outbox: Any, go: Any, start_at: Any
             thread.join(_FINISH_GRACE)
     timeline = array.array("d")
     failures = array.array("d")
+    failure_ends = array.array("d")
     errors: collections.Counter[str] = collections.Counter()
     samples: dict[str, str] = {}
     for tally in tallies:
         timeline.extend(tally.timeline)
         failures.extend(tally.failures)
+        failure_ends.extend(tally.failure_ends)
         errors.update(tally.errors)
         for kind, message in tally.samples.items():
             samples.setdefault(kind, message)
@@ -395,7 +517,11 @@ def _work(config: _WorkerConfig, index: int, outbox: Any, go: Any, start_at: Any
                 "samples": samples,
                 "timeline": timeline.tobytes(),
                 "failures": failures.tobytes(),
+                "failure_ends": failure_ends.tobytes(),
                 "last_end": max(tally.last_end for tally in tallies),
+                "saved": list(saved),
+                "resources": resources,
+                "warnings": [(at - origin, text[:500]) for at, text in warnings.records],
             },
         )
     )
@@ -416,6 +542,8 @@ def run_workload(
     on_progress: Callable[[WorkloadProgress], None] | None = None,
     seed: bool = True,
     client_factory: str | None = None,
+    session_options: Mapping[str, Any] | None = None,
+    error_pause: float = 0.0,
 ) -> WorkloadReport:
     """Run ``processes`` worker processes of ``threads`` threads each for ``duration``
     seconds, every thread looping ``GET /v2/employees`` through its process's session.
@@ -445,6 +573,14 @@ def run_workload(
             of a :class:`~pleo_auth.PleoSession`. Threads call
             ``client.get(api_url + "/v2/employees", timeout=...)``; the client is
             closed at the end if it has ``close()``. The store is still seeded.
+        session_options: More keyword arguments for every worker's
+            :class:`~pleo_auth.PleoSession`, such as ``max_refresh_attempts``,
+            ``max_refresh_time`` or ``refresh_timeout``; picklable values only.
+            Not with ``client_factory``.
+        error_pause: Seconds a thread waits after a request failed for its caller
+            before it sends the next, as a real caller would rather than spin
+            (a thread that spins on ``ReauthenticationRequired`` piles up
+            thousands of failures a second, and their records).
 
     Returns:
         The report; callers' errors are counted in it, not raised.
@@ -464,6 +600,16 @@ def run_workload(
         raise ConfigurationError("processes and threads must be at least 1")
     if not (0 < duration < math.inf) or refresh_margin < 0:
         raise ConfigurationError("duration must be positive and refresh_margin not negative")
+    if not (0 <= error_pause < math.inf):
+        raise ConfigurationError("error_pause must be a finite number of seconds >= 0")
+    options = dict(session_options or {})
+    if options and client_factory is not None:
+        raise ConfigurationError("session_options apply to PleoSession, not to a client_factory")
+    fixed = {"store", "token_url", "api_url", "refresh_margin"} & options.keys()
+    if fixed:
+        raise ConfigurationError(
+            f"session_options cannot set {', '.join(sorted(fixed))}: the workload sets them"
+        )
     client_id = emulator.client_id
     store = build_store(store_spec, client_id=client_id)
     config = _WorkerConfig(
@@ -478,6 +624,8 @@ def run_workload(
         client_factory=client_factory,
         threads=threads,
         duration=duration,
+        session_options=tuple(sorted(options.items())),
+        error_pause=error_pause,
     )
     ctx: Any = multiprocessing.get_context(start_method)
     outbox = ctx.Queue()
@@ -601,6 +749,9 @@ def _collect(
                     requests=sum(done for done, _ in progress.values()),
                     errors=sum(failed for _, failed in progress.values()),
                     refresh_grants=emulator.counters.refresh_grants - before.refresh_grants,
+                    errors_by_process=tuple(
+                        progress.get(index, (0, 0))[1] for index in range(len(workers))
+                    ),
                 )
             )
     return results
@@ -627,12 +778,18 @@ def _report(
 ) -> WorkloadReport:
     points = array.array("d")
     failures = array.array("d")
+    failure_ends = array.array("d")
     errors: collections.Counter[str] = collections.Counter()
     samples: dict[str, str] = {}
+    saved: list[str] = []
+    warnings: list[tuple[float, str]] = []
     for index in sorted(results):
         result = results[index]
         points.frombytes(result["timeline"])
         failures.frombytes(result["failures"])
+        failure_ends.frombytes(result["failure_ends"])
+        saved.extend(result["saved"])
+        warnings.extend((at, text) for at, text in result["warnings"])
         errors.update(result["errors"])
         for kind, message in result["samples"].items():
             samples.setdefault(kind, message)
@@ -666,10 +823,17 @@ def _report(
         latency_p99=_percentile(latencies, 0.99),
         timeline=timeline,
         failures=tuple(sorted(failures)),
+        failure_spans=tuple(sorted(zip(failures, failure_ends, strict=True))),
         refresh_grants=after.refresh_grants - before.refresh_grants,
         rejected_refreshes=after.rejected_refreshes - before.rejected_refreshes,
         reuse_detections=after.reuse_detections - before.reuse_detections,
         unauthorized=after.unauthorized - before.unauthorized,
         api_requests=after.api_requests - before.api_requests,
         rotations_expected=int(config.duration // period) if period > 0 else 0,
+        saved_rotations=tuple(saved),
+        warnings=tuple(sorted(warnings)),
+        resources=tuple(
+            tuple(ResourceSample(*sample) for sample in results[index]["resources"])
+            for index in sorted(results)
+        ),
     )
