@@ -858,6 +858,17 @@ def test_odd_token_endpoint_settings_are_configuration_errors(name: str, value: 
             )
 
 
+URLS_FIX = "_urls.py: check_secure_url quotes the host as it is, control characters and all"
+
+
+@pytest.mark.xfail(strict=True, reason=URLS_FIX)
+@pytest.mark.parametrize("url", ["http://h\x00/oauth/token", "http://h\x1b/oauth/token"])
+def test_a_plain_http_url_with_a_control_character_is_refused_on_one_line(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        TokenEndpoint(url, "client-1", CLIENT_SECRET)
+    assert_clear(caught.value)
+
+
 FLOW_TEXT_SETTINGS = ("client_id", "redirect_uri", "token_url", "authorize_url", "environment")
 
 
