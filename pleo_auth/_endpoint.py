@@ -15,6 +15,7 @@ from typing import Any, Literal, cast
 import requests
 import urllib3.exceptions
 
+from ._checks import check_attempts, check_seconds
 from ._clock import SYSTEM_CLOCK, Clock
 from ._urls import check_secure_url
 from .errors import AuthorizationError, ConfigurationError, ReauthenticationRequired, RefreshError
@@ -224,13 +225,11 @@ def check_settings(
     Raises:
         ConfigurationError: Which setting is wrong, and why.
     """
-    if client_auth not in ("basic", "body"):
+    if not isinstance(client_auth, str) or client_auth not in ("basic", "body"):
         raise ConfigurationError(f"client_auth must be 'basic' or 'body', not {client_auth!r}")
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-        raise ConfigurationError("max_refresh_attempts must be an integer of at least 1")
-    for name, value in (("max_refresh_time", max_time), ("refresh_timeout", timeout)):
-        if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-            raise ConfigurationError(f"{name} must be a positive number of seconds")
+    check_attempts("max_refresh_attempts", max_attempts)
+    check_seconds("max_refresh_time", max_time, positive=True)
+    check_seconds("refresh_timeout", timeout, positive=True)
     check_secure_url("token_url", token_url)
 
 

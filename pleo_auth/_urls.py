@@ -64,7 +64,7 @@ def check_secure_url(name: str, url: object) -> urllib.parse.SplitResult:
     if parts.scheme == "http" and not is_loopback_host(host):
         raise ConfigurationError(
             f"{name} must use https://: plain http:// would send tokens in clear text to "
-            f"{host}. Plain HTTP is allowed only to loopback addresses (127.0.0.1, ::1, "
+            f"{host!r}. Plain HTTP is allowed only to loopback addresses (127.0.0.1, ::1, "
             f"localhost), for the emulator."
         )
     return parts

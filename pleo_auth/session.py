@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import urllib.parse
 import weakref
@@ -14,6 +13,7 @@ import requests
 import requests.adapters
 from requests.auth import AuthBase
 
+from ._checks import check_seconds
 from ._clock import SYSTEM_CLOCK, Clock
 from ._coordinator import REGISTRY, Coordinator
 from ._endpoint import ClientAuth, TokenEndpoint, check_settings
@@ -144,16 +144,17 @@ class PleoSession(requests.Session):
         # connections per host would open and throw away one per extra thread.
         for prefix in ("https://", "http://"):
             self.mount(prefix, requests.adapters.HTTPAdapter(pool_maxsize=_POOL_SIZE))
-        if not isinstance(client_id, str) or not client_id:
-            raise ConfigurationError("client_id must be a non-empty string")
-        if environment not in ENVIRONMENTS:
+        if not isinstance(client_id, str) or not client_id or not client_id.isprintable():
+            raise ConfigurationError("client_id must be a non-empty string of printable characters")
+        if not isinstance(environment, str) or environment not in ENVIRONMENTS:
             raise ConfigurationError(
                 f"environment must be one of {sorted(ENVIRONMENTS)}, not {environment!r}"
             )
-        if not math.isfinite(refresh_margin) or refresh_margin < 0:
-            raise ConfigurationError("refresh_margin must be a finite number of seconds >= 0")
-        if not math.isfinite(drain_timeout) or drain_timeout < 0:
-            raise ConfigurationError("drain_timeout must be a finite number of seconds >= 0")
+        refresh_margin = check_seconds("refresh_margin", refresh_margin)
+        drain_timeout = check_seconds("drain_timeout", drain_timeout)
+        for name, value in (("token_url", token_url), ("api_url", api_url)):
+            if value is not None and not isinstance(value, str):
+                raise ConfigurationError(f"{name} must be a URL string, not {type(value).__name__}")
         if tokens is not None and not isinstance(tokens, TokenSet):
             raise ConfigurationError("tokens must be a TokenSet (see TokenSet.from_response)")
         default_token_url, default_api_url = ENVIRONMENTS[environment]

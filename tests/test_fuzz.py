@@ -798,23 +798,14 @@ def session(**kwargs: Any) -> PleoSession:
     return PleoSession(client_id, CLIENT_SECRET, store=MemoryStore(), **kwargs)
 
 
-SESSION_FIX = (
-    "session.py/_endpoint.py: type-check numbers before math.isfinite (str, None, huge "
-    "int), refuse bools and absurd timeouts, non-str URLs and environments, and "
-    "unprintable client ids"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=SESSION_FIX)
-@UNSHRUNK
+@FUZZ
 @given(name=st.sampled_from(sorted(NUMERIC)), value=odd_settings)
 def test_odd_numeric_session_settings_are_configuration_errors(name: str, value: Any) -> None:
     with built(lambda: session(**{name: value})) as outcome:
         check_number_setting(name, value, outcome, PleoSession)
 
 
-@pytest.mark.xfail(strict=True, reason=SESSION_FIX)
-@UNSHRUNK
+@FUZZ
 @given(
     name=st.sampled_from(["token_url", "api_url", "client_id", "environment"]),
     value=url_like() | odd_settings | st.sampled_from(["\udcff", "staging", "production", [""]]),
@@ -836,8 +827,7 @@ def test_odd_session_urls_ids_and_environments_are_configuration_errors(
             assert isinstance(outcome, PleoSession if good else ConfigurationError), value
 
 
-@pytest.mark.xfail(strict=True, reason=SESSION_FIX)
-@UNSHRUNK
+@FUZZ
 @given(
     name=st.sampled_from(["token_url", "timeout", "max_attempts", "max_time"]),
     value=url_like() | odd_settings,
@@ -858,10 +848,6 @@ def test_odd_token_endpoint_settings_are_configuration_errors(name: str, value: 
             )
 
 
-URLS_FIX = "_urls.py: check_secure_url quotes the host as it is, control characters and all"
-
-
-@pytest.mark.xfail(strict=True, reason=URLS_FIX)
 @pytest.mark.parametrize("url", ["http://h\x00/oauth/token", "http://h\x1b/oauth/token"])
 def test_a_plain_http_url_with_a_control_character_is_refused_on_one_line(url: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
