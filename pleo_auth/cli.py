@@ -549,6 +549,10 @@ def _cmd_logout(args: argparse.Namespace, settings: _Settings, out: TextIO) -> i
     return EXIT_OK
 
 
+#: The emulator's public, well-known demo secret: printing it reveals nothing.
+_DEMO_SECRET = "demo-secret"
+
+
 def _cmd_emulator(args: argparse.Namespace, out: TextIO) -> int:
     from .testing import Emulator
 
@@ -558,18 +562,22 @@ def _cmd_emulator(args: argparse.Namespace, out: TextIO) -> int:
         client_secret=args.client_secret,
         port=args.port,
     )
+    # The public demo secret is shown; a secret someone chose is never echoed.
+    demo = args.client_secret == _DEMO_SECRET
+    shown_secret = _DEMO_SECRET if demo else "(the value given with --client-secret)"
+    secret_env = _DEMO_SECRET if demo else '"$SECRET"'
     with emulator:
         _say(out, f"Pleo OAuth emulator running at {emulator.url}")
         _say(out, f"  authorize URL: {emulator.authorize_url}")
         _say(out, f"  token URL:     {emulator.token_url}")
         _say(out, f"  API URL:       {emulator.api_url}")
         _say(out, f"  client id:     {emulator.client_id}")
-        _say(out, f"  client secret: {emulator.client_secret}  (the emulator's demo credentials)")
+        _say(out, f"  client secret: {shown_secret}  (the emulator's own credentials)")
         _say(out, f"  access tokens live {args.token_lifetime:g} s")
         _say(out, "Log in to it from another terminal:")
         _say(
             out,
-            f"  PLEO_CLIENT_ID={emulator.client_id} PLEO_CLIENT_SECRET={emulator.client_secret} "
+            f"  PLEO_CLIENT_ID={emulator.client_id} PLEO_CLIENT_SECRET={secret_env} "
             f"pleo-auth login --token-url {emulator.token_url} --api-url {emulator.api_url} "
             "--store file:/tmp/pleo-emulator-tokens.json",
         )
@@ -808,7 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emulator.add_argument("--client-id", default="pleo-auth-demo", help="the client id it accepts")
     emulator.add_argument(
-        "--client-secret", default="demo-secret", help="the client secret it accepts"
+        "--client-secret", default=_DEMO_SECRET, help="the client secret it accepts"
     )
     emulator.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
 

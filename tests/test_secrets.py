@@ -491,10 +491,6 @@ def test_demo_command_keeps_secrets_out_of_its_output(
     assert_hidden(output, *issued)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pleo_auth/cli.py _cmd_emulator prints the client secret it was given",
-)
 def test_emulator_command_does_not_echo_a_client_secret_it_was_given() -> None:
     client_secret = secret("cs_")
     proc = subprocess.Popen(
