@@ -736,9 +736,9 @@ class Broken(MemoryKeyring):
     [
         (KeyringLocked("Failed to unlock the collection!"), True, "it is locked"),
         (ConnectionRefusedError(111, "Connection refused"), True, "not reachable"),
-        (RuntimeError("something odd"), False, "RuntimeError: something odd"),
+        (PasswordSetError("refused\nsecond line"), False, "PasswordSetError: refused$"),
     ],
-    ids=["locked", "unreachable", "other"],
+    ids=["locked", "unreachable", "other-keyring-error"],
 )
 def test_every_backend_failure_is_a_token_store_error_with_its_cause(
     tmp_path: Path, error: Exception, retryable: bool, words: str
@@ -749,3 +749,47 @@ def test_every_backend_failure_is_a_token_store_error_with_its_cause(
             call()
         assert info.value.retryable is retryable
         assert info.value.__cause__ is error
+        assert str(info.value).isprintable()
+
+
+def test_a_backend_failure_of_unknown_kind_is_named_but_neither_quoted_nor_chained(
+    tmp_path: Path,
+) -> None:
+    error = RuntimeError("odd: at_secret_value")
+    store = KeyringStore(SERVICE, ACCOUNT, backend=Broken(error), state_dir=tmp_path / "state")
+    with pytest.raises(TokenStoreError, match="its backend failed with RuntimeError") as info:
+        store.load()
+    assert "at_secret_value" not in str(info.value)
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__ is True
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"acct = c2VjcmV0\n",
+        b"[pleo_2Dauth_2Dtest]\nclient_2d1 = x\nc2VjcmV0\n",
+        b"\xff\xfec2VjcmV0",
+    ],
+    ids=["no-section", "bad-line", "not-utf8"],
+)
+def test_a_garbled_keyring_file_is_a_clear_error_that_quotes_none_of_it(
+    tmp_path: Path, content: bytes
+) -> None:
+    """keyrings.alt's parser quotes the file's lines (base64 of the tokens) in its
+    errors; none of it may reach the message, the repr or the cause chain."""
+    backend = file_backend(tmp_path / "keyring.cfg")
+    (tmp_path / "keyring.cfg").write_bytes(content)
+    store = KeyringStore(SERVICE, ACCOUNT, backend=backend, state_dir=tmp_path / "state")
+    with pytest.raises(TokenStoreError, match="cannot read the keyring") as info:
+        store.load()
+    chain: list[BaseException] = []
+    current: BaseException | None = info.value
+    while current is not None:
+        chain.append(current)
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    for exc in chain:
+        assert "c2VjcmV0" not in str(exc) + repr(exc)
+    assert str(info.value).isprintable()

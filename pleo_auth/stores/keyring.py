@@ -10,7 +10,7 @@ import os
 import secrets
 from collections.abc import Hashable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import ConfigurationError, TokenStoreError
 from ..tokens import TokenSet
@@ -325,14 +325,14 @@ class KeyringStore(TokenStore):
         try:
             value: str | None = backend.get_password(self.service, username)
         except Exception as exc:
-            raise _backend_error("read", exc) from exc
+            _raise_backend_error("read", exc)
         return value
 
     def _set(self, backend: Any, username: str, value: str) -> None:
         try:
             backend.set_password(self.service, username, value)
         except Exception as exc:
-            raise _backend_error("write", exc) from exc
+            _raise_backend_error("write", exc)
 
     def _delete(self, backend: Any, username: str, action: str) -> None:
         from keyring.errors import PasswordDeleteError
@@ -342,7 +342,7 @@ class KeyringStore(TokenStore):
         except PasswordDeleteError:
             pass  # nothing stored: already gone
         except Exception as exc:
-            raise _backend_error(action, exc) from exc
+            _raise_backend_error(action, exc)
 
     # -- locking and change detection ---------------------------------------------
 
@@ -467,8 +467,7 @@ def _usable_default_backend() -> Any:
         chosen = keyring.get_keyring()
     except Exception as exc:
         raise TokenStoreError(
-            f"cannot load the keyring backend{_configured_by()}: "
-            f"{type(exc).__name__}: {exc}. {_ALTERNATIVES}"
+            f"cannot load the keyring backend{_configured_by()}: {_describe(exc)}. {_ALTERNATIVES}"
         ) from exc
     members = _chain_members(chosen)
     if members is not None:
@@ -486,30 +485,58 @@ def _usable_default_backend() -> Any:
     return chosen
 
 
-def _backend_error(action: str, exc: Exception) -> TokenStoreError:
-    """A TokenStoreError for whatever a keyring backend raised; never a token in it."""
+def _describe(exc: Exception) -> str:
+    """``Type: first line of the message``, on one printable line of bounded length."""
+    first_line = str(exc).strip().split("\n", 1)[0][:200]
+    shown = "".join(char if char.isprintable() else "?" for char in first_line)
+    return f"{type(exc).__name__}: {shown}" if shown else type(exc).__name__
+
+
+#: Exceptions about the keyring's surroundings (its service, bus, files, lock
+#: state), by class name anywhere in their MRO. Their messages name no stored data.
+_ENVIRONMENT_ERRORS = {"KeyringError", "OSError", "SecretStorageException", "DBusErrorResponse"}
+
+_UNREACHABLE = {
+    "InitError",
+    "SecretServiceNotAvailableException",
+    "DBusErrorResponse",
+    "ConnectionError",
+    "TimeoutError",
+}
+
+
+def _raise_backend_error(action: str, exc: Exception) -> NoReturn:
+    """Raise a TokenStoreError for whatever a keyring backend raised; never a token in it.
+
+    An error about the keyring's surroundings is chained, its first line in the
+    message. Any other (a file backend's parser or decoder choking on its file)
+    is named by type only and not chained: its message or repr can quote what
+    the keyring holds.
+    """
     names = {name for _, name in _class_names(exc)}
-    detail = f"{type(exc).__name__}: {exc}"
+    if not names & _ENVIRONMENT_ERRORS:
+        raise TokenStoreError(
+            f"cannot {action} the keyring: its backend failed with {type(exc).__name__} "
+            "(message withheld: it may quote what the keyring holds). Check or delete the "
+            "keyring's storage, or run `pleo-auth logout` and log in again"
+        ) from None
+    detail = _describe(exc)
     if "KeyringLocked" in names:
-        return TokenStoreError(
+        error = TokenStoreError(
             f"cannot {action} the keyring: it is locked ({detail}). Unlock it (log in to "
             "the desktop session, or unlock the login keyring with your keyring manager) "
             "and try again",
             retryable=True,
         )
-    if "NoKeyringError" in names:
-        return TokenStoreError(f"cannot {action} the keyring: it has no backend. {_ALTERNATIVES}")
-    if names & {
-        "InitError",
-        "SecretServiceNotAvailableException",
-        "DBusErrorResponse",
-        "ConnectionError",
-        "TimeoutError",
-    }:
-        return TokenStoreError(
+    elif "NoKeyringError" in names:
+        error = TokenStoreError(f"cannot {action} the keyring: it has no backend. {_ALTERNATIVES}")
+    elif names & _UNREACHABLE:
+        error = TokenStoreError(
             f"cannot {action} the keyring: its service is not reachable ({detail}). Check that "
             "the keyring daemon and, on Linux, the D-Bus session (DBUS_SESSION_BUS_ADDRESS) "
             "are running",
             retryable=True,
         )
-    return TokenStoreError(f"cannot {action} the keyring: {detail}")
+    else:
+        error = TokenStoreError(f"cannot {action} the keyring: {detail}")
+    raise error from exc
