@@ -51,18 +51,20 @@ _MAX_PARTS = 4096
 #: Backends that keep nothing or keep it unencrypted, by the class's module and name.
 _REFUSED = {
     ("keyring.backends.fail", "Keyring"): "keyring found no usable backend on this machine",
-    ("keyring.backends.null", "Keyring"): "keyring is disabled (its null backend keeps nothing)",
+    ("keyring.backends.null", "Keyring"): (
+        "keyring's default backend is its null backend, which keeps nothing"
+    ),
     ("keyrings.alt.file", "PlaintextKeyring"): (
-        "the keyring keyring would use is keyrings.alt's PlaintextKeyring, an unencrypted file"
+        "keyring's default backend is keyrings.alt's PlaintextKeyring, an unencrypted file"
     ),
 }
 
 _ALTERNATIVES = (
-    "Keep the tokens in a private file instead (FileStore(path), or `--store file:PATH` "
-    "on the command line) or in Redis (RedisStore(url), or `--store redis://HOST:PORT/DB`); "
-    "or install and unlock a keyring: on Linux a Secret Service such as gnome-keyring or "
-    "KWallet in a D-Bus session (`pip install secretstorage`), on macOS and Windows the "
-    "system's own."
+    "Keep the tokens in a private file (FileStore(path); for the pleo-auth command "
+    "`--store file:PATH` or PLEO_STORE=file:PATH) or in Redis (RedisStore(url); "
+    "`--store redis://HOST:PORT/DB`), or install and unlock a keyring: on Linux a Secret "
+    "Service (gnome-keyring or KWallet) in a D-Bus session, with `pip install secretstorage`; "
+    "on macOS and Windows the system's own."
 )
 
 
