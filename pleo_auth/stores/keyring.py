@@ -87,17 +87,24 @@ class KeyringStore(TokenStore):
 
     **No usable keyring.** When no ``backend`` is given and keyring's choice keeps
     nothing (its ``fail`` or ``null`` backend) or keeps it unencrypted
-    (keyrings.alt's ``PlaintextKeyring``), every call raises
-    :class:`~pleo_auth.TokenStoreError` naming FileStore and RedisStore: the tokens
-    never fall back to a plain-text file silently. This holds when
-    ``PYTHON_KEYRING_BACKEND`` or ``keyringrc.cfg`` names such a backend too, because
-    those settings steer every Python program of the user (they are often set for
-    pip or twine) and are no decision about where a Pleo grant may live. A backend
-    passed as ``backend=`` is the caller's explicit choice and is used as given;
-    for a plain file, :class:`~pleo_auth.FileStore` is the better choice (a private
-    0600 file replaced atomically). When keyring's choice is its chainer, the store
-    uses the chain's first backend, the one keyring writes to, so a read never
-    finds a stale copy in a backend further down the chain.
+    (keyrings.alt's ``PlaintextKeyring``, or a subclass), :meth:`load`,
+    :meth:`save` and :meth:`clear` raise :class:`~pleo_auth.TokenStoreError`
+    (not retryable) naming FileStore and RedisStore: the tokens never fall back to
+    a plain-text file silently. This holds when ``PYTHON_KEYRING_BACKEND``,
+    ``keyringrc.cfg`` or ``keyring.set_keyring()`` names such a backend too:
+    those settings steer every Python program of the user, or every library in
+    the process (they are often set for pip or twine), and are no decision about
+    where a Pleo grant may live. A backend passed as ``backend=`` is the caller's
+    explicit choice and is used as given; for a plain file,
+    :class:`~pleo_auth.FileStore` is the better choice (a private 0600 file
+    replaced atomically). When keyring's choice is its chainer, the store uses
+    the chain's first backend, the one keyring writes to, so a read never finds a
+    stale copy in a backend further down the chain.
+
+    **A locked or unreachable keyring** (the collection is locked, the keyring
+    daemon or the D-Bus session is gone) raises a retryable
+    :class:`~pleo_auth.TokenStoreError` that says so. Every other backend failure
+    is a TokenStoreError too, never the backend's own exception.
 
     Reading a keyring can cost milliseconds and may prompt the user, so it is read
     only when the tokens change. Processes on this machine share a lock file and
@@ -111,16 +118,17 @@ class KeyringStore(TokenStore):
         service: The keyring service name.
         account: The keyring user name; :class:`~pleo_auth.PleoSession` uses the
             client id. Defaults to ``"default"``.
-        backend: A keyring backend to use instead of the system default, for
-            example ``keyrings.alt.file.PlaintextKeyring()`` on a headless server.
+        backend: A keyring backend to use instead of keyring's default, for
+            example ``keyring.backends.SecretService.Keyring()``. Used as given.
         state_dir: Where the lock file and change marker live. Defaults to
             ``$XDG_RUNTIME_DIR/pleo-auth`` or ``~/.cache/pleo-auth``. Every process
             sharing the tokens must use the same directory.
         max_entry_bytes: The most one keyring entry may hold, counted as UTF-16-LE
             bytes (two per character of the ASCII JSON written). Larger payloads
             are split as above. Defaults to :data:`WINDOWS_CREDENTIAL_LIMIT` when
-            the backend is keyring's Windows Credential Manager backend, else no
-            limit. At least 320.
+            the backend is keyring's Windows Credential Manager backend
+            (``WinVaultKeyring``, alone or in keyring's chainer), else no limit.
+            At least 320.
 
     Raises:
         ConfigurationError: ``max_entry_bytes`` is below 320.
