@@ -217,7 +217,10 @@ class Coordinator:
             failure = self._run_locked("refresh", functools.partial(self._refresh, used, True))
             if isinstance(failure, ReauthenticationRequired):
                 raise _fresh_copy(failure)
-            if failure is not None or self._tokens is None:
+            if self._tokens is None:
+                # The refresh found the store empty: another process saw the grant die.
+                raise self._reauthentication_error()
+            if failure is not None:
                 return None
             return self._tokens
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pleo_auth import FileStore, PleoSession, TokenSet
+from pleo_auth import FileStore, PleoSession, ReauthenticationRequired, TokenSet
 from pleo_auth.stores.base import TokenStore
 from pleo_auth.stores.redis import RedisStore
 from pleo_auth.testing import Emulator
@@ -263,6 +263,34 @@ def test_a_401_after_a_rotation_elsewhere_is_replayed_with_the_stored_tokens_uns
     assert after.api_requests - before.api_requests == 2
     assert after.refresh_grants - before.refresh_grants == 0  # adopted, not refreshed
     assert after.rejected_refreshes - before.rejected_refreshes == 0
+
+
+def test_a_401_after_another_process_found_the_grant_dead_raises_reauthentication_required(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    # A second coordinator over the same file (another token_url host spelling gives
+    # it its own) plays the other process; this session cannot see the file change.
+    path = tmp_path / "tokens.json"
+    FileStore(path).save(TokenSet.from_response(emulator.issue_tokens()))
+    elsewhere = emulator.token_url.replace("127.0.0.1", "localhost")
+    with (
+        session_over(VersionlessFileStore(path), emulator) as session,
+        PleoSession(
+            emulator.client_id,
+            emulator.client_secret,
+            store=FileStore(path),
+            token_url=elsewhere,
+            api_url=emulator.api_url,
+        ) as other,
+    ):
+        assert session.get("/v2/employees").status_code == 200
+        emulator.revoke_all()
+        with pytest.raises(ReauthenticationRequired):
+            other.refresh()
+        assert FileStore(path).load() is None
+        with pytest.raises(ReauthenticationRequired):
+            session.get("/v2/employees")
+    assert emulator.counters.rejected_refreshes == 1
 
 
 # -- the file store, as processes on one machine share it -----------------------------------
