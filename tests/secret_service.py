@@ -25,6 +25,23 @@ import pytest
 #: Set by .ci/run: a missing Secret Service is then a failure, not a skip.
 REQUIRE_ENV = "PLEO_AUTH_REQUIRE_SECRET_SERVICE"
 
+# A session bus that never starts services on demand: otherwise a probe sent before
+# our gnome-keyring claims its name makes D-Bus start a second, locked one, which
+# wins the name and outlives the bus.
+_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:tmpdir=/tmp</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+
 _BINARIES = ("dbus-daemon", "gnome-keyring-daemon")
 _STARTUP_TIMEOUT = 20.0
 
@@ -68,8 +85,10 @@ def private_secret_service(workdir: Path) -> Iterator[dict[str, str]]:
         "XDG_DATA_HOME": str(home / "data"),
         "XDG_RUNTIME_DIR": "",
     }
+    config = workdir / "session-bus.conf"
+    config.write_text(_BUS_CONFIG)
     bus = subprocess.Popen(
-        ["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1"],
+        ["dbus-daemon", f"--config-file={config}", "--nofork", "--nopidfile", "--print-address=1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,

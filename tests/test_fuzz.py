@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 import responses
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pleo_auth import (
@@ -58,9 +58,6 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 FEW = settings(FUZZ, max_examples=40)
-# For the tests marked xfail until session.py and _endpoint.py are fixed: no
-# shrinking, so their expected failure costs little time. Drop with the marker.
-UNSHRUNK = settings(FUZZ, max_examples=60, phases=[Phase.explicit, Phase.generate])
 
 
 def sentinel(kind: str, length: int = 0) -> str:
@@ -356,14 +353,7 @@ def test_a_keyring_entry_holding_garbage_raises_token_store_error_naming_the_ent
         check_decoded(entry, "keyring entry pleo-auth/acct", store.load)
 
 
-KEYRING_FIX = (
-    "keyring.py: a backend error's message goes into TokenStoreError as it is; "
-    "configparser's spans lines and quotes the file's first line (base64 of the tokens)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=KEYRING_FIX)
-@UNSHRUNK
+@FUZZ
 @given(
     content=st.binary(max_size=200)
     | st.sampled_from([b"no section\n", b"[pleo-2dauth\nacct = x\n", b"acct = c2VjcmV0\n"])
@@ -1001,8 +991,8 @@ def private_keyring() -> Iterator[None]:
     from keyrings.alt.file import PlaintextKeyring
 
     class PrivateFileKeyring(PlaintextKeyring):
-        """KeyringStore refuses PlaintextKeyring by name as a default backend; this
-        test's is a private file in a temporary directory."""
+        """A private file keyring in a temporary directory. KeyringStore refuses it
+        as a default backend like any plain-text one: the CLI then exits 3."""
 
     previous = keyring.get_keyring()
     with tempfile.TemporaryDirectory() as directory:
