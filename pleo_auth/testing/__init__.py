@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ._keyrings import SizeLimitedKeyring
     from ._workload import (
         ClientSpec,
+        ResourceSample,
         WorkloadError,
         WorkloadProgress,
         WorkloadReport,
@@ -40,6 +41,7 @@ __all__ = [
     "Emulator",
     "EmulatorCounters",
     "FakeClock",
+    "ResourceSample",
     "SizeLimitedKeyring",
     "WorkloadError",
     "WorkloadProgress",
@@ -53,6 +55,7 @@ __all__ = [
 _WORKLOAD_NAMES = frozenset(
     {
         "ClientSpec",
+        "ResourceSample",
         "WorkloadError",
         "WorkloadProgress",
         "WorkloadReport",
