@@ -768,22 +768,8 @@ def wait_until_served(emulator: Emulator) -> None:
     A refresh the child sent just before it died is still served: the server may
     rotate after the kill, and only then is the stored pair's fate decided. Each
     connection closes once the server sees the dead child's end of it closed.
-    The emulator has no public view of its connections, hence the private one.
     """
-    running = emulator._running
-    assert running is not None
-    server = running.server
-    give_up_at = time.monotonic() + CHILD_TIMEOUT
-    while True:
-        with server._connections_lock:
-            open_connections = len(server._connections)
-        waiting_to_be_accepted = select.select([server.socket], [], [], 0)[0]
-        if not open_connections and not waiting_to_be_accepted:
-            return
-        assert time.monotonic() < give_up_at, (
-            "the emulator never finished the dead child's requests"
-        )
-        time.sleep(0.001)  # polling interval only; the bound is CHILD_TIMEOUT
+    emulator.wait_until_idle(timeout=CHILD_TIMEOUT)
 
 
 @pytest.mark.parametrize("kind", STORE_KINDS)
@@ -883,3 +869,48 @@ def test_a_lock_held_by_a_killed_process_is_taken_at_once_by_waiting_and_new_sur
         newcomer.expect("S")
     assert newcomer_waited < SURVIVOR_BOUND
     assert Pairs.generation(store.load()) >= 1
+
+
+def _killed_in_the_rename(store: FileStore, tokens: TokenSet) -> None:
+    """Fork a writer that SIGKILLs itself at ``os.replace``: its temporary file stays."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)  # type: ignore[assignment]
+            store.save(tokens)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    assert os.WTERMSIG(status) == signal.SIGKILL
+
+
+def _pair(n: int) -> TokenSet:
+    return TokenSet.from_response(
+        {"access_token": f"at-leftover-{n:04d}", "refresh_token": f"rt-leftover-{n:04d}",
+         "expires_in": 3600},
+        now=1_800_000_000.0,
+    )  # fmt: skip
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_save_and_by_clear(
+    tmp_path: Path,
+) -> None:
+    store = FileStore(tmp_path / "tokens.json")
+    store.save(_pair(1))
+
+    def leftovers() -> list[Path]:
+        return sorted(tmp_path.glob(".tokens.json.*.tmp"))
+
+    _killed_in_the_rename(store, _pair(2))
+    assert len(leftovers()) == 1  # it holds pair 2's tokens
+    assert store.load() == _pair(1)
+    store.save(_pair(3))
+    assert leftovers() == []
+    assert store.load() == _pair(3)
+
+    _killed_in_the_rename(store, _pair(4))
+    assert len(leftovers()) == 1
+    store.clear()  # a logout leaves no tokens behind, not even a dead writer's
+    assert leftovers() == []
+    assert not store.path.exists()

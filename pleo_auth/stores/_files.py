@@ -110,9 +110,11 @@ def atomic_write(path: Path, data: bytes) -> None:
 
     The data goes to a private temporary file in the same directory, is flushed to
     disk, and is then renamed over ``path``; the directory is synced so the rename
-    survives a crash.
+    survives a crash. The caller holds the path's lock: temporary files left by a
+    writer that was killed are removed first (see :func:`remove_leftovers`).
     """
     ensure_private_dir(path.parent)
+    remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -126,6 +128,24 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def remove_leftovers(path: Path) -> None:
+    """Delete the temporary files of :func:`atomic_write` calls that never finished.
+
+    A writer killed between creating its temporary file and renaming it leaves the
+    file behind, holding tokens. Only call this holding the path's lock: then no
+    live writer has a temporary file, and every one found belongs to a dead one.
+    """
+    prefix = f".{path.name}."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                os.unlink(path.parent / name)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -108,6 +108,7 @@ class FileStore(TokenStore):
                 self.path.unlink(missing_ok=True)
             except OSError as exc:
                 raise TokenStoreError(f"cannot delete {self.path}: {exc.strerror or exc}") from exc
+            _files.remove_leftovers(self.path)  # a killed writer's tokens go too
             _files.fsync_dir(self.path.parent)
 
     def version(self) -> Hashable:

@@ -704,6 +704,27 @@ class Emulator:
         with self._lock:
             self._token_hook = hook
 
+    def wait_until_idle(self, timeout: float = 30.0) -> None:
+        """Block until no connection is open and none waits to be accepted.
+
+        A request a client sent just before it was killed is still served, and
+        may rotate the tokens after the client died; crash tests wait for that
+        before judging the store. Keep-alive connections count as open: close
+        your own sessions first.
+
+        Raises:
+            RuntimeError: The emulator is not running.
+            TimeoutError: Connections stayed open for ``timeout`` seconds.
+        """
+        running = self._running
+        if running is None:
+            raise RuntimeError("the emulator is not running; call start() first")
+        give_up_at = time.monotonic() + timeout
+        while running.server.busy():
+            if time.monotonic() > give_up_at:
+                raise TimeoutError(f"connections still open after {timeout:g} s")
+            time.sleep(0.001)  # a polling interval; the bound is the timeout
+
     @property
     def pending_faults(self) -> int:
         """How many injected faults are still waiting for a request."""

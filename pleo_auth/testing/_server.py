@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import selectors
 import socket
 import socketserver
@@ -272,6 +273,13 @@ class _Server(ThreadingHTTPServer):
         with self._connections_lock:
             self._connections.discard(cast("socket.socket", request))
         super().shutdown_request(request)
+
+    def busy(self) -> bool:
+        """Whether a connection is open, or one is waiting to be accepted."""
+        with self._connections_lock:
+            if self._connections:
+                return True
+        return bool(select.select([self.socket], [], [], 0)[0])
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up mid-request is normal under stress tests.
