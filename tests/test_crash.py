@@ -77,8 +77,8 @@ SMALLEST_ENTRY = 320
 #: makes a dozen of them.
 SAVE_KILLS = {"file": 100, "keyring": 20, "keyring-split": 8}
 REFRESH_KILLS = {"file": 20, "keyring": 8, "keyring-split": 6}
-SOAK_SAVE_KILLS = {"file": 2000, "keyring": 400, "keyring-split": 100}
-SOAK_REFRESH_KILLS = {"file": 300, "keyring": 100, "keyring-split": 80}
+SOAK_SAVE_KILLS = {"file": 500, "keyring": 100, "keyring-split": 30}
+SOAK_REFRESH_KILLS = {"file": 100, "keyring": 30, "keyring-split": 20}
 
 
 # -- the seed --------------------------------------------------------------------------------

@@ -100,8 +100,9 @@ def test_four_processes_of_eight_threads_rotate_once_per_schedule_without_errors
     assert_clean_rotations(report, at_least=5)
 
 
+# FileStore's long run is the fault soak in test_soak_faults.py.
 @pytest.mark.soak
-@pytest.mark.parametrize("kind", STORE_KINDS)
+@pytest.mark.parametrize("kind", ["keyring-file", "redis"])
 def test_soak_four_processes_of_eight_threads_for_forty_seconds(
     emulator: Emulator, kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
