@@ -28,6 +28,7 @@ Nothing this command prints contains a token, a code or the client secret.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import html
 import logging
@@ -64,6 +65,7 @@ from .stores.base import TokenStore
 from .tokens import TokenSet
 
 if TYPE_CHECKING:
+    from .testing import Emulator
     from .testing._workload import WorkloadProgress, WorkloadReport
 
 logger = logging.getLogger(__name__)
@@ -566,6 +568,16 @@ def _cmd_emulator(args: argparse.Namespace, out: TextIO) -> int:
     demo = args.client_secret == _DEMO_SECRET
     shown_secret = _DEMO_SECRET if demo else "(the value given with --client-secret)"
     secret_env = _DEMO_SECRET if demo else '"$SECRET"'
+    # Ctrl-C stops it, even one that lands before the wait began.
+    with contextlib.suppress(KeyboardInterrupt):
+        _serve_emulator(emulator, out, args, shown_secret, secret_env)
+    _say(out, "Stopped.")
+    return EXIT_OK
+
+
+def _serve_emulator(
+    emulator: Emulator, out: TextIO, args: argparse.Namespace, shown_secret: str, secret_env: str
+) -> None:
     with emulator:
         _say(out, f"Pleo OAuth emulator running at {emulator.url}")
         _say(out, f"  authorize URL: {emulator.authorize_url}")
@@ -582,11 +594,7 @@ def _cmd_emulator(args: argparse.Namespace, out: TextIO) -> int:
             "--store file:/tmp/pleo-emulator-tokens.json",
         )
         _say(out, "Press Ctrl-C to stop.")
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            _say(out, "Stopped.")
-    return EXIT_OK
+        threading.Event().wait()
 
 
 class _ProgressLine:
