@@ -181,12 +181,17 @@ def test_readers_racing_a_split_writer_on_the_secret_service_get_whole_pairs(
     reads: list[TokenSet | None] = []
     errors: list[BaseException] = []
 
+    seen = threading.Condition()
+
     def read() -> None:
         store = open_store()
         try:
             barrier.wait()
             while not stop.is_set():
-                reads.append(store.load())
+                tokens = store.load()
+                with seen:
+                    reads.append(tokens)
+                    seen.notify_all()
         except BaseException as exc:
             errors.append(exc)
 
@@ -197,14 +202,17 @@ def test_readers_racing_a_split_writer_on_the_secret_service_get_whole_pairs(
         barrier.wait()
         for previous, following in itertools.pairwise(pairs):
             writer.save(following, replaces=previous)
+            # The next save waits until a reader has seen this one, so the reads
+            # overlap every save however the scheduler runs the threads.
+            with seen:
+                assert seen.wait_for(lambda t=following: t in reads or bool(errors), timeout=60)
     finally:
         stop.set()
         for thread in threads:
             thread.join(60)
     assert errors == []
-    assert reads, "the readers never ran"
     assert all(tokens in pairs for tokens in reads)  # never None, never a mix
-    assert len(set(reads)) > 1, "the readers never overlapped the saves"
+    assert set(pairs[1:]) <= set(reads)  # every save was read while others went on
     writer.clear()
     assert items(service) == []
 

@@ -392,6 +392,10 @@ def test_readers_racing_a_writer_get_a_whole_old_or_new_long_pair(
     seen: list[list[TokenSet | None]] = [[] for _ in range(readers)]
     gave_up: list[TokenStoreError] = []
     errors: list[BaseException] = []
+    progress = threading.Condition()
+
+    def was_read(tokens: TokenSet) -> bool:
+        return bool(errors) or any(tokens in per_thread for per_thread in seen)
 
     def read(index: int) -> None:
         reader = KeyringStore(
@@ -401,7 +405,10 @@ def test_readers_racing_a_writer_get_a_whole_old_or_new_long_pair(
             barrier.wait()
             while not stop.is_set():
                 try:
-                    seen[index].append(reader._read(backend) if lock_free else reader.load())
+                    tokens = reader._read(backend) if lock_free else reader.load()
+                    with progress:
+                        seen[index].append(tokens)
+                        progress.notify_all()
                 except TokenStoreError as exc:
                     if not (lock_free and exc.retryable):
                         raise
@@ -416,6 +423,10 @@ def test_readers_racing_a_writer_get_a_whole_old_or_new_long_pair(
         barrier.wait()
         for previous, following in itertools.pairwise(pairs):
             writer.save(following, replaces=previous)
+            # The next save waits until a reader has seen this one, so the reads
+            # overlap every save however the scheduler runs the threads.
+            with progress:
+                assert progress.wait_for(lambda t=following: was_read(t), timeout=60)
     finally:
         stop.set()
         for thread in threads:
@@ -427,7 +438,7 @@ def test_readers_racing_a_writer_get_a_whole_old_or_new_long_pair(
     assert all(tokens in pairs for tokens in reads)
     assert all(len(set(tag_of(tokens))) == 1 for tokens in reads if tokens is not None)
     assert all("changed on every one of" in str(exc) for exc in gave_up)
-    assert len(set(reads)) > 1, "the readers never overlapped the saves"
+    assert set(pairs[1:]) <= set(reads)  # every save was read while others went on
 
 
 class SaveWhileReading(MemoryKeyring):
