@@ -914,3 +914,15 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_save_and_by_clea
     store.clear()  # a logout leaves no tokens behind, not even a dead writer's
     assert leftovers() == []
     assert not store.path.exists()
+
+
+def test_the_sweep_spares_the_live_temporary_file_of_a_store_beside_it(tmp_path: Path) -> None:
+    # "tokens.json.staging" is another store with its own lock; its writer may be
+    # between mkstemp and rename while "tokens.json" saves and clears.
+    store = FileStore(tmp_path / "tokens.json")
+    sibling_temp = tmp_path / ".tokens.json.staging.abcd1234.tmp"
+    sibling_temp.write_bytes(b"in flight")
+    sibling_temp.chmod(0o600)
+    store.save(_pair(1))
+    store.clear()
+    assert sibling_temp.read_bytes() == b"in flight"

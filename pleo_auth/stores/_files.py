@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 import threading
@@ -137,13 +138,16 @@ def remove_leftovers(path: Path) -> None:
     file behind, holding tokens. Only call this holding the path's lock: then no
     live writer has a temporary file, and every one found belongs to a dead one.
     """
-    prefix = f".{path.name}."
+    # Exactly what mkstemp makes for this path: eight random characters. A looser
+    # match would take the live temporary file of a store at "<path>.<suffix>",
+    # which another lock guards.
+    leftover = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
     try:
         names = os.listdir(path.parent)
     except OSError:
         return
     for name in names:
-        if name.startswith(prefix) and name.endswith(".tmp"):
+        if leftover.fullmatch(name):
             with contextlib.suppress(OSError):
                 os.unlink(path.parent / name)
 
