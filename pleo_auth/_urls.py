@@ -15,13 +15,14 @@ def is_loopback_host(host: str) -> bool:
 
     >>> is_loopback_host("127.0.0.1"), is_loopback_host("localhost"), is_loopback_host("::1")
     (True, True, True)
-    >>> is_loopback_host("10.0.0.1"), is_loopback_host("localhost.example.com")
+    >>> is_loopback_host("10.0.0.1"), is_loopback_host("api.localhost")
     (False, False)
     """
-    host = host.lower().rstrip(".")
-    if host == "localhost" or host.endswith(".localhost"):
-        # RFC 6761: *.localhost always resolves to loopback.
+    host = host.lower()
+    if host == "localhost":
         return True
+    # Not "*.localhost": RFC 6761 asks resolvers to answer loopback for it, but a
+    # glibc system without systemd-resolved sends such names to DNS.
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
