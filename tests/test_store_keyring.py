@@ -511,6 +511,14 @@ def test_an_entry_limit_too_small_for_the_head_is_a_configuration_error(
         KeyringStore(SERVICE, ACCOUNT, backend=limited, max_entry_bytes=200)
 
 
+@pytest.mark.parametrize("limit", ["3000", 2560.0, float("nan"), True, -1])
+def test_an_entry_limit_that_is_not_an_integer_is_a_configuration_error(
+    limited: SizeLimitedKeyring, limit: object
+) -> None:
+    with pytest.raises(ConfigurationError, match="max_entry_bytes must be None or an integer"):
+        KeyringStore(SERVICE, ACCOUNT, backend=limited, max_entry_bytes=limit)  # type: ignore[arg-type]
+
+
 # -- the limit's default -------------------------------------------------------------------
 
 

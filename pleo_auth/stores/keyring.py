@@ -150,9 +150,13 @@ class KeyringStore(TokenStore):
         state_dir: str | os.PathLike[str] | None = None,
         max_entry_bytes: int | None = None,
     ):
-        if max_entry_bytes is not None and max_entry_bytes < _MIN_ENTRY_BYTES:
+        if max_entry_bytes is not None and (
+            isinstance(max_entry_bytes, bool)
+            or not isinstance(max_entry_bytes, int)
+            or max_entry_bytes < _MIN_ENTRY_BYTES
+        ):
             raise ConfigurationError(
-                f"max_entry_bytes must be at least {_MIN_ENTRY_BYTES}, not {max_entry_bytes}"
+                f"max_entry_bytes must be None or an integer of at least {_MIN_ENTRY_BYTES}"
             )
         self.service = service
         self.account = account or "default"
