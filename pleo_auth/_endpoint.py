@@ -512,6 +512,9 @@ class TokenEndpoint:
             raise RefreshError(f"cannot call the token endpoint: {type(exc).__name__}") from exc
         except Exception as exc:  # a foreign error from deep in the HTTP stack
             raise RefreshError(f"cannot call the token endpoint: {type(exc).__name__}") from exc
+        # Errors carry the response; its request must not carry the refresh token
+        # (the body) or the client secret (the body, or Basic auth) along with it.
+        response.request = _without_secrets(response.request)
         status = response.status_code
         if status in TRANSIENT_STATUSES:
             raise _Transient(
@@ -551,6 +554,14 @@ class TokenEndpoint:
             return TokenSet.from_response(body, now=sent_at)
         except RefreshError as exc:
             raise RefreshError(f"{exc}{_SPENT}", status_code=200) from None
+
+
+def _without_secrets(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """A copy of a token request with its form body and Authorization header removed."""
+    scrubbed = request.copy()
+    scrubbed.body = None
+    scrubbed.headers.pop("Authorization", None)
+    return scrubbed
 
 
 def _dead_grant_reason(unanswered: list[str]) -> str:
