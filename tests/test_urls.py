@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 import responses
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pleo_auth import AuthorizationFlow, ConfigurationError, MemoryStore, PleoSession, TokenSet
@@ -171,14 +171,15 @@ class _Recorder(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _RecordingHandler)
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__((host, port), _RecordingHandler)
         self.seen: list[tuple[str, str, str | None]] = []  # method, path, Authorization
         self.lock = threading.Lock()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
 
     def authorizations(self, path_prefix: str) -> list[str | None]:
         with self.lock:
@@ -216,8 +217,13 @@ class _RecordingHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def recorders() -> Iterator[tuple[_Recorder, _Recorder]]:
-    """Two servers: the API, and another origin that must never see the token."""
-    servers = (_Recorder(), _Recorder())
+    """Two servers: the API, and another origin that must never see the token.
+
+    The other one differs in host only (127.0.0.2, same port), so that the header
+    is not dropped merely because the port changed.
+    """
+    api = _Recorder()
+    servers = (api, _Recorder("127.0.0.2", api.server_address[1]))
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for thread in threads:
         thread.start()
@@ -361,9 +367,23 @@ _paths = st.text(alphabet="/abcv2.%@?#:\\-", max_size=20)
 _userinfo = st.sampled_from(["", "user@", "api.example.com@", "a:b@"])
 
 
+def _on_api_origin_under_its_path(url: str) -> bool:
+    """Where the token may go, decided by parsing rather than by the session's code."""
+    parts = urllib.parse.urlsplit(url)
+    return (
+        origin(url) == ("https", "api.example.com", 443)
+        and parts.username is None
+        and (parts.path + "/").startswith("/v2/")
+    )
+
+
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(scheme=_schemes, userinfo=_userinfo, host=_hosts, port=_ports, path=_paths)
-def test_the_token_is_attached_only_to_urls_on_the_api_origin_under_its_path(
+@example(scheme="https", userinfo="", host="api.example.com", port="", path="v2/employees")
+@example(scheme="https", userinfo="", host="api.example.com", port="", path="v2/")
+@example(scheme="https", userinfo="", host="api.example.com", port="", path="v2x/employees")
+@example(scheme="https", userinfo="", host="api.example.com.evil.net", port="", path="v2/")
+def test_the_token_goes_to_every_url_under_api_url_and_nowhere_else(
     scheme: str, userinfo: str, host: str, port: str, path: str
 ) -> None:
     url = f"{scheme}://{userinfo}{host}{port}/{path}"
@@ -381,11 +401,13 @@ def test_the_token_is_attached_only_to_urls_on_the_api_origin_under_its_path(
         try:
             session.get(url, allow_redirects=False)
         except (requests.RequestException, ValueError, UnicodeError):
-            return  # requests refused to build the request: nothing was sent
-    for sent in capture.sent:
-        # A user name in the URL becomes the user's own Basic auth: not our business.
-        if sent.headers.get("Authorization") == f"Bearer {ACCESS}":
-            parsed = urllib.parse.urlsplit(sent.url or "")
-            assert origin(sent.url or "") == ("https", "api.example.com", 443)
-            assert parsed.username is None
-            assert (parsed.path + "/").startswith("/v2/")
+            # requests refused to build the request: then nothing at all was sent.
+            assert capture.sent == []
+            return
+    [sent] = capture.sent
+    # A user name in the URL becomes the user's own Basic auth: not our token.
+    carries_token = sent.headers.get("Authorization") == f"Bearer {ACCESS}"
+    if carries_token:  # never anywhere else
+        assert _on_api_origin_under_its_path(sent.url or ""), sent.url
+    if url.startswith("https://api.example.com/v2/"):  # always where it belongs
+        assert carries_token, url
