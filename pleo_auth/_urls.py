@@ -7,7 +7,7 @@ import urllib.parse
 
 from .errors import ConfigurationError
 
-__all__ = ["check_secure_url", "is_loopback_host", "origin"]
+__all__ = ["check_secure_url", "is_loopback_host", "origin", "parse_http_url"]
 
 
 def is_loopback_host(host: str) -> bool:
@@ -29,6 +29,27 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def parse_http_url(name: str, url: object) -> urllib.parse.SplitResult:
+    """An absolute http(s) URL with a host and a valid port, parsed.
+
+    Raises:
+        ConfigurationError: Anything else. The URL itself is not echoed: it
+            might carry a password or a token.
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"{name} must be a URL string, not {type(url).__name__}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ConfigurationError(f"{name} is not a valid URL (bad host or port)") from None
+    if parts.scheme not in ("http", "https") or not host:
+        shown = f"a {parts.scheme}: URL" if parts.scheme else "a URL without a scheme"
+        raise ConfigurationError(f"{name} must be an absolute http(s) URL with a host, not {shown}")
+    return parts
+
+
 def check_secure_url(name: str, url: object) -> urllib.parse.SplitResult:
     """Refuse a URL that would send a secret in clear text, or that is no URL at all.
 
@@ -48,18 +69,8 @@ def check_secure_url(name: str, url: object) -> urllib.parse.SplitResult:
             host, a URL with credentials, or plain HTTP to a host other than
             loopback.
     """
-    if not isinstance(url, str):
-        raise ConfigurationError(f"{name} must be a URL string, not {type(url).__name__}")
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise ConfigurationError(f"{name} is not a valid URL (bad host or port)") from None
-    # The URL itself is not echoed: it might carry a password or a token.
-    if parts.scheme not in ("http", "https") or not host:
-        shown = f"a {parts.scheme}: URL" if parts.scheme else "a URL without a scheme"
-        raise ConfigurationError(f"{name} must be an https:// URL with a host, not {shown}")
+    parts = parse_http_url(name, url)
+    host = parts.hostname or ""
     if parts.username is not None or parts.password is not None:
         raise ConfigurationError(f"{name} must not contain a user name or password")
     if parts.scheme == "http" and not is_loopback_host(host):

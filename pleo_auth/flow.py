@@ -39,7 +39,7 @@ import attrs
 from ._clock import SYSTEM_CLOCK, Clock
 from ._endpoint import ClientAuth, TokenEndpoint
 from ._text import one_line, shown
-from ._urls import check_secure_url
+from ._urls import check_secure_url, parse_http_url
 from .errors import AuthorizationError, ConfigurationError, TokenStoreError
 from .session import ENVIRONMENTS, Environment
 from .stores.base import TokenStore
@@ -150,17 +150,8 @@ def _check_environment(environment: object) -> None:
 
 
 def _check_http_url(name: str, url: object) -> urllib.parse.SplitResult:
-    """Refuse anything but an absolute http(s) URL with a host and a valid port."""
-    if not isinstance(url, str):
-        raise ConfigurationError(f"{name} must be a URL string, not {type(url).__name__}")
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise ConfigurationError(f"{name} is not a valid URL (bad host or port)") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise ConfigurationError(f"{name} must be an absolute http(s) URL, not {shown(url)}")
+    """Refuse anything but an absolute http(s) URL with a host, a valid port and no fragment."""
+    parts = parse_http_url(name, url)
     if parts.fragment:
         raise ConfigurationError(f"{name} must not have a #fragment")
     return parts

@@ -73,7 +73,9 @@ def test_plain_http_to_loopback_is_allowed_for_the_emulator(url: str) -> None:
 
 @pytest.mark.parametrize("url", NOT_URLS)
 def test_a_value_that_is_no_http_url_is_refused(url: str) -> None:
-    with pytest.raises(ConfigurationError, match="token_url must be an https:// URL with a host"):
+    with pytest.raises(
+        ConfigurationError, match="token_url must be an absolute http\\(s\\) URL with a host"
+    ):
         check_secure_url("token_url", url)
 
 
