@@ -34,6 +34,16 @@ def long_lived() -> TokenSet:
     )
 
 
+def session_for_api(
+    api_url: str, *, token_url: str = "https://auth.example.com/oauth/token"
+) -> PleoSession:
+    """A session holding fresh tokens: no test here ever reaches the token endpoint."""
+    return PleoSession(
+        "client", "secret", store=MemoryStore(), token_url=token_url, api_url=api_url,
+        tokens=long_lived(),
+    )  # fmt: skip
+
+
 # -- HTTPS only, except loopback ------------------------------------------------
 
 PLAIN_HTTP_ELSEWHERE = [
@@ -151,14 +161,7 @@ def test_the_cli_refuses_a_plain_http_token_url_with_a_one_line_error(
 
 
 def test_https_urls_anywhere_are_accepted() -> None:
-    with PleoSession(
-        "client",
-        "secret",
-        store=MemoryStore(),
-        token_url="https://auth.example.com/oauth/token",
-        api_url="https://api.example.com:8443/base",
-        tokens=long_lived(),
-    ) as session:
+    with session_for_api("https://api.example.com:8443/base") as session:
         assert session.api_url == "https://api.example.com:8443/base"
 
 
@@ -238,14 +241,9 @@ def recorders() -> Iterator[tuple[_Recorder, _Recorder]]:
 @pytest.fixture
 def api_session(recorders: tuple[_Recorder, _Recorder]) -> Iterator[PleoSession]:
     api, _ = recorders
-    with PleoSession(
-        "client",
-        "secret",
-        store=MemoryStore(),
-        token_url="http://127.0.0.1:9/oauth/token",  # never called: the tokens are fresh
-        api_url=api.url + "/v2",
-        tokens=long_lived(),
-    ) as session:
+    with session_for_api(
+        api.url + "/v2", token_url="http://127.0.0.1:9/oauth/token"
+    ) as session:  # never called: the tokens are fresh
         yield session
 
 
@@ -310,14 +308,7 @@ def test_a_redirect_from_https_to_http_on_the_same_host_does_not_carry_the_token
         headers={"Location": "http://api.example.com/v2/employees"},
     )
     responses.get("http://api.example.com/v2/employees", json={})
-    with PleoSession(
-        "client",
-        "secret",
-        store=MemoryStore(),
-        token_url="https://auth.example.com/oauth/token",
-        api_url="https://api.example.com",
-        tokens=long_lived(),
-    ) as session:
+    with session_for_api("https://api.example.com") as session:
         session.get("/v2/employees")
     first, second = (call.request for call in responses.calls)
     assert first.headers["Authorization"] == f"Bearer {ACCESS}"
@@ -390,14 +381,7 @@ def test_the_token_goes_to_every_url_under_api_url_and_nowhere_else(
 ) -> None:
     url = f"{scheme}://{userinfo}{host}{port}/{path}"
     capture = _Capture()
-    with PleoSession(
-        "client",
-        "secret",
-        store=MemoryStore(),
-        token_url="https://auth.example.com/oauth/token",
-        api_url="https://api.example.com/v2",
-        tokens=long_lived(),
-    ) as session:
+    with session_for_api("https://api.example.com/v2") as session:
         session.mount("https://", capture)
         session.mount("http://", capture)
         try:
