@@ -50,6 +50,11 @@ class TokenStoreContract:
     #: Seconds a thread that should stay blocked is watched before the test moves on.
     #: A correct store never wakes it, so this bounds only how hard a bug is looked for.
     blocked_watch = 0.3
+    #: Saves in the atomicity race, and lock-guarded increments per thread (of six)
+    #: in the read-modify-write race. A store whose calls cost milliseconds (a
+    #: real keyring daemon) runs fewer of each.
+    racing_saves = 100
+    increments_per_thread = 10
 
     @pytest.fixture
     def make_store(self) -> MakeStore:
@@ -215,7 +220,7 @@ class TokenStoreContract:
 
     def test_lock_serialises_read_modify_write_across_threads(self, make_store: MakeStore) -> None:
         make_store().save(new_tokens("count-0", expires_at=0.0))
-        threads, rounds = 6, 10
+        threads, rounds = 6, self.increments_per_thread
         barrier = threading.Barrier(threads)
         errors: list[BaseException] = []
 
@@ -277,7 +282,7 @@ class TokenStoreContract:
         writer = make_store()
         try:
             previous = writer.load()
-            for n in range(1, 101):
+            for n in range(1, self.racing_saves + 1):
                 with writer.lock(timeout=30.0, lease=30.0):
                     tokens = new_tokens(f"pair-{n}")
                     writer.save(tokens, replaces=previous)

@@ -50,6 +50,7 @@ import pytest
 
 from pleo_auth import FileStore, KeyringStore, PleoSession, ReauthenticationRequired, TokenSet
 from pleo_auth.errors import TokenStoreError
+from pleo_auth.stores._secret_service import SharedConnectionKeyring
 from pleo_auth.stores.base import TokenStore
 from pleo_auth.stores.keyring import WINDOWS_CREDENTIAL_LIMIT
 from pleo_auth.testing import Emulator, SizeLimitedKeyring
@@ -113,10 +114,10 @@ def make_store(
     request.getfixturevalue("secret_service")
     from keyring.backends import SecretService
 
-    backend: Any = SecretService.Keyring()
+    backend: Any = SecretService.Keyring()  # KeyringStore puts SharedConnectionKeyring in
     limit = None
     if kind == "keyring-split":
-        backend = SizeLimitedKeyring(backend, max_bytes=entry_limit)
+        backend = SizeLimitedKeyring(SharedConnectionKeyring(), max_bytes=entry_limit)
         limit = entry_limit
     return KeyringStore(
         f"pleo-auth-crash-{uuid.uuid4().hex}",

@@ -59,6 +59,8 @@ _REFUSED = {
     ),
 }
 
+_STOCK_SECRET_SERVICE = ("keyring.backends.SecretService", "Keyring")
+
 _ALTERNATIVES = (
     "Keep the tokens in a private file (FileStore(path); for the pleo-auth command "
     "`--store file:PATH` or PLEO_STORE=file:PATH) or in Redis (RedisStore(url); "
@@ -101,6 +103,14 @@ class KeyringStore(TokenStore):
     the chain's first backend, the one keyring writes to, so a read never finds a
     stale copy in a backend further down the chain.
 
+    **The Secret Service** (Linux desktops). keyring's stock backend for it,
+    whether keyring chose it or it is passed as ``backend=``, is replaced by a
+    subclass that keeps one D-Bus connection per process instead of opening one
+    per call: gnome-keyring 42 to 50 can crash under that churn (upstream issues
+    190, 196 and 199), which locks the user's keyring. It reads and writes the
+    same items in the same collection. A subclass of keyring's backend is used
+    as given.
+
     **A locked or unreachable keyring** (the collection is locked, the keyring
     daemon or the D-Bus session is gone) raises a retryable
     :class:`~pleo_auth.TokenStoreError` that says so. Every other backend failure
@@ -119,7 +129,8 @@ class KeyringStore(TokenStore):
         account: The keyring user name; :class:`~pleo_auth.PleoSession` uses the
             client id. Defaults to ``"default"``.
         backend: A keyring backend to use instead of keyring's default, for
-            example ``keyring.backends.SecretService.Keyring()``. Used as given.
+            example ``keyring.backends.SecretService.Keyring()``. Used as given,
+            except as said above for the Secret Service.
         state_dir: Where the lock file and change marker live. Defaults to
             ``$XDG_RUNTIME_DIR/pleo-auth`` or ``~/.cache/pleo-auth``. Every process
             sharing the tokens must use the same directory.
@@ -162,7 +173,7 @@ class KeyringStore(TokenStore):
         self.account = account or "default"
         self.max_entry_bytes = max_entry_bytes
         self._backend = backend
-        self._default_backend: Any = None
+        self._resolved_backend: Any = None
         self._custom_location = backend is not None or state_dir is not None
         base = Path(state_dir) if state_dir is not None else _files.default_state_dir()
         tag = hashlib.sha256(f"{self.service}\0{self.account}".encode()).hexdigest()[:16]
@@ -176,13 +187,13 @@ class KeyringStore(TokenStore):
             TokenStoreError: keyring's choice keeps nothing or keeps it unencrypted,
                 or cannot be loaded.
         """
-        if self._backend is not None:
-            return self._backend
-        if self._default_backend is None:
+        if self._resolved_backend is None:
             # Resolved late: finding keyring backends costs more than importing requests.
-            # Two threads may both resolve it; they find the same backend.
-            self._default_backend = _usable_default_backend()
-        return self._default_backend
+            # Two threads may both resolve it; each gets a working backend, and the
+            # last one stays.
+            chosen = self._backend if self._backend is not None else _usable_default_backend()
+            self._resolved_backend = _on_one_connection(chosen)
+        return self._resolved_backend
 
     def _entry_limit(self, backend: Any) -> int | None:
         if self.max_entry_bytes is not None:
@@ -443,6 +454,15 @@ def _chain_members(backend: Any) -> list[Any] | None:
     if ("keyring.backends.chainer", "ChainerBackend") not in _class_names(backend):
         return None
     return list(backend.backends)
+
+
+def _on_one_connection(backend: Any) -> Any:
+    """keyring's stock Secret Service backend, swapped for one that keeps its connection."""
+    if (type(backend).__module__, type(backend).__qualname__) != _STOCK_SECRET_SERVICE:
+        return backend
+    from ._secret_service import SharedConnectionKeyring
+
+    return SharedConnectionKeyring.replacing(backend)
 
 
 def _writes_to_windows_vault(backend: Any) -> bool:
