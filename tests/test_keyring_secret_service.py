@@ -19,8 +19,9 @@ import sys
 import textwrap
 import threading
 import time
+import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -458,3 +459,205 @@ def test_a_bus_that_dies_under_running_readers_fails_each_with_a_token_store_err
         worker.join(60)
     assert all(isinstance(outcome, TokenStoreError) for outcome in outcomes), outcomes
     assert all(outcome.retryable for outcome in outcomes if isinstance(outcome, TokenStoreError))
+
+
+# -- one D-Bus connection per process -------------------------------------------------------
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every D-Bus connection secretstorage opens in this process from now on."""
+    import secretstorage
+
+    opened: list[Any] = []
+    real = secretstorage.dbus_init
+
+    def counting() -> Any:
+        connection = real()
+        opened.append(connection)
+        return connection
+
+    monkeypatch.setattr(secretstorage, "dbus_init", counting)
+    return opened
+
+
+def open_sessions() -> int:
+    """How many Secret Service sessions the daemon holds open, for every client."""
+    import secretstorage
+    from jeepney import DBusAddress, new_method_call
+
+    connection = secretstorage.dbus_init()
+    try:
+        sessions = DBusAddress(
+            "/org/freedesktop/secrets/session",
+            "org.freedesktop.secrets",
+            "org.freedesktop.DBus.Introspectable",
+        )
+        xml: str = connection.send_and_get_reply(new_method_call(sessions, "Introspect")).body[0]
+        return xml.count("<node name=")
+    finally:
+        connection.close()
+
+
+def run_in_fork(body: Callable[[], Any]) -> Any:
+    """``body()`` in a forked child; its JSON-able result, or the child's traceback."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_fd)
+            result = {"result": body()}
+        except BaseException:
+            result = {"error": traceback.format_exc()}
+        with os.fdopen(write_fd, "w") as pipe:
+            pipe.write(json.dumps(result))
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        output = pipe.read()
+    os.waitpid(pid, 0)
+    reply = json.loads(output)
+    assert "error" not in reply, reply["error"]
+    return reply["result"]
+
+
+def test_keyring_store_makes_every_call_on_one_connection_where_keyring_opens_one_each(
+    shared_secret_service: None, connections: list[Any], tmp_path: Path
+) -> None:
+    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    stock = secret_service_backend()
+    for _ in range(3):
+        stock.get_password(service, "client-1")
+    assert len(connections) == 3  # keyring's own backend: a connection per call
+    store = KeyringStore(service, "client-1", backend=stock, state_dir=tmp_path / "state")
+    for _ in range(10):
+        store.save(new_tokens())
+        assert store.load() is not None
+    store.clear()
+    assert len(connections) == 4  # KeyringStore's: one more, for all 21 calls
+    assert type(store._keyring()).__name__ == "SharedConnectionKeyring"
+
+
+def test_the_shared_connection_backend_and_keyrings_own_read_each_others_items(
+    shared_secret_service: None,
+) -> None:
+    import secretstorage
+
+    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    stock, shared = secret_service_backend(), shared_backend()
+    shared.set_password(service, "written-by-shared", "one")
+    stock.set_password(service, "written-by-stock", "two")
+    assert stock.get_password(service, "written-by-shared") == "one"
+    assert shared.get_password(service, "written-by-stock") == "two"
+    connection = secretstorage.dbus_init()
+    try:
+        collection = secretstorage.get_default_collection(connection)
+        found = {
+            item.get_attributes()["username"]: (item.get_label(), item.get_attributes())
+            for item in collection.search_items({"service": service})
+        }
+    finally:
+        connection.close()
+    (label_shared, attributes_shared), (label_stock, attributes_stock) = (
+        found["written-by-shared"],
+        found["written-by-stock"],
+    )
+    assert label_shared == label_stock.replace("written-by-stock", "written-by-shared")
+    assert attributes_shared == {**attributes_stock, "username": "written-by-shared"}
+    shared.delete_password(service, "written-by-stock")
+    stock.delete_password(service, "written-by-shared")
+    assert shared.get_password(service, "written-by-shared") is None
+    assert stock.get_password(service, "written-by-stock") is None
+
+
+def test_each_call_closes_the_secret_service_session_it_opened(shared_secret_service: None) -> None:
+    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    shared = shared_backend()
+    before = open_sessions()
+    for index in range(10):
+        shared.set_password(service, "client-1", f"secret-{index}")
+        assert shared.get_password(service, "client-1") == f"secret-{index}"
+    shared.delete_password(service, "client-1")
+    assert open_sessions() == before
+
+
+def test_threads_share_the_connection_one_call_at_a_time(
+    shared_secret_service: None, connections: list[Any]
+) -> None:
+    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    shared = shared_backend()
+    threads, calls = 8, 10
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            start.wait()
+            for call in range(calls):
+                shared.set_password(service, f"user-{index}", f"secret-{index}-{call}")
+                assert shared.get_password(service, f"user-{index}") == f"secret-{index}-{call}"
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(index,)) for index in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert errors == []
+    assert len(connections) == 1
+
+
+def test_a_forked_child_opens_its_own_connection_and_the_parents_keeps_working(
+    shared_secret_service: None, connections: list[Any]
+) -> None:
+    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    shared = shared_backend()
+    shared.set_password(service, "client-1", "from-the-parent")
+    parents = shared._connection
+
+    def child() -> Any:
+        value = shared.get_password(service, "client-1")
+        shared.set_password(service, "client-1", "from-the-child")
+        return [value, len(connections), shared._connection is not parents]
+
+    assert run_in_fork(child) == ["from-the-parent", 2, True]
+    assert shared.get_password(service, "client-1") == "from-the-child"
+    assert shared._connection is parents
+    assert len(connections) == 1
+
+
+def test_a_fork_while_a_call_holds_the_lock_leaves_the_child_a_free_lock(
+    shared_secret_service: None,
+) -> None:
+    """A thread of the parent mid-call at the fork does not exist in the child: the
+    lock it held must not be inherited held, or the child's first call hangs."""
+    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    shared = shared_backend()
+    shared.set_password(service, "client-1", "stored")
+    with shared._lock:  # as if another thread were mid-call
+        assert run_in_fork(lambda: shared.get_password(service, "client-1")) == "stored"
+
+
+def test_a_broken_cached_connection_is_replaced_and_the_call_succeeds(
+    shared_secret_service: None, connections: list[Any]
+) -> None:
+    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    shared = shared_backend()
+    shared.set_password(service, "client-1", "stored")
+    shared._connection.sock.close()  # as a bus restart or a call cut off mid-message would
+    assert shared.get_password(service, "client-1") == "stored"
+    assert len(connections) == 2
+
+
+def test_a_subclass_of_keyrings_backend_is_used_as_given(
+    shared_secret_service: None, tmp_path: Path
+) -> None:
+    from keyring.backends import SecretService
+
+    class Custom(SecretService.Keyring):  # type: ignore[misc]
+        pass
+
+    backend = Custom()
+    store = KeyringStore("pleo-auth-test", "client-1", backend=backend, state_dir=tmp_path)
+    assert store._keyring() is backend

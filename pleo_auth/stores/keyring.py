@@ -460,8 +460,10 @@ def _on_one_connection(backend: Any) -> Any:
     """keyring's stock Secret Service backend, swapped for one that keeps its connection."""
     if (type(backend).__module__, type(backend).__qualname__) != _STOCK_SECRET_SERVICE:
         return backend
-    from ._secret_service import SharedConnectionKeyring
-
+    try:
+        from ._secret_service import SharedConnectionKeyring
+    except ImportError:  # no secretstorage (not Linux): keyring's backend reports that itself
+        return backend
     return SharedConnectionKeyring.replacing(backend)
 
 
