@@ -81,14 +81,18 @@ def items(service: str) -> list[Any]:
 # -- the store contract --------------------------------------------------------------
 
 
-class TestKeyringStoreOnTheSecretService(TokenStoreContract):
-    # A Secret Service call costs milliseconds, a split save a dozen calls.
-    racing_saves = 30
-    increments_per_thread = 4
+class SecretServiceContract(TokenStoreContract):
+    """The contract on the shared private Secret Service, a service name per test."""
 
     @pytest.fixture
     def service(self) -> str:
         return f"pleo-auth-test-{uuid.uuid4().hex}"
+
+
+class TestKeyringStoreOnTheSecretService(SecretServiceContract):
+    # A Secret Service call costs milliseconds, a split save a dozen calls.
+    racing_saves = 30
+    increments_per_thread = 4
 
     @pytest.fixture
     def make_store(self, shared_secret_service: None, service: str, tmp_path: Path) -> MakeStore:
@@ -107,15 +111,11 @@ class TestKeyringStoreOnTheSecretService(TokenStoreContract):
         assert json.loads(secret)["refresh_token"] == tokens.refresh_token
 
 
-class TestKeyringStoreSplitOnTheSecretService(TokenStoreContract):
+class TestKeyringStoreSplitOnTheSecretService(SecretServiceContract):
     """The contract with entries limited to 320 bytes, so every save is split."""
 
     racing_saves = 15
     increments_per_thread = 3
-
-    @pytest.fixture
-    def service(self) -> str:
-        return f"pleo-auth-test-{uuid.uuid4().hex}"
 
     @pytest.fixture
     def make_store(self, shared_secret_service: None, service: str, tmp_path: Path) -> MakeStore:
