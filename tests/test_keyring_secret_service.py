@@ -55,6 +55,11 @@ def secret_service_backend() -> Any:
     return SecretService.Keyring()
 
 
+def new_service() -> str:
+    """A keyring service name no other test uses, on the shared Secret Service."""
+    return f"pleo-auth-test-{uuid.uuid4().hex}"
+
+
 def shared_backend() -> Any:
     """The backend KeyringStore puts in place of keyring's: one connection per process.
     Tests that wrap a backend (SizeLimitedKeyring) build it themselves."""
@@ -86,7 +91,7 @@ class SecretServiceContract(TokenStoreContract):
 
     @pytest.fixture
     def service(self) -> str:
-        return f"pleo-auth-test-{uuid.uuid4().hex}"
+        return new_service()
 
 
 class TestKeyringStoreOnTheSecretService(SecretServiceContract):
@@ -150,7 +155,7 @@ def test_readers_racing_a_split_writer_on_the_secret_service_get_whole_pairs(
 ) -> None:
     """The default run's race on the real daemon: two readers load while a writer
     saves pairs split into parts, as on Windows. Every read is a whole pair."""
-    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    service = new_service()
 
     def open_store() -> KeyringStore:
         return KeyringStore(
@@ -249,7 +254,7 @@ def test_processes_on_the_default_keyring_share_one_grant_through_the_secret_ser
 ) -> None:
     """Three processes of four threads each, on stale tokens: exactly one refresh."""
     processes, threads = 3, 4
-    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    service = new_service()
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {
@@ -524,7 +529,7 @@ def run_in_fork(body: Callable[[], Any]) -> Any:
 def test_keyring_store_makes_every_call_on_one_connection_where_keyring_opens_one_each(
     shared_secret_service: None, connections: list[Any], tmp_path: Path
 ) -> None:
-    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    service = new_service()
     stock = secret_service_backend()
     for _ in range(3):
         stock.get_password(service, "client-1")
@@ -543,7 +548,7 @@ def test_the_shared_connection_backend_and_keyrings_own_read_each_others_items(
 ) -> None:
     import secretstorage
 
-    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    service = new_service()
     stock, shared = secret_service_backend(), shared_backend()
     shared.set_password(service, "written-by-shared", "one")
     stock.set_password(service, "written-by-stock", "two")
@@ -571,7 +576,7 @@ def test_the_shared_connection_backend_and_keyrings_own_read_each_others_items(
 
 
 def test_each_call_closes_the_secret_service_session_it_opened(shared_secret_service: None) -> None:
-    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    service = new_service()
     shared = shared_backend()
     before = open_sessions()
     for index in range(10):
@@ -584,7 +589,7 @@ def test_each_call_closes_the_secret_service_session_it_opened(shared_secret_ser
 def test_threads_share_the_connection_one_call_at_a_time(
     shared_secret_service: None, connections: list[Any]
 ) -> None:
-    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    service = new_service()
     shared = shared_backend()
     threads, calls = 8, 10
     start = threading.Barrier(threads)
@@ -611,7 +616,7 @@ def test_threads_share_the_connection_one_call_at_a_time(
 def test_a_forked_child_opens_its_own_connection_and_the_parents_keeps_working(
     shared_secret_service: None, connections: list[Any]
 ) -> None:
-    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    service = new_service()
     shared = shared_backend()
     shared.set_password(service, "client-1", "from-the-parent")
     parents = shared._connection
@@ -632,7 +637,7 @@ def test_a_fork_while_a_call_holds_the_lock_leaves_the_child_a_free_lock(
 ) -> None:
     """A thread of the parent mid-call at the fork does not exist in the child: the
     lock it held must not be inherited held, or the child's first call hangs."""
-    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    service = new_service()
     shared = shared_backend()
     shared.set_password(service, "client-1", "stored")
     with shared._lock:  # as if another thread were mid-call
@@ -642,7 +647,7 @@ def test_a_fork_while_a_call_holds_the_lock_leaves_the_child_a_free_lock(
 def test_a_broken_cached_connection_is_replaced_and_the_call_succeeds(
     shared_secret_service: None, connections: list[Any]
 ) -> None:
-    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    service = new_service()
     shared = shared_backend()
     shared.set_password(service, "client-1", "stored")
     shared._connection.sock.close()  # as a bus restart or a call cut off mid-message would
