@@ -560,13 +560,10 @@ def test_the_shared_connection_backend_and_keyrings_own_read_each_others_items(
         # gnome-keyring adds "xdg:schema" to items of its own accord, as when a
         # restarted daemon has read them back from disk: only what keyring wrote
         # is compared.
-        found = {
-            item.get_attributes()["username"]: (
-                item.get_label(),
-                {k: v for k, v in item.get_attributes().items() if k != "xdg:schema"},
-            )
-            for item in collection.search_items({"service": service})
-        }
+        found = {}
+        for item in collection.search_items({"service": service}):
+            written = {k: v for k, v in item.get_attributes().items() if k != "xdg:schema"}
+            found[written["username"]] = (item.get_label(), written)
     finally:
         connection.close()
     (label_shared, attributes_shared), (label_stock, attributes_stock) = (
