@@ -1,4 +1,5 @@
-"""KeyringStore's split entries for size-limited keyrings, and its refusal of unusable ones.
+"""KeyringStore's split entries for size-limited keyrings, its refusal of unusable ones,
+and its one lock per entry whatever the environment.
 
 Windows keeps at most 2,560 bytes in one credential. The split is tested against
 :class:`~pleo_auth.testing.SizeLimitedKeyring`, which enforces that limit, wrapped
@@ -16,12 +17,16 @@ import io
 import itertools
 import json
 import math
+import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -812,3 +817,280 @@ def test_a_garbled_keyring_file_is_a_clear_error_that_quotes_none_of_it(
     for exc in chain:
         assert "c2VjcmV0" not in str(exc) + repr(exc)
     assert str(info.value).isprintable()
+
+
+# -- one lock per keyring entry, whatever the environment ------------------------------
+#
+# The lock file and change marker of the default state directory were once in
+# $XDG_RUNTIME_DIR when that was set, else in ~/.cache: a login shell and a cron job
+# of one user took different locks on one keyring entry, both refreshed, and Pleo
+# revoked the grant. They now live under the home directory the user database gives
+# this uid, read by no environment variable.
+
+REPORT_PATHS = textwrap.dedent(
+    """
+    import json, sys
+    from keyrings.alt.file import PlaintextKeyring
+    from pleo_auth import KeyringStore
+
+    backend = PlaintextKeyring()
+    backend.file_path = sys.argv[1]
+    store = KeyringStore(sys.argv[2], sys.argv[3], backend=backend)
+    print(json.dumps({"lock": str(store.lock_path), "marker": str(store.marker_path)}))
+    """
+)
+
+
+def user_database_home() -> Path:
+    import pwd
+
+    return Path(pwd.getpwuid(os.geteuid()).pw_dir)
+
+
+def environment_without(*names: str, **values: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if name not in names}
+    env.update(values)
+    return env
+
+
+@pytest.fixture
+def unique_service() -> Iterator[str]:
+    """A service name of this test alone; its lock and marker files go afterwards."""
+    service = f"pleo-auth-test-{uuid.uuid4().hex}"
+    yield service
+    tag = KeyringStore(service, ACCOUNT, state_dir="/").lock_path.stem
+    for leftover in (user_database_home() / ".cache" / "pleo-auth").glob(f"{tag}.*"):
+        leftover.unlink()
+
+
+def test_the_default_lock_and_marker_are_the_same_in_every_environment_of_one_user(
+    tmp_path: Path, unique_service: str
+) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    environments = {
+        "login shell": environment_without(XDG_RUNTIME_DIR=str(runtime)),
+        "cron": environment_without("XDG_RUNTIME_DIR", "XDG_CACHE_HOME"),
+        # sudo -u keeping the caller's environment: another HOME and cache.
+        "sudo -u": environment_without(
+            "XDG_RUNTIME_DIR",
+            HOME=str(tmp_path / "callers-home"),
+            XDG_CACHE_HOME=str(tmp_path / "callers-cache"),
+        ),
+        "bare": {"PATH": os.environ.get("PATH", "")},
+    }
+    script = tmp_path / "paths.py"
+    script.write_text(REPORT_PATHS)
+    seen = {}
+    for name, env in environments.items():
+        result = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "keyring.cfg"), unique_service, ACCOUNT],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        seen[name] = json.loads(result.stdout)
+    assert len({json.dumps(paths, sort_keys=True) for paths in seen.values()}) == 1, seen
+    lock = Path(seen["cron"]["lock"])
+    assert lock.parent == user_database_home() / ".cache" / "pleo-auth"
+    assert Path(seen["cron"]["marker"]).parent == lock.parent
+    assert not (runtime / "pleo-auth").exists()
+
+
+def test_an_explicit_state_dir_is_still_used_as_given(tmp_path: Path) -> None:
+    store = KeyringStore(SERVICE, ACCOUNT, backend=MemoryKeyring(), state_dir=tmp_path / "s")
+    assert store.lock_path.parent == tmp_path / "s"
+    assert store.marker_path.parent == tmp_path / "s"
+    store.save(new_tokens())
+    assert store.marker_path.exists()
+
+
+def test_the_key_names_the_entry_and_backend_not_the_state_dir(tmp_path: Path) -> None:
+    backend = MemoryKeyring()
+    here = KeyringStore(SERVICE, ACCOUNT, backend=backend, state_dir=tmp_path / "a")
+    there = KeyringStore(SERVICE, ACCOUNT, backend=backend, state_dir=tmp_path / "b")
+    # One entry: sessions over either share one coordinator, so one refresh at a time.
+    assert here.key == there.key
+    # Another backend with the same names is another place, with other tokens.
+    assert KeyringStore(SERVICE, ACCOUNT, backend=MemoryKeyring()).key != here.key
+    assert KeyringStore(SERVICE, ACCOUNT).key != here.key
+
+
+def test_an_unusable_default_state_dir_is_a_clear_error_naming_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")
+    monkeypatch.setattr("pleo_auth.stores._files.default_state_dir", lambda: blocked / "pleo-auth")
+    store = KeyringStore(SERVICE, ACCOUNT, backend=MemoryKeyring())
+    with pytest.raises(TokenStoreError, match="state_dir=") as info:
+        store.save(new_tokens())
+    assert str(blocked / "pleo-auth") in str(info.value)
+
+
+SHARED_ENTRY_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import filelock
+    from keyrings.alt.file import PlaintextKeyring
+    from pleo_auth import KeyringStore, PleoSession
+
+    config = json.loads(sys.stdin.readline())
+    backend = PlaintextKeyring()
+    backend.file_path = config["keyring_file"]
+    store = KeyringStore(config["service"], config["client_id"], backend=backend)
+    session = PleoSession(
+        config["client_id"], config["client_secret"], store=store,
+        token_url=config["token_url"], api_url=config["api_url"],
+    )
+
+    def say(line):
+        print(line, flush=True)
+
+    def refresh():
+        try:
+            session.refresh()
+        except Exception as exc:  # reported, never a token: only the type
+            say(f"error {type(exc).__name__}")
+        else:
+            say("refreshed")
+
+    say("ready")
+    for command in sys.stdin:
+        command = command.strip()
+        if command == "refresh":
+            refresh()
+        elif command == "probe-then-refresh":
+            # Is the lock this process would take held by someone else right now?
+            probe = filelock.FileLock(str(store.lock_path), timeout=0, thread_local=False)
+            try:
+                probe.acquire()
+            except filelock.Timeout:
+                say("held")
+            else:
+                probe.release()
+                say("free")
+            refresh()
+        elif command == "get":
+            say(f"status {session.get('/v2/employees').status_code}")
+        elif command == "quit":
+            session.close()
+            break
+    """
+)
+
+
+class Worker:
+    """A child process running SHARED_ENTRY_WORKER, answering one line per command."""
+
+    def __init__(self, script: Path, env: dict[str, str], config: dict[str, Any]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(script)], env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.send(json.dumps(config))
+        assert self.answer() == "ready"
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.strip())
+        self.lines.put("<exited>")
+
+    def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def answer(self) -> str:
+        try:
+            return self.lines.get(timeout=60)  # a bound against hangs, not a schedule
+        except queue.Empty:
+            pytest.fail("a worker gave no answer within 60 s")
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            with contextlib.suppress(OSError):
+                self.send("quit")
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+        assert self.process.stderr is not None
+        return self.process.stderr.read()
+
+
+def test_a_login_shell_and_a_cron_job_on_one_entry_refresh_once_per_rotation(
+    emulator: Emulator, tmp_path: Path, unique_service: str
+) -> None:
+    """Two real processes of one user, one with XDG_RUNTIME_DIR and one without,
+    refresh one keyring entry at the same moment, round after round.
+
+    Each round the emulator holds the first refresh request, sent while its
+    process holds the entry's lock, until the other process has looked at that
+    lock: found held, it waits and adopts the new pair; found free (its own lock
+    is another file), it loads the pair being replaced and spends it too.
+    """
+    keyring_file = tmp_path / "keyring.cfg"
+    backend = file_backend(keyring_file)
+    backend.set_password(
+        unique_service,
+        emulator.client_id,
+        encode_tokens(TokenSet.from_response(emulator.issue_tokens())),
+    )
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    script = tmp_path / "worker.py"
+    script.write_text(SHARED_ENTRY_WORKER)
+    config = {
+        "keyring_file": str(keyring_file), "service": unique_service,
+        "client_id": emulator.client_id, "client_secret": emulator.client_secret,
+        "token_url": emulator.token_url, "api_url": emulator.api_url,
+    }  # fmt: skip
+
+    arrived = threading.Semaphore(0)
+    release = threading.Event()
+
+    def hold_refreshes(grant_type: str | None) -> None:
+        if grant_type == "refresh_token":
+            arrived.release()
+            release.wait(60)  # a bound against hangs; the test releases it
+
+    workers = [
+        Worker(script, environment_without(XDG_RUNTIME_DIR=str(runtime)), config),
+        Worker(script, environment_without("XDG_RUNTIME_DIR", "XDG_CACHE_HOME"), config),
+    ]
+    emulator.set_token_request_hook(hold_refreshes)
+    try:
+        rotations = 4
+        for rotation in range(1, rotations + 1):
+            leader, follower = workers[rotation % 2], workers[(rotation + 1) % 2]
+            release.clear()
+            leader.send("refresh")
+            assert arrived.acquire(timeout=60), "the leader sent no refresh"
+            follower.send("probe-then-refresh")
+            probe = follower.answer()
+            if probe == "free":
+                # A lock of its own: it refreshes with the pair being replaced.
+                assert arrived.acquire(timeout=60), "the follower sent no refresh"
+            release.set()
+            answers = (leader.answer(), follower.answer())
+            counters = emulator.counters
+            assert (
+                counters.refresh_grants,
+                counters.reuse_detections,
+                counters.rejected_refreshes,
+            ) == (rotation, 0, 0), f"rotation {rotation}: the follower found the lock {probe}"
+            assert probe == "held"
+            assert answers == ("refreshed", "refreshed")
+            for worker in workers:
+                worker.send("get")
+                assert worker.answer() == "status 200"
+    finally:
+        release.set()
+        emulator.set_token_request_hook(None)
+        errors = [worker.stop() for worker in workers]
+    assert all(worker.process.returncode == 0 for worker in workers), errors
+    assert not (runtime / "pleo-auth").exists()

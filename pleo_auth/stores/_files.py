@@ -188,9 +188,27 @@ def check_private(path: Path, st: os.stat_result) -> None:
 
 
 def default_state_dir() -> Path:
-    """Where locks and change markers live: a private per-user directory."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime):
-        return Path(runtime) / "pleo-auth"
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "pleo-auth"
+    """Where locks and change markers live by default: ``.cache/pleo-auth`` in this user's home.
+
+    The home is the one the user database (``pwd``) gives the effective uid, not
+    ``$HOME``, and no ``XDG_*`` variable is read: every process of one user must
+    take the same lock on the same tokens, whatever its environment. A login
+    shell has ``XDG_RUNTIME_DIR``, while cron, ``sudo -u`` and system services
+    usually do not, and ``sudo`` may keep the caller's ``HOME``. Only without a
+    user database (Windows) or an entry for this uid (a container run under an
+    arbitrary uid) does it fall back to ``~``.
+    """
+    return Path(_home_of_this_user()) / ".cache" / "pleo-auth"
+
+
+def _home_of_this_user() -> str:
+    if hasattr(os, "geteuid"):
+        import pwd
+
+        try:
+            home = pwd.getpwuid(os.geteuid()).pw_dir
+        except KeyError:
+            home = ""
+        if home:
+            return home
+    return os.path.expanduser("~")

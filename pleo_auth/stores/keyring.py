@@ -131,9 +131,15 @@ class KeyringStore(TokenStore):
         backend: A keyring backend to use instead of keyring's default, for
             example ``keyring.backends.SecretService.Keyring()``. Used as given,
             except as said above for the Secret Service.
-        state_dir: Where the lock file and change marker live. Defaults to
-            ``$XDG_RUNTIME_DIR/pleo-auth`` or ``~/.cache/pleo-auth``. Every process
-            sharing the tokens must use the same directory.
+        state_dir: Where the lock file and change marker live. Every process
+            sharing the tokens must use the same directory. Defaults to
+            ``.cache/pleo-auth`` in the home directory the user database gives
+            this uid (``pwd``), read from no environment variable: a login shell,
+            a cron job, ``sudo -u`` and a system service of one user all take
+            the same lock on one entry. (0.1.0 used ``$XDG_RUNTIME_DIR/pleo-auth``
+            when that was set: stop every 0.1.0 process on an entry before
+            starting a newer one.) Pass it when that home is not writable, the
+            same in every process.
         max_entry_bytes: The most one keyring entry may hold, counted as UTF-16-LE
             bytes (two per character of the ASCII JSON written). Larger payloads
             are split as above. Defaults to :data:`WINDOWS_CREDENTIAL_LIMIT` when
@@ -175,6 +181,7 @@ class KeyringStore(TokenStore):
         self._backend = backend
         self._resolved_backend: Any = None
         self._custom_location = backend is not None or state_dir is not None
+        self._default_state_dir = state_dir is None
         base = Path(state_dir) if state_dir is not None else _files.default_state_dir()
         tag = hashlib.sha256(f"{self.service}\0{self.account}".encode()).hexdigest()[:16]
         self.lock_path = base / f"keyring-{tag}.lock"
@@ -384,12 +391,29 @@ class KeyringStore(TokenStore):
 
     @contextlib.contextmanager
     def lock(self, *, timeout: float, lease: float) -> Iterator[Lease]:
+        if self._default_state_dir and not _files.holds(self.lock_path):
+            self._make_default_state_dir()
         with _files.file_lock(self.lock_path, timeout) as granted:
             yield granted
 
+    def _make_default_state_dir(self) -> None:
+        directory = self.lock_path.parent
+        try:
+            _files.ensure_private_dir(directory)
+        except TokenStoreError as exc:
+            raise TokenStoreError(
+                f"{exc} (the default state directory, in this user's home). Pass "
+                "KeyringStore(state_dir=...), a private directory, the same in every "
+                "process that shares these tokens"
+            ) from exc.__cause__
+
     @property
     def key(self) -> Hashable:
-        return ("keyring", self.service, self.account, str(self.lock_path.parent))
+        # The tokens' place, not the lock's: stores over one entry share one
+        # coordinator in a process whatever their state_dir. A backend passed in
+        # is a place of its own (the registry keeps it alive, so its id is unique).
+        backend = None if self._backend is None else id(self._backend)
+        return ("keyring", self.service, self.account, backend)
 
     @property
     def spec(self) -> str | None:
