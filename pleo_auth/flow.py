@@ -545,7 +545,8 @@ class AuthorizationFlow:
                 previous = store.load()
             except TokenStoreError:
                 previous = None  # unreadable leftovers: the login replaces them
-            store.save(tokens, replaces=previous)
+            # Recorded as replacing the previous pair, so that pair never passes for newer.
+            store.save(tokens.succeeding(previous), replaces=previous)
 
     def __repr__(self) -> str:
         return (

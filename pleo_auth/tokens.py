@@ -6,7 +6,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -28,6 +28,10 @@ MIN_EXPIRES_IN = 1.0
 #: The longest lifetime taken from ``expires_in`` (a day): longer would let the
 #: proactive timer sleep past any real token's death.
 MAX_EXPIRES_IN = 86_400.0
+
+#: How many fingerprints :attr:`TokenSet.lineage` keeps: the newest ones, and always
+#: the oldest (the login the lineage started from, which an app may pass again).
+LINEAGE_LIMIT = 16
 
 _MISSING = object()
 
@@ -109,6 +113,19 @@ def _non_empty(instance: object, attribute: attrs.Attribute[str], value: str) ->
         raise ValueError(f"{attribute.name} must be a non-empty string")
 
 
+def _fingerprints(value: Iterable[str]) -> tuple[str, ...]:
+    items = () if isinstance(value, str) else tuple(value)
+    if isinstance(value, str) or not all(isinstance(item, str) and item for item in items):
+        raise ValueError("lineage must be a sequence of fingerprints")
+    return items
+
+
+def _trimmed(lineage: tuple[str, ...]) -> tuple[str, ...]:
+    if len(lineage) <= LINEAGE_LIMIT:
+        return lineage
+    return lineage[: LINEAGE_LIMIT - 1] + lineage[-1:]
+
+
 @attrs.frozen(repr=False)
 class TokenSet:
     """An access token and the refresh token issued with it.
@@ -124,6 +141,14 @@ class TokenSet:
         scope: The space-separated scopes granted, if the server said.
         issued_at: When the tokens were issued, in epoch seconds, if known. With
             ``expires_at`` it gives the token's lifetime.
+        lineage: Fingerprints of the refresh tokens this pair replaced in its store,
+            newest first (see :meth:`succeeding`). It is how pleo_auth tells a newer
+            pair from an older one without trusting a clock: a pair whose refresh
+            token appears in another's lineage is spent or superseded, and is never
+            stored again. Not part of equality.
+        after_401: Whether a 401 forced the refresh that issued this pair. A 401 for
+            such a pair before it is due is not answered with another refresh (see
+            :class:`~pleo_auth.PleoSession`). Not part of equality.
 
     Thread safety:
         Immutable; share it freely.
@@ -142,6 +167,10 @@ class TokenSet:
     token_type: str = "Bearer"
     scope: str | None = None
     issued_at: float | None = attrs.field(default=None, converter=attrs.converters.optional(float))
+    lineage: tuple[str, ...] = attrs.field(
+        default=(), converter=_fingerprints, eq=False, kw_only=True
+    )
+    after_401: bool = attrs.field(default=False, converter=bool, eq=False, kw_only=True)
 
     @classmethod
     def from_response(cls, data: Mapping[str, Any], *, now: float | None = None) -> TokenSet:
@@ -221,13 +250,45 @@ class TokenSet:
                 token_type=data.get("token_type") or "Bearer",
                 scope=data.get("scope"),
                 issued_at=data.get("issued_at"),
+                lineage=data.get("lineage") or (),
+                after_401=data.get("after_401") or False,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a saved TokenSet: {type(exc).__name__}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict. It holds secrets: store it, never log it."""
-        return attrs.asdict(self)
+        data = attrs.asdict(self)
+        data["lineage"] = list(self.lineage)
+        return data
+
+    def succeeding(self, previous: TokenSet | None, *, after_401: bool = False) -> TokenSet:
+        """This pair, recorded as the one that replaces ``previous`` in a store.
+
+        Its :attr:`lineage` gains ``previous``'s fingerprint and lineage, so
+        ``previous`` can never again pass for the newer pair.
+        """
+        lineage = self.lineage
+        if previous is not None and previous.refresh_token != self.refresh_token:
+            lineage = _trimmed((previous.fingerprint, *previous.lineage))
+        return attrs.evolve(self, lineage=lineage, after_401=after_401)
+
+    def descends_from(self, other: TokenSet) -> bool:
+        """Whether ``other`` is in this pair's lineage: a pair this one replaced."""
+        return other.refresh_token != self.refresh_token and other.fingerprint in self.lineage
+
+    def supersedes(self, other: TokenSet) -> bool:
+        """Whether this pair should replace ``other`` in a store.
+
+        By lineage first: a pair never supersedes one that replaced it (its refresh
+        token is spent or superseded), and always supersedes its own ancestors.
+        Only for two unrelated pairs (two separate logins) does the later expiry win.
+        """
+        if self.refresh_token == other.refresh_token or self.fingerprint in other.lineage:
+            return False
+        if other.fingerprint in self.lineage:
+            return True
+        return self.expires_at > other.expires_at
 
     def expires_in(self, now: float | None = None) -> float:
         """Seconds until the access token expires (negative once it has)."""

@@ -290,6 +290,8 @@ def test_to_dict_holds_every_field() -> None:
         "token_type": "Bearer",
         "scope": "users:read",
         "issued_at": 50.0,
+        "lineage": [],
+        "after_401": False,
     }
 
 

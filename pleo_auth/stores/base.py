@@ -29,8 +29,9 @@ def decode_tokens(raw: str | bytes, where: str) -> TokenSet:
     """Parse :func:`encode_tokens`' output read from ``where`` (for the message).
 
     Only the document :func:`encode_tokens` writes is accepted: a JSON object with
-    non-empty string tokens, a finite ``expires_at``, and ``token_type``, ``scope``
-    and ``issued_at`` of the right type or absent. Other keys are ignored.
+    non-empty string tokens, a finite ``expires_at``, and ``token_type``, ``scope``,
+    ``issued_at``, ``lineage`` and ``after_401`` of the right type or absent. Other
+    keys are ignored.
 
     Raises:
         TokenStoreError: ``raw`` is not a saved :class:`~pleo_auth.TokenSet`. The
@@ -76,6 +77,13 @@ def _problem(data: dict[str, Any]) -> str | None:
         return "scope is not a string"
     if data.get("issued_at") is not None and not _finite_number(data["issued_at"]):
         return "issued_at is not a finite number"
+    lineage = data.get("lineage")
+    if lineage is not None and not (
+        isinstance(lineage, list) and all(isinstance(item, str) and item for item in lineage)
+    ):
+        return "lineage is not an array of non-empty strings"
+    if data.get("after_401") is not None and not isinstance(data["after_401"], bool):
+        return "after_401 is not a boolean"
     return None
 
 
