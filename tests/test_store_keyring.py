@@ -937,7 +937,7 @@ SHARED_ENTRY_WORKER = textwrap.dedent(
     config = json.loads(sys.stdin.readline())
     backend = PlaintextKeyring()
     backend.file_path = config["keyring_file"]
-    store = KeyringStore(config["service"], config["client_id"], backend=backend)
+    store = KeyringStore(config["service"], config["account"], backend=backend)
     session = PleoSession(
         config["client_id"], config["client_secret"], store=store,
         token_url=config["token_url"], api_url=config["api_url"],
@@ -1037,7 +1037,7 @@ def test_a_login_shell_and_a_cron_job_on_one_entry_refresh_once_per_rotation(
     backend = file_backend(keyring_file)
     backend.set_password(
         unique_service,
-        emulator.client_id,
+        ACCOUNT,
         encode_tokens(TokenSet.from_response(emulator.issue_tokens())),
     )
     runtime = tmp_path / "run"
@@ -1045,7 +1045,7 @@ def test_a_login_shell_and_a_cron_job_on_one_entry_refresh_once_per_rotation(
     script = tmp_path / "worker.py"
     script.write_text(SHARED_ENTRY_WORKER)
     config = {
-        "keyring_file": str(keyring_file), "service": unique_service,
+        "keyring_file": str(keyring_file), "service": unique_service, "account": ACCOUNT,
         "client_id": emulator.client_id, "client_secret": emulator.client_secret,
         "token_url": emulator.token_url, "api_url": emulator.api_url,
     }  # fmt: skip
