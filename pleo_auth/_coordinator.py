@@ -19,6 +19,7 @@ one its tokens came from, and reloads when another process has rotated them.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -45,6 +46,9 @@ class _Outcome(NamedTuple):
     version: Hashable
     failure: PleoAuthError | None = None
     grant_dead: bool = False
+    #: ``tokens`` are newer than the stored pair, which is spent: write them back
+    #: before anything else is spent.
+    unsaved: bool = False
 
 
 class Coordinator:
@@ -86,7 +90,9 @@ class Coordinator:
         self._version: Hashable = _NEVER
         self._in_flight = 0
         self._retry_not_before = float("-inf")
-        self._jitter = 0.0
+        self._jitter = 0.0  # this rotation's share of the timer's jitter, in [0, 1)
+        self._unsaved = False
+        self._store_unreachable = False
         self._callbacks: dict[int, Callable[[], object]] = {}
         self._next_handle = 0
         self._closed = False
@@ -103,16 +109,23 @@ class Coordinator:
             return self._next_handle
 
     def seed(self, tokens: TokenSet) -> None:
-        """Put ``tokens`` in the store, unless it already holds newer ones."""
+        """Put ``tokens`` in the store, unless it already holds newer ones.
+
+        Newer by lineage, not by the clock: an app that passes its first login's
+        reply at every start rebuilds it with a new ``expires_at`` each time, yet
+        the store's rotated descendant of it is the live pair.
+        """
         with self.store.lock(timeout=self._lock_timeout, lease=self._lease):
             stored = self.store.load()
-            if stored is not None and stored.expires_at >= tokens.expires_at:
+            if stored is not None and not tokens.supersedes(stored):
                 if stored != tokens:
-                    logger.warning(
-                        "ignoring tokens=: %s already holds newer tokens", self.store.describe()
+                    logger.info(
+                        "not seeding tokens=: %s holds tokens %s, which replaced them or are newer",
+                        self.store.describe(),
+                        stored.fingerprint,
                     )
                 return
-            self.store.save(tokens, replaces=stored)
+            self.store.save(tokens.succeeding(stored), replaces=stored)
         with self._cond:
             self._version = _NEVER  # reload on next use
 
@@ -125,7 +138,7 @@ class Coordinator:
             ReauthenticationRequired: There are no live tokens; log in again.
             RefreshError, TokenStoreError: The token expired and could not be refreshed.
         """
-        version = self.store.version()
+        version = self._peek_version()
         with self._cond:
             self._start_timer_locked()
             while True:
@@ -162,7 +175,7 @@ class Coordinator:
 
     def current(self) -> TokenSet | None:
         """The tokens this process would use, reloaded if another process rotated them."""
-        version = self.store.version()
+        version = self._peek_version()
         with self._cond:
             version = self._wait_until_idle_locked(version)
             if version != self._version:
@@ -175,7 +188,7 @@ class Coordinator:
 
     def refresh(self) -> TokenSet:
         """Refresh now (or adopt a rotation another process made) and return the tokens."""
-        version = self.store.version()
+        version = self._peek_version()
         with self._cond:
             if self._busy == "refresh":
                 failure = self._wait_for_current_locked()
@@ -200,21 +213,37 @@ class Coordinator:
         """After a 401 for ``used``: the tokens to replay with, or None to give up.
 
         If the tokens were replaced meanwhile (here or in another process), those
-        are returned at no cost. Otherwise one refresh runs first.
+        are returned at no cost. Otherwise one refresh runs first, unless a 401
+        already forced the refresh that issued ``used`` and it is not yet due: then
+        Pleo refuses the grant for a reason a refresh does not cure (a scope, a
+        gateway), and refreshing on every such 401 would only burn refresh grants.
         """
-        version = self.store.version()
+        version = self._peek_version()
         with self._cond:
             version = self._wait_until_idle_locked(version)
             if version != self._version:
                 self._sync_locked()
-            if self._tokens is not None and self._tokens.access_token != used.access_token:
-                return self._tokens
-            if self._tokens is None:
+            current = self._tokens
+            if current is not None and current.access_token != used.access_token:
+                return current
+            if current is None:
                 raise self._reauthentication_error()
             if self._clock.monotonic() < self._retry_not_before:
                 return None
+            if current.after_401 and self._clock.time() < self._due_at(current):
+                logger.warning(
+                    "Pleo refused access token %s with 401, though it is fresh: a 401 already "
+                    "forced the refresh that issued it. Not refreshing again before it is due "
+                    "in %.0fs; a 401 that a refresh does not cure means the API refuses this "
+                    "grant for another reason (its scopes, or the path)",
+                    current.fingerprint,
+                    self._due_at(current) - self._clock.time(),
+                )
+                return None
             logger.info("access token refused with 401; refreshing once")
-            failure = self._run_locked("refresh", functools.partial(self._refresh, used, True))
+            failure = self._run_locked(
+                "refresh", functools.partial(self._refresh, used, True, after_401=True)
+            )
             if isinstance(failure, ReauthenticationRequired):
                 raise _fresh_copy(failure)
             if self._tokens is None:
@@ -279,13 +308,14 @@ class Coordinator:
             self._tokens = outcome.tokens
             self._version = outcome.version
             self._last_failure = outcome.failure
+            self._unsaved = outcome.unsaved
             if outcome.failure is not None and not outcome.grant_dead:
                 retry_after = getattr(outcome.failure, "retry_after", None) or 0.0
                 cooldown = max(self._failure_cooldown, retry_after)
                 self._retry_not_before = self._clock.monotonic() + cooldown
             elif outcome.tokens is not previous:
                 self._retry_not_before = float("-inf")
-                self._jitter = random.uniform(0, self._jitter_max)
+                self._jitter = random.random()
         self._busy = None
         self._generation += 1
         self._cond.notify_all()
@@ -316,7 +346,12 @@ class Coordinator:
     def _sync(self) -> _Outcome:
         version = self.store.version()
         tokens = self.store.load()
-        if tokens is None and self._tokens is not None:
+        held = self._tokens  # only the single flight, which this is, replaces it
+        if tokens is not None and held is not None and held.descends_from(tokens):
+            # Our save of ``held`` failed: the store's pair is spent. Keep ours; the
+            # timer writes it back before anything else is spent.
+            return _Outcome(tokens=held, version=version, unsaved=True)
+        if tokens is None and held is not None:
             # Gone, or caught mid-write by a backend that is not atomic: writers
             # hold the lock, so a read under it is the truth.
             with self.store.lock(timeout=self._lock_timeout, lease=self._lease):
@@ -326,13 +361,20 @@ class Coordinator:
             logger.debug("loaded tokens %s from %s", tokens.fingerprint, self.store.describe())
         return _Outcome(tokens=tokens, version=version, grant_dead=tokens is None)
 
-    def _refresh(self, basis: TokenSet | None, force: bool) -> _Outcome:
+    def _refresh(self, basis: TokenSet | None, force: bool, *, after_401: bool = False) -> _Outcome:
         store = self.store
         with store.lock(timeout=self._lock_timeout, lease=self._lease) as lease:
             version = store.version()
             stored = store.load()
             if stored is None:
                 return _Outcome(tokens=None, version=version, grant_dead=True)
+            held = self._tokens
+            if held is not None and held.descends_from(stored):
+                # The stored refresh token is spent: never present it. Save ours first.
+                version, failure = self._write_back_locked(held, stored, version)
+                if failure is not None:
+                    return _Outcome(tokens=held, version=version, failure=failure, unsaved=True)
+                stored = held
             fresh = self._clock.time() < self._due_at(stored)
             rotated_elsewhere = basis is None or stored.refresh_token != basis.refresh_token
             if rotated_elsewhere and (force or fresh):
@@ -346,12 +388,14 @@ class Coordinator:
                 logger.warning("the grant is dead (%s); clearing %s", exc.error, store.describe())
                 store.clear(only=stored)
                 return _Outcome(tokens=None, version=store.version(), failure=exc, grant_dead=True)
+            new = new.succeeding(stored, after_401=after_401)
             try:
                 store.save(new, replaces=stored)
             except TokenStoreError as exc:
-                # The old tokens are spent: keep the new ones in memory, whatever happens.
+                # The stored refresh token is spent now: keep the new pair in memory,
+                # and write it back before anything else is spent (see _write_back).
                 logger.error("refreshed, but could not save the new tokens: %s", exc)
-                return _Outcome(tokens=new, version=version, failure=exc)
+                return _Outcome(tokens=new, version=version, failure=exc, unsaved=True)
             logger.info(
                 "refreshed tokens %s -> %s; access expires in %.0fs",
                 stored.fingerprint,
@@ -360,14 +404,80 @@ class Coordinator:
             )
             return _Outcome(tokens=new, version=store.version())
 
-    def _due_at(self, tokens: TokenSet) -> float:
-        """When ``tokens`` should be refreshed: ``refresh_margin`` before expiry, but
-        never earlier than half-way through the token's life, so a short-lived
-        token is not refreshed again the moment it arrives."""
+    def _write_back(self) -> _Outcome:
+        """Save the pair a failed save left only in memory, unless the store moved on."""
+        with self.store.lock(timeout=self._lock_timeout, lease=self._lease):
+            version = self.store.version()
+            stored = self.store.load()
+            held = self._tokens
+            if held is None or stored is None or not held.descends_from(stored):
+                # A logout, a new login, or someone else's write-back: the store wins.
+                return _Outcome(tokens=stored, version=version, grant_dead=stored is None)
+            version, failure = self._write_back_locked(held, stored, version)
+            return _Outcome(tokens=held, version=version, failure=failure, unsaved=bool(failure))
+
+    def _write_back_locked(
+        self, held: TokenSet, stored: TokenSet, version: Hashable
+    ) -> tuple[Hashable, TokenStoreError | None]:
+        """Save ``held`` over its spent ancestor ``stored``; the caller holds the lock."""
+        try:
+            self.store.save(held, replaces=stored)
+        except TokenStoreError as exc:
+            logger.error(
+                "still cannot save tokens %s; %s holds spent ones: %s",
+                held.fingerprint,
+                self.store.describe(),
+                exc,
+            )
+            return version, exc
+        logger.warning(
+            "saved tokens %s, which an earlier failed save had left only in memory",
+            held.fingerprint,
+        )
+        return self.store.version(), None
+
+    def _margin(self, tokens: TokenSet) -> float:
+        """How long before expiry ``tokens`` are due: ``refresh_margin``, but never
+        more than half the token's life, so a short-lived token is not refreshed
+        again the moment it arrives."""
         margin = self.refresh_margin
         if tokens.issued_at is not None:
             margin = min(margin, (tokens.expires_at - tokens.issued_at) / 2)
-        return tokens.expires_at - margin
+        return margin
+
+    def _due_at(self, tokens: TokenSet) -> float:
+        """When a request finds ``tokens`` due, and refreshes before it is sent."""
+        return tokens.expires_at - self._margin(tokens)
+
+    def _timer_due_at(self, tokens: TokenSet) -> float:
+        """When the proactive timer refreshes ``tokens``: a little before
+        :meth:`_due_at`, by a jitter that spreads the processes of a fleet, and that
+        stays inside the margin (a quarter of it at most): a jitter longer than the
+        margin would make every refresh of a short-lived token due on arrival."""
+        spread = min(self._jitter_max, self._margin(tokens) / 4)
+        return self._due_at(tokens) - self._jitter * spread
+
+    def _peek_version(self) -> Hashable:
+        """The store's version, or, when it cannot be read, the one the tokens in
+        memory came from: a store that is down must not stop a request whose token
+        is live. A rotation made elsewhere meanwhile is caught by the 401 replay."""
+        try:
+            version = self.store.version()
+        except PleoAuthError as exc:
+            if not self._store_unreachable:
+                self._store_unreachable = True
+                logger.warning(
+                    "cannot check %s for rotations (%s); using the tokens in memory",
+                    self.store.describe(),
+                    exc,
+                )
+            if self._tokens is None:
+                return object()  # nothing in memory: load, and raise the store's error
+            return self._version
+        if self._store_unreachable:
+            self._store_unreachable = False
+            logger.info("%s answers again", self.store.describe())
+        return version
 
     def _reauthentication_error(self) -> PleoAuthError:
         """Why there are no tokens: the failure that left none (a dead grant, an
@@ -396,28 +506,23 @@ class Coordinator:
         me = threading.current_thread()
         _warm_up()
         while True:
+            REGISTRY.reap()
             self._wakeup.clear()
-            try:
-                version = self.store.version()
-            except PleoAuthError as exc:
-                logger.warning("proactive refresh cannot read the store: %s", exc)
-                version = self._version
+            version = self._peek_version()
             with self._cond:
                 if self._closed or self._timer is not me:
                     return
-                if (
-                    self._busy is None
-                    and version != self._version
-                    and self._clock.monotonic() >= self._retry_not_before
-                ):
+                cooldown = self._retry_not_before - self._clock.monotonic()
+                if self._busy is None and version != self._version and cooldown <= 0:
                     # Nothing has loaded the tokens yet, or another process changed them.
                     self._run_locked("sync", self._sync)
                     continue
                 tokens = self._tokens
                 due_in = float("inf")
                 if tokens is not None:
-                    due_in = self._due_at(tokens) - self._jitter - self._clock.time()
-                    cooldown = self._retry_not_before - self._clock.monotonic()
+                    due_in = self._timer_due_at(tokens) - self._clock.time()
+                    if self._unsaved:
+                        due_in = 0.0  # write it back: the stored pair is spent
                     due_in = max(due_in, cooldown)
             if due_in > 0:
                 # Wait in slices: monotonic time stops while a laptop sleeps, wall time does not.
@@ -430,19 +535,23 @@ class Coordinator:
                 logger.warning("proactive refresh failed: %s", exc)
             except Exception:
                 logger.exception("proactive refresh crashed")
+                with self._cond:  # never spin on a bug
+                    self._retry_not_before = self._clock.monotonic() + self._failure_cooldown
 
     def _refresh_if_due(self, basis: TokenSet) -> None:
-        version = self.store.version()
+        version = self._peek_version()
         with self._cond:
             if self._busy is not None:
                 self._wait_until_idle_locked(version)
                 return
-            if self._tokens is not basis:
+            if self._tokens is not basis or self._clock.monotonic() < self._retry_not_before:
                 return
             if version != self._version:
                 self._run_locked("sync", self._sync)
-                return
-            self._run_locked("refresh", functools.partial(self._refresh, basis, False))
+            elif self._clock.time() >= self._timer_due_at(basis):
+                self._run_locked("refresh", functools.partial(self._refresh, basis, False))
+            elif self._unsaved:
+                self._run_locked("sync", self._write_back)
 
     # -- lifetime -------------------------------------------------------------
 
@@ -494,11 +603,20 @@ def _fresh_copy(error: _E) -> _E:
 
 class _Registry:
     """Coordinators by the identity of their stored tokens, so that every session
-    over the same tokens in this process shares one Condition and one timer."""
+    over the same tokens in this process shares one Condition and one timer.
+
+    A session that is garbage-collected without ``close()`` is released by its
+    finaliser, which may run at any allocation of any thread, even one that holds
+    this registry's lock or a coordinator's Condition. So the finaliser only queues
+    the release (:meth:`release_later`), and the queue is worked off at the next
+    safe point: any attach or detach, and every pass of a coordinator's timer.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._owner: int | None = None  # the thread holding _lock
         self._entries: dict[Hashable, tuple[Coordinator, set[int]]] = {}
+        self._released: collections.deque[tuple[Hashable, Coordinator, int]] = collections.deque()
 
     def attach(
         self,
@@ -506,17 +624,43 @@ class _Registry:
         factory: Callable[[], Coordinator],
         on_reauthentication_required: Callable[[], object] | None,
     ) -> tuple[Coordinator, int]:
+        self.reap()
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                entry = (factory(), set())
-                self._entries[key] = entry
-            coordinator, handles = entry
-            handle = coordinator.attach(on_reauthentication_required)
-            handles.add(handle)
-            return coordinator, handle
+            self._owner = threading.get_ident()
+            try:
+                entry = self._entries.get(key)
+                if entry is None:
+                    entry = (factory(), set())
+                    self._entries[key] = entry
+                coordinator, handles = entry
+                handle = coordinator.attach(on_reauthentication_required)
+                handles.add(handle)
+                return coordinator, handle
+            finally:
+                self._owner = None
 
     def detach(self, key: Hashable, coordinator: Coordinator, handle: int) -> None:
+        if self._owner == threading.get_ident():
+            # close() from a __del__ that ran inside attach(), on this very thread.
+            self.release_later(key, coordinator, handle)
+            return
+        self.reap()
+        self._detach(key, coordinator, handle)
+
+    def release_later(self, key: Hashable, coordinator: Coordinator, handle: int) -> None:
+        """For finalisers: takes no lock, calls nothing (``deque.append`` is atomic)."""
+        self._released.append((key, coordinator, handle))
+
+    def reap(self) -> None:
+        """Release the sessions that were collected without ``close()``."""
+        while True:
+            try:
+                released = self._released.popleft()
+            except IndexError:
+                return
+            self._detach(*released)
+
+    def _detach(self, key: Hashable, coordinator: Coordinator, handle: int) -> None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry[0] is not coordinator:
@@ -536,6 +680,7 @@ class _Registry:
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
+        self._owner = None
         for coordinator, _handles in self._entries.values():
             coordinator._reset_after_fork()
 

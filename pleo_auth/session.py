@@ -204,7 +204,11 @@ class PleoSession(requests.Session):
 
         key = (store.key, self.token_url, client_id)
         self._coordinator, handle = REGISTRY.attach(key, build, on_reauthentication_required)
-        self._detach = weakref.finalize(self, REGISTRY.detach, key, self._coordinator, handle)
+        # Collected without close(): the finaliser may run inside any allocation, so
+        # it only queues the release (see _Registry).
+        self._detach = weakref.finalize(
+            self, REGISTRY.release_later, key, self._coordinator, handle
+        )
         _LIVE_SESSIONS.add(self)
         if tokens is not None:
             self._coordinator.seed(tokens)
@@ -258,7 +262,10 @@ class PleoSession(requests.Session):
 
     def close(self) -> None:
         """Close connections and stop this session's share of the refresh timer."""
-        self._detach()
+        released = self._detach.detach()  # None once released: close() twice is fine
+        if released is not None:
+            _session, _release_later, (key, coordinator, handle), _kwargs = released
+            REGISTRY.detach(key, coordinator, handle)
         super().close()
 
     def request(
