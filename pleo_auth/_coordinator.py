@@ -561,7 +561,9 @@ class Coordinator:
 
     def close(self) -> None:
         """Stop the timer. A refresh it already started is allowed to finish and
-        save: the old refresh token is spent, and exiting now would lose the new one."""
+        save: the old refresh token is spent, and exiting now would lose the new one.
+        For the same reason, a pair that a failed save left only in memory gets one
+        more attempt to be written back."""
         with self._cond:
             self._closed = True
             timer, self._timer = self._timer, None
@@ -569,6 +571,10 @@ class Coordinator:
         self._wakeup.set()
         if timer is not None and timer is not threading.current_thread():
             timer.join(self._lock_timeout)
+        with self._cond:
+            if self._unsaved and self._busy is None:
+                # The last chance to save the live pair: the stored one is spent.
+                self._run_locked("sync", self._write_back)
         self.endpoint.close()
 
     def _reset_after_fork(self) -> None:

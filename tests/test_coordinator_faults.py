@@ -163,6 +163,24 @@ def test_a_process_that_finds_a_spent_pair_in_the_store_does_not_adopt_it_over_i
     assert emulator.counters.reuse_detections == 0
 
 
+def test_closing_the_last_session_writes_back_a_pair_a_failed_save_left_in_memory(
+    emulator: Emulator,
+) -> None:
+    first = TokenSet.from_response(emulator.issue_tokens())
+    store = FailingSaves(first)
+    session = PleoSession(
+        emulator.client_id, emulator.client_secret, store=store,
+        token_url=emulator.token_url, api_url=emulator.api_url,
+    )  # fmt: skip
+    store.failures = 1
+    with pytest.raises(TokenStoreError):
+        session.refresh()
+    held = session.tokens
+    session.close()  # a cron job ending right after the failed save
+    assert held is not None and store.load() == held
+    assert emulator.counters.refresh_grants == 1
+
+
 # -- 2. a session collected by the garbage collector ------------------------------------
 
 
