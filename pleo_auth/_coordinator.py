@@ -25,18 +25,22 @@ import logging
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import Literal, NamedTuple, TypeVar
 
 from ._clock import Clock
 from ._endpoint import TokenEndpoint
 from .errors import PleoAuthError, ReauthenticationRequired, RefreshError, TokenStoreError
-from .stores.base import TokenStore
+from .stores.base import Lease, TokenStore
 from .tokens import TokenSet
 
 logger = logging.getLogger("pleo_auth")
 
 _NEVER: Hashable = object()  # a version no store ever reports
+
+#: Pauses between the attempts to save a pair whose parent was just spent.
+_SAVE_RETRY_PAUSES = (0.1, 0.4, 1.0)
 
 Operation = Literal["refresh", "sync"]
 
@@ -389,13 +393,12 @@ class Coordinator:
                 store.clear(only=stored)
                 return _Outcome(tokens=None, version=store.version(), failure=exc, grant_dead=True)
             new = new.succeeding(stored, after_401=after_401)
-            try:
-                store.save(new, replaces=stored)
-            except TokenStoreError as exc:
-                # The stored refresh token is spent now: keep the new pair in memory,
-                # and write it back before anything else is spent (see _write_back).
-                logger.error("refreshed, but could not save the new tokens: %s", exc)
-                return _Outcome(tokens=new, version=version, failure=exc, unsaved=True)
+            failure = self._save_spent_over(new, stored, lease)
+            if failure is not None:
+                # Keep the new pair in memory, and write it back before anything else
+                # is spent (see _write_back).
+                logger.error("refreshed, but could not save the new tokens: %s", failure)
+                return _Outcome(tokens=new, version=version, failure=failure, unsaved=True)
             logger.info(
                 "refreshed tokens %s -> %s; access expires in %.0fs",
                 stored.fingerprint,
@@ -403,6 +406,27 @@ class Coordinator:
                 new.expires_at - self._clock.time(),
             )
             return _Outcome(tokens=new, version=store.version())
+
+    def _save_spent_over(
+        self, new: TokenSet, stored: TokenSet, lease: Lease
+    ) -> TokenStoreError | None:
+        """Save ``new`` over ``stored``, whose refresh token was just spent, trying a few
+        times within a second or two: the lock is still held, so no other process can
+        spend the stored pair while a blip (a dropped connection, a moment of full disk)
+        passes. None once saved."""
+        pauses = iter(_SAVE_RETRY_PAUSES)
+        while True:
+            try:
+                self.store.save(new, replaces=stored)
+                return None
+            except TokenStoreError as exc:
+                pause = next(pauses, None)
+                if pause is None or (
+                    lease.deadline is not None and time.monotonic() + pause >= lease.deadline
+                ):
+                    return exc
+                logger.warning("could not save the new tokens (%s); trying again", exc)
+            time.sleep(pause)  # real time: the lock is held, and its lease runs in real time
 
     def _write_back(self) -> _Outcome:
         """Save the pair a failed save left only in memory, unless the store moved on."""
