@@ -17,7 +17,7 @@ from ._checks import check_seconds
 from ._clock import SYSTEM_CLOCK, Clock
 from ._coordinator import REGISTRY, Coordinator
 from ._endpoint import ClientAuth, TokenEndpoint, check_settings
-from ._urls import check_secure_url
+from ._urls import ApiScope, check_secure_url
 from .errors import ConfigurationError
 from .stores.base import TokenStore
 from .tokens import TokenSet
@@ -39,27 +39,84 @@ _POOL_SIZE = 64
 
 
 class _Bearer(AuthBase):
-    """Sets the Authorization header on one request. Its repr hides the token."""
+    """Sets the Authorization header on one request, if it is under ``api_url``.
 
-    __slots__ = ("_token",)
+    The check runs here, on the prepared request, so that it sees the URL
+    exactly as it will be sent: after urllib3 removed dot-segments and requests
+    decoded ``%2e``. One instance per call, so ``sent`` is per-call state. Its
+    repr hides the token.
+    """
 
-    def __init__(self, token: str):
-        self._token = token
+    __slots__ = ("_scope", "header", "sent")
+
+    def __init__(self, token: str, scope: ApiScope):
+        self.header = f"Bearer {token}"
+        self._scope = scope
+        #: Whether the token went on the request; a 401 means nothing otherwise.
+        self.sent = False
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self._token}"
+        if self._scope.covers(request.url):
+            request.headers["Authorization"] = self.header
+            self.sent = True
         return request
 
     def __repr__(self) -> str:
         return "<Bearer auth>"
 
 
+_RESENDABLE = (str, bytes, bytearray, int, float)
+
+
+def _resendable_value(value: Any) -> bool:
+    """Whether requests encodes one form value the same way every time."""
+    if value is None or isinstance(value, _RESENDABLE):
+        return True
+    # requests iterates any other iterable value: a list is read again, a file
+    # or a generator is spent.
+    return isinstance(value, list | tuple) and all(
+        item is None or isinstance(item, _RESENDABLE) for item in value
+    )
+
+
+def _pairs(fields: Any) -> list[tuple[Any, Any]] | None:
+    """A form's or ``files``' (name, value) pairs, as requests reads them; None if unknown."""
+    if isinstance(fields, Mapping):
+        return list(fields.items())
+    if isinstance(fields, list | tuple) and all(
+        isinstance(pair, list | tuple) and len(pair) == 2 for pair in fields
+    ):
+        return [(name, value) for name, value in fields]
+    return None
+
+
 def _replayable(data: Any, files: Any) -> bool:
-    """Whether a request body can be sent a second time, unchanged."""
-    if files:
+    """Whether a request body can be sent a second time, unchanged.
+
+    Only bodies known to encode the same bytes again are: text and bytes, forms
+    whose values are text, bytes or numbers (or lists of them), and multipart
+    uploads whose file contents are text or bytes. A file, a generator, an
+    iterator, a stream-like encoder (``read()``), or a form or upload holding
+    one, is spent by the first send.
+    """
+    if data is not None and not isinstance(data, str | bytes | bytearray):
+        pairs = _pairs(data)
+        if pairs is None or not all(_resendable_value(value) for _, value in pairs):
+            return False
+    if not files:
+        return True
+    uploads = _pairs(files)
+    if uploads is None:
         return False
-    # Files, generators and other iterators are spent by the first send.
-    return data is None or isinstance(data, str | bytes | bytearray | Mapping | list | tuple)
+    for _, upload in uploads:
+        # ("name", content[, content_type[, headers]]), or the content alone.
+        if isinstance(upload, list | tuple):
+            if not 2 <= len(upload) <= 4:
+                return False
+            upload = upload[1]
+        if not (upload is None or isinstance(upload, str | bytes | bytearray)):
+            return False
+    return True
 
 
 class PleoSession(requests.Session):
@@ -72,7 +129,9 @@ class PleoSession(requests.Session):
 
     * Relative URLs are resolved against ``api_url``. The bearer token is attached
       only to URLs under ``api_url``: never to another host, and never across a
-      redirect that leaves ``api_url``.
+      redirect that leaves ``api_url``. The URL is judged as it is sent, so a
+      path whose dot-segments (``..``, ``%2e%2e``, ``..%2f``, ``..\\`` and the
+      like) could lead out of ``api_url`` gets no token.
     * ``token_url`` and ``api_url`` must be ``https://``; plain ``http://`` is
       accepted only for loopback addresses (the emulator).
     * A timer refreshes the tokens ``refresh_margin`` seconds before they expire,
@@ -83,7 +142,7 @@ class PleoSession(requests.Session):
     * A 401 for tokens that were replaced meanwhile is replayed once with the
       current ones; a 401 for the current tokens triggers one refresh and one
       replay. Requests whose body cannot be re-sent (streams, files) are not
-      replayed: you get the 401.
+      replayed: you get the 401, and the next request carries the new tokens.
     * When the grant is dead (``invalid_grant``), the store is cleared,
       ``on_reauthentication_required`` is called once, and every call raises
       :class:`~pleo_auth.ReauthenticationRequired` until someone logs in again.
@@ -164,6 +223,7 @@ class PleoSession(requests.Session):
         self.api_url = (api_url or default_api_url).rstrip("/")
         check_secure_url("api_url", self.api_url)
         self._api_prefix = self.api_url + "/"
+        self._api_scope = ApiScope(self.api_url)
         # Checked here, not only when the shared coordinator is first built, so a
         # second session over the same store cannot pass bad settings unnoticed.
         check_settings(
@@ -305,24 +365,37 @@ class PleoSession(requests.Session):
             "proxies": proxies, "hooks": hooks, "stream": stream, "verify": verify,
             "cert": cert, "json": json,
         }  # fmt: skip
-        if auth is not None or not url.startswith(self._api_prefix):
+        scope = self._api_scope
+        # A cheap first look at the URL as written; _Bearer decides on the URL as sent.
+        if auth is not None or not (
+            url.startswith(self._api_prefix) or url.startswith(scope.prefix)
+        ):
             return send(method, url, auth=auth, **kwargs)
 
         coordinator = self._coordinator
         tokens = coordinator.acquire()
+        bearer = _Bearer(tokens.access_token, scope)
         try:
-            response = send(method, url, auth=_Bearer(tokens.access_token), **kwargs)
+            response = send(method, url, auth=bearer, **kwargs)
         finally:
             coordinator.release()
-        if response.status_code != 401 or not _replayable(data, files):
+        if response.status_code != 401 or not bearer.sent:
             return response
-        replacement = coordinator.recover_from_unauthorized(tokens)
-        if replacement is None:
+        if response.request.headers.get("Authorization") != bearer.header:
+            return response  # a redirect left api_url: the token was not what was refused
+        # Recover even when the body cannot be sent again: the caller then gets
+        # this 401, and the next request carries what the recovery found.
+        try:
+            replacement = coordinator.recover_from_unauthorized(tokens)
+        except BaseException:
+            response.close()
+            raise
+        if replacement is None or not _replayable(data, files):
             return response
         response.close()
         tokens = coordinator.acquire()
         try:
-            return send(method, url, auth=_Bearer(tokens.access_token), **kwargs)
+            return send(method, url, auth=_Bearer(tokens.access_token, scope), **kwargs)
         finally:
             coordinator.release()
 
@@ -335,11 +408,11 @@ class PleoSession(requests.Session):
         port, or goes from https to http. This goes further: the token follows a
         redirect only while it stays under ``api_url``, so a redirect to another
         path prefix, scheme or port on the same host does not carry it either.
+        Both URLs are judged as sent, dot-segments included (see :class:`ApiScope`).
         """
         super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]
-        came_from = response.request.url or ""
-        going_to = prepared_request.url or ""
-        if came_from.startswith(self._api_prefix) and not going_to.startswith(self._api_prefix):
+        scope = self._api_scope
+        if scope.covers(response.request.url) and not scope.covers(prepared_request.url):
             prepared_request.headers.pop("Authorization", None)
 
     def _resolve(self, url: str) -> str:

@@ -7,6 +7,7 @@ stands in only where a test needs https (a scheme downgrade on redirect).
 from __future__ import annotations
 
 import http.server
+import re
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -229,7 +230,8 @@ def recorders() -> Iterator[tuple[_Recorder, _Recorder]]:
     """
     api = _Recorder()
     servers = (api, _Recorder("127.0.0.2", api.server_address[1]))
-    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    # A short poll interval: shutdown() waits for one, and every test shuts two down.
+    threads = [threading.Thread(target=s.serve_forever, args=(0.02,), daemon=True) for s in servers]
     for thread in threads:
         thread.start()
     yield servers
@@ -356,8 +358,78 @@ _hosts = st.sampled_from(
 )
 _schemes = st.sampled_from(["https", "http", "HTTPS"])
 _ports = st.sampled_from(["", ":443", ":8443", ":80"])
-_paths = st.text(alphabet="/abcv2.%@?#:\\-", max_size=20)
 _userinfo = st.sampled_from(["", "user@", "api.example.com@", "a:b@"])
+# Segments an attacker would try: dot-segments plain, percent-encoded (once, twice,
+# IIS-style), behind a backslash or an encoded slash, with ;parameters, NUL or space.
+_segments = st.sampled_from(
+    [
+        "v2", "v3", "secret", "a", "", ".", "..", "...", "%2e", "%2E", "%2e%2e", "%2E%2E",
+        ".%2e", "%2e.", "%252e%252e", "%u002e%u002e", "..;", "..;x=1", "%2e%2e;", "..%00",
+        "..%20", "..%2f", "..%2F", "..%5c", "..\\", "\\..", "%ef%bc%8e%ef%bc%8e", "a%2fb",
+        "x.y", "..x", "?", "#", "%3f",
+    ]
+)  # fmt: skip
+_paths = st.one_of(
+    st.text(alphabet="/abcv2.%@?#:\\-", max_size=20),
+    st.lists(_segments, max_size=7).map("/".join),
+)
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 section 5.2.4, written out step by step as the RFC states it."""
+    output: list[str] = []
+    while path:
+        if path.startswith("../"):
+            path = path[3:]
+        elif path.startswith("./"):
+            path = path[2:]
+        elif path.startswith("/./"):
+            path = "/" + path[3:]
+        elif path == "/.":
+            path = "/"
+        elif path.startswith("/../") or path == "/..":
+            path = "/" + path[4:]
+            if output:
+                output.pop()
+        elif path in (".", ".."):
+            path = ""
+        else:
+            end = path.find("/", 1)
+            end = len(path) if end == -1 else end
+            output.append(path[:end])
+            path = path[end:]
+    return "".join(output)
+
+
+def _server_readings(path: str) -> set[str]:
+    """The paths a server, a proxy or a framework behind it might route ``path`` to.
+
+    Each reading is one normalisation some server applies: decoding encoded dots
+    only, decoding everything once or repeatedly, IIS's %u escapes, backslashes
+    as slashes, merged slashes, Tomcat's ``..;`` parameters, trailing blanks and
+    NULs dropped from a segment; then RFC 3986's remove_dot_segments.
+    """
+    readings = {path, re.sub("%2e", ".", path, flags=re.IGNORECASE)}
+    decoded = path
+    for _ in range(3):
+        decoded = urllib.parse.unquote(decoded)
+        readings.add(decoded)
+    readings |= {re.sub("%u([0-9a-fA-F]{4})", lambda m: chr(int(m[1], 16)), r) for r in readings}
+    readings |= {r.replace("\\", "/") for r in readings}
+    readings |= {re.sub("/{2,}", "/", r) for r in readings}
+    readings |= {re.sub(";[^/]*", "", r) for r in readings}
+    readings |= {re.sub("[ \x00]+(?=/|$)", "", r) for r in readings}
+    readings |= {r.replace("\uff0e", ".") for r in readings}
+    return {_remove_dot_segments(r) for r in readings}
+
+
+def _stays_under(path: str, prefix: str = "/v2/") -> bool:
+    """Whether every server reading of ``path`` (a path, no query) is under ``prefix``."""
+    return all(reading.startswith(prefix) for reading in _server_readings(path))
+
+
+def _path_of(url: str) -> str:
+    return urllib.parse.urlsplit(url).path
 
 
 def _on_api_origin_under_its_path(url: str) -> bool:
@@ -366,16 +438,25 @@ def _on_api_origin_under_its_path(url: str) -> bool:
     return (
         origin(url) == ("https", "api.example.com", 443)
         and parts.username is None
-        and (parts.path + "/").startswith("/v2/")
+        and _stays_under(parts.path)
     )
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=500, deadline=None, derandomize=True)
 @given(scheme=_schemes, userinfo=_userinfo, host=_hosts, port=_ports, path=_paths)
 @example(scheme="https", userinfo="", host="api.example.com", port="", path="v2/employees")
 @example(scheme="https", userinfo="", host="api.example.com", port="", path="v2/")
 @example(scheme="https", userinfo="", host="api.example.com", port="", path="v2x/employees")
 @example(scheme="https", userinfo="", host="api.example.com.evil.net", port="", path="v2/")
+@example(scheme="https", userinfo="", host="api.example.com", port="", path="v2/../v3/secret")
+@example(scheme="https", userinfo="", host="api.example.com", port="", path="v2/%2e%2e/v3")
+@example(scheme="https", userinfo="", host="api.example.com", port="", path="v2/.%2E/v3")
+@example(scheme="https", userinfo="", host="api.example.com", port="", path="v2/..%2fv3")
+@example(scheme="https", userinfo="", host="api.example.com", port="", path="v2/..\\v3")
+@example(scheme="https", userinfo="", host="api.example.com", port="", path="v2/..;/v3")
+@example(scheme="https", userinfo="", host="api.example.com", port="", path="v2/%252e%252e/v3")
+@example(scheme="https", userinfo="", host="api.example.com", port="", path="v2/x/../y")
+@example(scheme="https", userinfo="", host="api.example.com", port="", path="v2/report.v3.csv")
 def test_the_token_goes_to_every_url_under_api_url_and_nowhere_else(
     scheme: str, userinfo: str, host: str, port: str, path: str
 ) -> None:
@@ -393,7 +474,124 @@ def test_the_token_goes_to_every_url_under_api_url_and_nowhere_else(
     [sent] = capture.sent
     # A user name in the URL becomes the user's own Basic auth: not our token.
     carries_token = sent.headers.get("Authorization") == f"Bearer {ACCESS}"
-    if carries_token:  # never anywhere else
+    if carries_token:  # never anywhere a server could read as outside api_url
         assert _on_api_origin_under_its_path(sent.url or ""), sent.url
-    if url.startswith("https://api.example.com/v2/"):  # always where it belongs
-        assert carries_token, url
+    decoded_path = _path_of(url)
+    while decoded_path != urllib.parse.unquote(decoded_path):
+        decoded_path = urllib.parse.unquote(decoded_path)
+    if url.startswith("https://api.example.com/v2/") and not set(".\\%") & set(decoded_path):
+        assert carries_token, url  # always where it belongs
+
+
+# -- dot-segments: the URL as sent, not as written (issue 10, bug 9) ---------------
+
+# Each leads out of /v2/ for some server: RFC 3986 normalisation after requests has
+# decoded %2e, an encoded or back slash read as a slash, a double decode, IIS's %u,
+# Tomcat's "..;", a NUL or blank trimmed off a segment, NFKC's full-width dot.
+ESCAPES = [
+    "../v3/secret",
+    "%2e%2e/v3/secret",
+    "%2E%2E/v3/secret",
+    ".%2e/v3/secret",
+    "%2e./v3/secret",
+    "a/%2e%2e/%2e%2e/v3/secret",
+    "%2e%2e",
+    "%2e%2e?page=1",
+    "..%2fv3/secret",
+    "..%2Fv3/secret",
+    "..\\v3\\secret",
+    "..%5cv3/secret",
+    "%252e%252e/v3/secret",
+    "..;/v3/secret",
+    "%2e%2e;x=1/v3/secret",
+    "%u002e%u002e/v3/secret",
+    "x/a%2fb/%2e%2e/%2e%2e/%2e%2e/v3/secret",
+    "/%2e%2e/v3/secret",
+    "..%00/v3/secret",
+    "..%20/v3/secret",
+    "%ef%bc%8e%ef%bc%8e/v3/secret",
+]
+# Dots that stay inside: requests removes the plain ones before sending, or they are
+# no dot-segment at all, or they sit in the query or fragment.
+INSIDE = [
+    "employees",
+    "a/../employees",
+    "./employees",
+    "files/report.v3.csv",
+    "files/..hidden",
+    "files/a%2Fb",
+    "search?next=../../v3/secret",
+    "employees#../../v3/secret",
+]
+
+
+@pytest.mark.parametrize("form", ["relative", "absolute"])
+@pytest.mark.parametrize("path", ESCAPES)
+def test_a_path_that_dot_segments_lead_out_of_api_url_gets_no_token(
+    recorders: tuple[_Recorder, _Recorder], api_session: PleoSession, path: str, form: str
+) -> None:
+    api, _ = recorders
+    url = path if form == "relative" else f"{api.url}/v2/{path}"
+    api_session.get(url)
+    with api.lock:
+        [(_, received, authorization)] = api.seen
+    assert not _stays_under(_path_of(received))  # the escape is real: it did leave /v2/
+    assert authorization is None
+
+
+@pytest.mark.parametrize("path", INSIDE)
+def test_a_path_with_dots_that_stays_under_api_url_keeps_the_token(
+    recorders: tuple[_Recorder, _Recorder], api_session: PleoSession, path: str
+) -> None:
+    api, _ = recorders
+    api_session.get(path)
+    with api.lock:
+        [(_, received, authorization)] = api.seen
+    assert _stays_under(_path_of(received))
+    assert authorization == f"Bearer {ACCESS}"
+
+
+@pytest.mark.parametrize(
+    "target", ["/v2/../v3/secret", "/v2/%2e%2e/v3/secret", "/v2/..%2fv3/secret", "/v2/..;/v3"]
+)
+def test_a_redirect_whose_dot_segments_lead_out_of_api_url_does_not_carry_the_token(
+    recorders: tuple[_Recorder, _Recorder], api_session: PleoSession, target: str
+) -> None:
+    api, _ = recorders
+    location = urllib.parse.quote(api.url + target, safe="")
+    api_session.get(f"/redirect?code=307&to={location}")
+    with api.lock:
+        [first, (_, received, authorization)] = api.seen
+    assert first[2] == f"Bearer {ACCESS}"
+    assert not _stays_under(_path_of(received))
+    assert authorization is None
+
+
+@pytest.mark.parametrize(
+    "api_url",
+    [
+        "https://api.example.com/v2/../v3",
+        "https://api.example.com/v2/.",
+        "https://api.example.com/%2e%2e/v2",
+        "https://api.example.com/v2?x=1",
+        "https://api.example.com/v2#x",
+    ],
+)
+def test_an_api_url_with_dot_segments_a_query_or_a_fragment_is_refused(api_url: str) -> None:
+    with pytest.raises(ConfigurationError, match="api_url must be a plain base URL"):
+        session_for_api(api_url)
+
+
+def test_an_api_url_written_in_capitals_still_gets_the_token() -> None:
+    capture = _Capture()
+    with session_for_api("HTTPS://API.Example.com/v2") as session:
+        session.mount("https://", capture)
+        session.get("/employees")
+        session.get("https://api.example.com/v2/companies")
+    assert [sent.url for sent in capture.sent] == [
+        "https://api.example.com/v2/employees",
+        "https://api.example.com/v2/companies",
+    ]
+    assert [sent.headers.get("Authorization") for sent in capture.sent] == [
+        f"Bearer {ACCESS}",
+    ] * 2
