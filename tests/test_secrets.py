@@ -49,6 +49,7 @@ from pleo_auth import (
     cli,
 )
 from pleo_auth._endpoint import TokenEndpoint
+from pleo_auth._urls import ApiScope
 from pleo_auth.cli import main
 from pleo_auth.session import _Bearer
 from pleo_auth.testing import Emulator
@@ -274,7 +275,12 @@ def test_sessions_stores_and_flows_hide_tokens_and_the_client_secret(
     )
     pending = flow.start()
     endpoint = TokenEndpoint(emulator.token_url, emulator.client_id, client_secret)
-    texts += [shown(flow), shown(pending), shown(endpoint), shown(_Bearer(grant.access_token))]
+    texts += [
+        shown(flow),
+        shown(pending),
+        shown(endpoint),
+        shown(_Bearer(grant.access_token, ApiScope(emulator.api_url))),
+    ]
     endpoint.close()
     assert "<Bearer auth>" in texts[-1]
     for text in texts:
