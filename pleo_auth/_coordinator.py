@@ -528,7 +528,7 @@ class Coordinator:
 
     def _timer_loop(self) -> None:
         me = threading.current_thread()
-        _warm_up()
+        _warm_up(self.store)
         while True:
             REGISTRY.reap()
             self._wakeup.clear()
@@ -615,11 +615,12 @@ class Coordinator:
 _E = TypeVar("_E", bound=PleoAuthError)
 
 
-def _warm_up() -> None:
-    """Import what a refresh needs, on the timer thread, long before the first one:
-    ``import pleo_auth`` stays cheap, and no request waits on an import at a rotation."""
-    import backoff  # noqa: F401
-    import filelock  # noqa: F401
+def _warm_up(store: TokenStore) -> None:
+    """The timer's first act: nothing left to import, and the store touched once,
+    both where a fork waits for them (see :mod:`pleo_auth._warmup`)."""
+    from ._warmup import warm_up_store
+
+    warm_up_store(store)
 
 
 def _fresh_copy(error: _E) -> _E:

@@ -18,6 +18,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._coordinator import REGISTRY, Coordinator
 from ._endpoint import ClientAuth, TokenEndpoint, check_settings
 from ._urls import ApiScope, check_secure_url
+from ._warmup import warm_up
 from .errors import ConfigurationError
 from .stores.base import TokenStore
 from .tokens import TokenSet
@@ -233,6 +234,9 @@ class PleoSession(requests.Session):
             max_attempts=max_refresh_attempts,
             max_time=max_refresh_time,
         )
+        # Here, not on the timer thread: a fork (gunicorn --preload) must never catch
+        # a thread of ours inside an import. See pleo_auth._warmup.
+        warm_up()
         if store is None:
             from .stores.keyring import KeyringStore
 
