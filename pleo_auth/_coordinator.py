@@ -98,33 +98,44 @@ class Coordinator:
         self._unsaved = False
         self._store_unreachable = False
         self._callbacks: dict[int, Callable[[], object]] = {}
-        self._next_handle = 0
         self._closed = False
         self._timer: threading.Thread | None = None
         self._wakeup = threading.Event()
 
     # -- sessions come and go ------------------------------------------------
 
-    def attach(self, on_reauthentication_required: Callable[[], object] | None) -> int:
-        with self._cond:
-            self._next_handle += 1
-            if on_reauthentication_required is not None:
-                self._callbacks[self._next_handle] = on_reauthentication_required
-            return self._next_handle
+    def attach(
+        self, handle: int, on_reauthentication_required: Callable[[], object] | None
+    ) -> None:
+        if on_reauthentication_required is not None:
+            with self._cond:
+                self._callbacks[handle] = on_reauthentication_required
 
     def seed(self, tokens: TokenSet) -> None:
         """Put ``tokens`` in the store, unless it already holds newer ones.
 
-        Newer by lineage, not by the clock: an app that passes its first login's
-        reply at every start rebuilds it with a new ``expires_at`` each time, yet
-        the store's rotated descendant of it is the live pair.
+        Only an empty store is seeded, or one holding an ancestor of ``tokens``
+        (:attr:`TokenSet.lineage`): never by the clock. An app that passes its first
+        login's reply at every start rebuilds it with a new ``expires_at`` each time,
+        yet the store's rotated descendant of it is the live pair; and a pair the
+        store holds that is unrelated to ``tokens`` (a later login, or a pair saved by
+        pleo-auth 0.1, which kept no lineage) may be that descendant too.
         """
         with self.store.lock(timeout=self._lock_timeout, lease=self._lease):
             stored = self.store.load()
-            if stored is not None and not tokens.supersedes(stored):
-                if stored != tokens:
+            if stored is not None and not tokens.descends_from(stored):
+                if stored.refresh_token == tokens.refresh_token:
+                    return
+                if tokens.fingerprint in stored.lineage:
                     logger.info(
-                        "not seeding tokens=: %s holds tokens %s, which replaced them or are newer",
+                        "not seeding tokens=: %s holds tokens %s, which replaced them",
+                        self.store.describe(),
+                        stored.fingerprint,
+                    )
+                else:
+                    logger.warning(
+                        "not seeding tokens=: %s already holds other tokens (%s). To use "
+                        "a new login, save it with AuthorizationFlow, or log out first",
                         self.store.describe(),
                         stored.fingerprint,
                     )
@@ -234,17 +245,6 @@ class Coordinator:
                 raise self._reauthentication_error()
             if self._clock.monotonic() < self._retry_not_before:
                 return None
-            if current.after_401 and self._clock.time() < self._due_at(current):
-                logger.warning(
-                    "Pleo refused access token %s with 401, though it is fresh: a 401 already "
-                    "forced the refresh that issued it. Not refreshing again before it is due "
-                    "in %.0fs; a 401 that a refresh does not cure means the API refuses this "
-                    "grant for another reason (its scopes, or the path)",
-                    current.fingerprint,
-                    self._due_at(current) - self._clock.time(),
-                )
-                return None
-            logger.info("access token refused with 401; refreshing once")
             failure = self._run_locked(
                 "refresh", functools.partial(self._refresh, used, True, after_401=True)
             )
@@ -253,8 +253,8 @@ class Coordinator:
             if self._tokens is None:
                 # The refresh found the store empty: another process saw the grant die.
                 raise self._reauthentication_error()
-            if failure is not None:
-                return None
+            if failure is not None or self._tokens.access_token == used.access_token:
+                return None  # failed, or declined (see _refresh): the caller gets the 401
             return self._tokens
 
     def _sync_locked(self) -> None:
@@ -291,14 +291,14 @@ class Coordinator:
             try:
                 outcome = work()
             except PleoAuthError as exc:
-                outcome = _Outcome(tokens=previous, version=self._version, failure=exc)
+                outcome = _Outcome(previous, self._version, exc, unsaved=self._unsaved)
             except Exception as exc:
                 # A bug or a foreign store's own exception: keep the process usable,
                 # and report it at the library boundary.
                 logger.exception("unexpected error during %s", operation)
                 failure = RefreshError(f"unexpected error during {operation}: {type(exc).__name__}")
                 failure.__cause__ = exc
-                outcome = _Outcome(tokens=previous, version=self._version, failure=failure)
+                outcome = _Outcome(previous, self._version, failure, unsaved=self._unsaved)
             finally:
                 self._cond.acquire()
         finally:
@@ -351,9 +351,9 @@ class Coordinator:
         version = self.store.version()
         tokens = self.store.load()
         held = self._tokens  # only the single flight, which this is, replaces it
-        if tokens is not None and held is not None and held.descends_from(tokens):
-            # Our save of ``held`` failed: the store's pair is spent. Keep ours; the
-            # timer writes it back before anything else is spent.
+        if held is not None and self._owes_write_back(tokens):
+            # Our save of ``held`` failed: the store's pair is spent, or withdrawn.
+            # Keep ours; the timer writes it back before anything else is spent.
             return _Outcome(tokens=held, version=version, unsaved=True)
         if tokens is None and held is not None:
             # Gone, or caught mid-write by a backend that is not atomic: writers
@@ -370,20 +370,33 @@ class Coordinator:
         with store.lock(timeout=self._lock_timeout, lease=self._lease) as lease:
             version = store.version()
             stored = store.load()
-            if stored is None:
-                return _Outcome(tokens=None, version=version, grant_dead=True)
-            held = self._tokens
-            if held is not None and held.descends_from(stored):
+            if self._owes_write_back(stored):
                 # The stored refresh token is spent: never present it. Save ours first.
+                held = self._tokens
+                assert held is not None
                 version, failure = self._write_back_locked(held, stored, version)
                 if failure is not None:
                     return _Outcome(tokens=held, version=version, failure=failure, unsaved=True)
                 stored = held
-            fresh = self._clock.time() < self._due_at(stored)
+            if stored is None:
+                return _Outcome(tokens=None, version=version, grant_dead=True)
+            now = self._clock.time()
+            fresh = now < self._due_at(stored)
             rotated_elsewhere = basis is None or stored.refresh_token != basis.refresh_token
             if rotated_elsewhere and (force or fresh):
                 logger.debug("adopting tokens %s rotated elsewhere", stored.fingerprint)
                 return _Outcome(tokens=stored, version=version)
+            if after_401 and stored.after_401 and fresh:
+                logger.warning(
+                    "Pleo refused access token %s with 401, though it is fresh and still the "
+                    "stored one: a 401 already forced the refresh that issued it. Not refreshing "
+                    "again before it is due in %.0fs; a 401 that a refresh does not cure means "
+                    "the API refuses this grant for another reason (its scopes, or the path)",
+                    stored.fingerprint,
+                    self._due_at(stored) - now,
+                )
+                return _Outcome(tokens=self._tokens if self._tokens == stored else stored,
+                                version=version)  # fmt: skip
             try:
                 new = self.endpoint.refresh(stored.refresh_token, deadline=lease.deadline)
             except ReauthenticationRequired as exc:
@@ -396,8 +409,11 @@ class Coordinator:
             failure = self._save_spent_over(new, stored, lease)
             if failure is not None:
                 # Keep the new pair in memory, and write it back before anything else
-                # is spent (see _write_back).
+                # is spent (see _write_back). Meanwhile no process may find the spent
+                # pair and refresh from it: a store that cannot be written can often
+                # still delete (a full disk, Redis out of memory).
                 logger.error("refreshed, but could not save the new tokens: %s", failure)
+                version = self._withdraw_spent(stored, version)
                 return _Outcome(tokens=new, version=version, failure=failure, unsaved=True)
             logger.info(
                 "refreshed tokens %s -> %s; access expires in %.0fs",
@@ -406,6 +422,26 @@ class Coordinator:
                 new.expires_at - self._clock.time(),
             )
             return _Outcome(tokens=new, version=store.version())
+
+    def _owes_write_back(self, stored: TokenSet | None) -> bool:
+        """Whether the tokens in memory are newer than ``stored``, which is then spent
+        (an ancestor of ours), or gone because a failed save withdrew it."""
+        held = self._tokens
+        if held is None:
+            return False
+        if stored is None:
+            return self._unsaved
+        return held.descends_from(stored)
+
+    def _withdraw_spent(self, spent: TokenSet, version: Hashable) -> Hashable:
+        """Delete ``spent`` from the store if it can, so no process refreshes from it
+        while the pair that replaced it waits to be written back."""
+        try:
+            self.store.clear(only=spent)
+            return self.store.version()
+        except TokenStoreError as exc:
+            logger.warning("could not withdraw the spent tokens either: %s", exc)
+            return version
 
     def _save_spent_over(
         self, new: TokenSet, stored: TokenSet, lease: Lease
@@ -434,14 +470,14 @@ class Coordinator:
             version = self.store.version()
             stored = self.store.load()
             held = self._tokens
-            if held is None or stored is None or not held.descends_from(stored):
-                # A logout, a new login, or someone else's write-back: the store wins.
+            if held is None or not self._owes_write_back(stored):
+                # A new login, or someone else's write-back: the store wins.
                 return _Outcome(tokens=stored, version=version, grant_dead=stored is None)
             version, failure = self._write_back_locked(held, stored, version)
             return _Outcome(tokens=held, version=version, failure=failure, unsaved=bool(failure))
 
     def _write_back_locked(
-        self, held: TokenSet, stored: TokenSet, version: Hashable
+        self, held: TokenSet, stored: TokenSet | None, version: Hashable
     ) -> tuple[Hashable, TokenStoreError | None]:
         """Save ``held`` over its spent ancestor ``stored``; the caller holds the lock."""
         try:
@@ -593,6 +629,11 @@ class Coordinator:
             timer, self._timer = self._timer, None
             self._cond.notify_all()
         self._wakeup.set()
+        # Called with our own Condition held (by a __del__ the garbage collector ran
+        # inside one of our methods), waiting for the timer would deadlock, and the
+        # write-back would run inside another operation: the timer ends by itself.
+        if self._cond._is_owned():  # type: ignore[attr-defined]
+            return
         if timer is not None and timer is not threading.current_thread():
             timer.join(self._lock_timeout)
         with self._cond:
@@ -646,6 +687,7 @@ class _Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._owner: int | None = None  # the thread holding _lock
+        self._next_handle = 0
         self._entries: dict[Hashable, tuple[Coordinator, set[int]]] = {}
         self._released: collections.deque[tuple[Hashable, Coordinator, int]] = collections.deque()
 
@@ -664,11 +706,15 @@ class _Registry:
                     entry = (factory(), set())
                     self._entries[key] = entry
                 coordinator, handles = entry
-                handle = coordinator.attach(on_reauthentication_required)
-                handles.add(handle)
-                return coordinator, handle
+                self._next_handle += 1
+                handle = self._next_handle
+                handles.add(handle)  # from here on, the coordinator stays open for us
             finally:
                 self._owner = None
+        # Outside the registry's lock: a thread holding the coordinator's Condition may
+        # be waiting for that lock (a session closed by a __del__ the collector ran).
+        coordinator.attach(handle, on_reauthentication_required)
+        return coordinator, handle
 
     def detach(self, key: Hashable, coordinator: Coordinator, handle: int) -> None:
         if self._owner == threading.get_ident():
@@ -694,15 +740,15 @@ class _Registry:
     def _detach(self, key: Hashable, coordinator: Coordinator, handle: int) -> None:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or entry[0] is not coordinator:
-                return
-            handles = entry[1]
-            handles.discard(handle)
-            coordinator.forget(handle)
-            if handles:
-                return
-            del self._entries[key]
-        coordinator.close()
+            last = False
+            if entry is not None and entry[0] is coordinator:
+                entry[1].discard(handle)
+                last = not entry[1]
+                if last:
+                    del self._entries[key]
+        coordinator.forget(handle)  # outside the lock, as in attach()
+        if last:
+            coordinator.close()
 
     def get(self, key: Hashable) -> Coordinator | None:
         with self._lock:

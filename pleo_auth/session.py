@@ -142,8 +142,10 @@ class PleoSession(requests.Session):
       store's lock). Whoever arrives during a refresh waits for its result.
     * A 401 for tokens that were replaced meanwhile is replayed once with the
       current ones; a 401 for the current tokens triggers one refresh and one
-      replay. Requests whose body cannot be re-sent (streams, files) are not
-      replayed: you get the 401, and the next request carries the new tokens.
+      replay, at most once per rotation across all processes: a token that a
+      401-forced refresh issued, refused again, is not refreshed before it is due
+      (a warning says so). Requests whose body cannot be re-sent (streams, files)
+      are not replayed: you get the 401, and the next request carries the new tokens.
     * When the grant is dead (``invalid_grant``), the store is cleared,
       ``on_reauthentication_required`` is called once, and every call raises
       :class:`~pleo_auth.ReauthenticationRequired` until someone logs in again.
@@ -156,8 +158,11 @@ class PleoSession(requests.Session):
         token_url: Overrides the environment's token endpoint.
         api_url: Overrides the environment's API base URL.
         refresh_margin: Seconds before expiry to refresh (at most half the token's life).
-        tokens: Tokens to seed the store with, used unless the store already holds
-            newer ones (a rotated descendant of these, or a later login).
+        tokens: Tokens to seed an empty store with. A store that holds tokens keeps
+            them, unless they are an ancestor of these (:attr:`TokenSet.lineage`):
+            they may be a rotated descendant of these, so passing your first login's
+            reply at every start is safe. To replace a grant, save the new login with
+            :class:`~pleo_auth.AuthorizationFlow`, or log out first.
         on_reauthentication_required: Called once, with no arguments, when the
             grant dies. It runs on whichever thread found out; keep it short.
         client_auth: ``"basic"`` (HTTP Basic, Pleo's documented method) or ``"body"``

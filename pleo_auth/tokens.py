@@ -277,19 +277,6 @@ class TokenSet:
         """Whether ``other`` is in this pair's lineage: a pair this one replaced."""
         return other.refresh_token != self.refresh_token and other.fingerprint in self.lineage
 
-    def supersedes(self, other: TokenSet) -> bool:
-        """Whether this pair should replace ``other`` in a store.
-
-        By lineage first: a pair never supersedes one that replaced it (its refresh
-        token is spent or superseded), and always supersedes its own ancestors.
-        Only for two unrelated pairs (two separate logins) does the later expiry win.
-        """
-        if self.refresh_token == other.refresh_token or self.fingerprint in other.lineage:
-            return False
-        if other.fingerprint in self.lineage:
-            return True
-        return self.expires_at > other.expires_at
-
     def expires_in(self, now: float | None = None) -> float:
         """Seconds until the access token expires (negative once it has)."""
         return self.expires_at - (time.time() if now is None else now)

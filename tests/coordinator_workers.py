@@ -52,7 +52,7 @@ def failed_save(args: dict[str, Any]) -> dict[str, Any]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     in_memory = session.tokens
     assert in_memory is not None
-    stale_in_store = store.load() == before
+    spent_withdrawn = store.load() is None  # nobody can refresh from the spent pair
     # The timer writes the new pair back on its own, before anything is spent.
     deadline = time.monotonic() + 30
     while store.load() != in_memory and time.monotonic() < deadline:
@@ -63,7 +63,7 @@ def failed_save(args: dict[str, Any]) -> dict[str, Any]:
     session.close()
     return {
         "save_failed": save_failed,
-        "stale_in_store": stale_in_store,
+        "spent_withdrawn": spent_withdrawn,
         "written_back": written_back,
         "forced_is_new": forced.refresh_token not in (before.refresh_token,),
         "store_holds_forced": store.load() == forced,

@@ -3,8 +3,8 @@
 Each test drives one attack on the write-back of a pair a failed save left in
 memory, on ``TokenSet.lineage``, on the ``after_401`` rule or on the registry,
 with real parts: the emulator, a real redis-server, a real full disk (tmpfs),
-real processes. Attacks that still break a promise are marked ``xfail(strict)``
-with the reason; they turn into regression tests once the product is fixed.
+real processes. Each broke a promise when it was written (it was marked
+``xfail(strict)`` until the product was fixed); each is now a regression test.
 """
 
 from __future__ import annotations
@@ -94,12 +94,6 @@ def out_of_memory(url: str) -> Iterator[None]:
         client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_run_locked's exception path publishes unsaved=False: a store error while a "
-    "pair is unsaved (here: the lock cannot be taken) forgets that the stored pair is "
-    "spent, so close() skips the write-back and the next process spends the old token",
-)
 def test_a_store_error_while_a_pair_is_unsaved_does_not_forget_to_write_it_back(
     redis_url: str,
 ) -> None:
@@ -190,12 +184,6 @@ print(json.dumps({"outcome": outcome}))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a save that fails on a full disk, the store holds the spent pair for as "
-    "long as the disk stays full; another process that merely reads it and makes one API "
-    "call (401, then refresh) presents the spent refresh token: the grant is revoked",
-)
 def test_a_full_disk_shared_by_two_processes_never_leads_to_the_spent_token_being_presented(
     tmp_path: Path,
 ) -> None:
@@ -235,13 +223,6 @@ def written_by_0_1(store: FileStore) -> None:
     store.path.write_text(json.dumps(data, sort_keys=True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="seed() compares a pair with a lineage-less stored pair (written by 0.1) as two "
-    "unrelated logins, by expiry; the first login's reply rebuilt now always expires "
-    "later, so on the first start after the upgrade it is seeded over its own rotated "
-    "descendant, and its spent refresh token is presented",
-)
 def test_upgrading_from_0_1_keeps_the_rotated_tokens_when_tokens_is_the_first_login_reply(
     emulator: Emulator, make_session: MakeSession, tmp_path: Path
 ) -> None:
@@ -263,13 +244,6 @@ def test_upgrading_from_0_1_keeps_the_rotated_tokens_when_tokens_is_the_first_lo
     assert counters.refresh_grants == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a logout then `pleo-auth login` starts a pair with no lineage; an app that "
-    "passes its old first login's reply as tokens= seeds it over the new login (later "
-    "expiry wins for unrelated pairs), then finds that grant dead and clears the store: "
-    "the new login is thrown away at every start",
-)
 def test_a_new_login_after_a_logout_is_not_replaced_by_an_old_tokens_argument(
     emulator: Emulator, make_session: MakeSession, tmp_path: Path
 ) -> None:
@@ -308,12 +282,6 @@ print(json.dumps({"refreshed": True}))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="recover_from_unauthorized declines a pair marked after_401 before looking at "
-    "the store under its lock: a pair rotated by another host within check_interval is "
-    "answered with the raw 401, where 0.1 adopted the stored pair and replayed",
-)
 def test_a_401_after_another_host_rotated_an_after_401_pair_is_replayed_with_the_new_pair(
     emulator: Emulator, make_session: MakeSession, redis_url: str
 ) -> None:
@@ -382,12 +350,6 @@ print(json.dumps({"closer_done": not closer.is_alive()}))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lock-order inversion: _Registry._detach holds the registry lock and then "
-    "takes the coordinator's Condition (forget), while a user's __del__ that the "
-    "collector runs inside the Condition calls close(), which takes the registry lock",
-)
 def test_a_session_closed_by_a_users_del_inside_the_coordinator_never_deadlocks(
     emulator: Emulator, tmp_path: Path
 ) -> None:

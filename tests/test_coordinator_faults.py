@@ -98,7 +98,7 @@ def test_a_save_that_fails_on_a_full_disk_never_leads_to_the_spent_token_being_p
         )
         counters = emu.counters
     assert result["save_failed"], "RLIMIT_FSIZE did not make the save fail"
-    assert result["stale_in_store"]
+    assert result["spent_withdrawn"]
     assert result["written_back"], "the timer never wrote the new pair back"
     assert result["forced_is_new"]
     assert result["store_holds_forced"]
@@ -132,7 +132,7 @@ def test_after_a_failed_save_refresh_never_adopts_the_spent_stored_pair(
     held = session.tokens
     assert held is not None
     assert held.refresh_token != first.refresh_token
-    assert store.load() == first  # the stored pair is spent
+    assert store.load() is None  # the spent pair is withdrawn: nobody refreshes from it
     # A refresh now must try to write the held pair back, failing: nothing is spent.
     with pytest.raises(TokenStoreError):
         session.refresh()

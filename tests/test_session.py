@@ -347,14 +347,28 @@ def test_tokens_argument_does_not_replace_newer_tokens_in_the_store(
     assert store.load() == newer
 
 
-def test_tokens_argument_replaces_older_tokens_in_the_store(
-    emulator: Emulator, make_session: MakeSession
+def test_tokens_argument_never_replaces_an_unrelated_pair_in_the_store(
+    emulator: Emulator, make_session: MakeSession, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # An unrelated stored pair may be a later login, or a rotated descendant of the
+    # tokens written by 0.1, which kept no lineage: "newer" cannot be decided by the
+    # clock (a reply rebuilt with from_response is stamped now), so the store wins.
     newer = issued(emulator)
     older = TokenSet.from_response(emulator.issue_tokens(), now=newer.issued_at - 10)
     store = MemoryStore(older)
     make_session(emulator, store, tokens=newer)
-    assert store.load() == newer
+    assert store.load() == older
+    assert any("already holds other tokens" in r.getMessage() for r in caplog.records)
+
+
+def test_tokens_argument_replaces_its_own_ancestor_in_the_store(
+    emulator: Emulator, make_session: MakeSession
+) -> None:
+    first = issued(emulator)
+    store = MemoryStore(first)
+    descendant = issued(emulator).succeeding(first)
+    make_session(emulator, store, tokens=descendant)
+    assert store.load() == descendant
 
 
 def test_tokens_property_returns_the_current_tokens(
