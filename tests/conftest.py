@@ -13,11 +13,25 @@ from leakguard import _leak_guard_installed, leak_guard  # every test runs under
 from secret_service import private_secret_service
 from session_helpers import MakeSession, TimerlessClock
 
-from pleo_auth import MemoryStore, PleoSession, TokenStore
+from pleo_auth import MemoryStore, PleoSession, TokenSet, TokenStore
 from pleo_auth._clock import FakeClock
 from pleo_auth.testing import Emulator, redis_server
 
 __all__ = ["_leak_guard_installed", "leak_guard"]
+
+
+def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    """A failed comparison of TokenSets shows their fingerprints, never their tokens:
+    pytest's own explanation drills into attrs fields and prints every value."""
+    if isinstance(left, TokenSet) or isinstance(right, TokenSet):
+
+        def show(side: object) -> str:
+            if isinstance(side, TokenSet):
+                return f"TokenSet {side.fingerprint} expiring at {side.expires_at}"
+            return type(side).__name__
+
+        return [f"{show(left)} {op} {show(right)}"]
+    return None
 
 
 def _require(binary: str) -> str:
