@@ -1094,3 +1094,17 @@ def test_a_login_shell_and_a_cron_job_on_one_entry_refresh_once_per_rotation(
         errors = [worker.stop() for worker in workers]
     assert all(worker.process.returncode == 0 for worker in workers), errors
     assert not (runtime / "pleo-auth").exists()
+
+
+def test_two_file_backend_objects_on_one_file_are_one_place_and_on_two_files_two(
+    tmp_path: Path,
+) -> None:
+    from keyrings.alt.file import PlaintextKeyring
+
+    def on(path: Path) -> KeyringStore:
+        backend = PlaintextKeyring()
+        backend.file_path = str(path)  # type: ignore[misc]
+        return KeyringStore(SERVICE, ACCOUNT, backend=backend)
+
+    assert on(tmp_path / "a.cfg").key == on(tmp_path / "a.cfg").key
+    assert on(tmp_path / "a.cfg").key != on(tmp_path / "b.cfg").key

@@ -70,6 +70,24 @@ _ALTERNATIVES = (
 )
 
 
+def backend_place(backend: Any) -> Hashable:
+    """Where a keyring backend keeps its items, as far as this process can tell: two
+    backend objects with equal places reach the same items. Objects of keyring's
+    Secret Service backend on one session bus do, and file backends on one file do;
+    any other backend object is a place of its own (an in-memory one certainly is).
+    A wrapper may say where its items are with a ``pleo_auth_place`` attribute."""
+    place = getattr(backend, "pleo_auth_place", None)
+    if place is not None:
+        return ("wrapped", place)
+    lineage = {f"{kind.__module__}.{kind.__qualname__}" for kind in type(backend).__mro__}
+    if "keyring.backends.SecretService.Keyring" in lineage:  # no import: it loads D-Bus
+        return ("secret-service", os.environ.get("DBUS_SESSION_BUS_ADDRESS"))
+    where = getattr(backend, "file_path", None)
+    if isinstance(where, str):
+        return ("file", type(backend).__qualname__, os.path.realpath(where))
+    return ("object", id(backend))  # the registry keeps the store, so the id stays unique
+
+
 class KeyringStore(TokenStore):
     """Keeps both tokens in the operating system's keyring, saved as one unit.
 
@@ -410,9 +428,8 @@ class KeyringStore(TokenStore):
     @property
     def key(self) -> Hashable:
         # The tokens' place, not the lock's: stores over one entry share one
-        # coordinator in a process whatever their state_dir. A backend passed in
-        # is a place of its own (the registry keeps it alive, so its id is unique).
-        backend = None if self._backend is None else id(self._backend)
+        # coordinator in a process whatever their state_dir.
+        backend = None if self._backend is None else backend_place(self._backend)
         return ("keyring", self.service, self.account, backend)
 
     @property

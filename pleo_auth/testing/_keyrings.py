@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 from keyring.backend import KeyringBackend
@@ -48,6 +49,13 @@ class SizeLimitedKeyring(KeyringBackend):
         self.inner = inner
         self.max_bytes = max_bytes
         self.refused: list[int] = []
+
+    @property
+    def pleo_auth_place(self) -> Hashable:
+        """Where the items are: ``inner``'s place (see KeyringStore's ``key``)."""
+        from ..stores.keyring import backend_place
+
+        return backend_place(self.inner)
 
     @properties.classproperty
     def priority(cls) -> float:
