@@ -11,8 +11,10 @@ Start an emulator, point a client at :attr:`Emulator.token_url` and
         ...
 
 The emulator uses the standard library only, so importing it is cheap; the
-workload runner (:func:`run_workload`) and :class:`SizeLimitedKeyring` (a keyring
-backend with Windows' entry size limit) are loaded on first use.
+workload runner (:func:`run_workload`), :class:`SizeLimitedKeyring` (a keyring
+backend with Windows' entry size limit) and :class:`FaultyStore` (a wrapper that
+makes a real store's next load, save, clear, version or lock fail on demand) are
+loaded on first use.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ._emulator import Emulator, EmulatorCounters
 from ._redis import free_port, redis_server
 
 if TYPE_CHECKING:
+    from ._faulty import FaultyStore, StoreOperation
     from ._keyrings import SizeLimitedKeyring
     from ._workload import (
         ClientSpec,
@@ -41,8 +44,10 @@ __all__ = [
     "Emulator",
     "EmulatorCounters",
     "FakeClock",
+    "FaultyStore",
     "ResourceSample",
     "SizeLimitedKeyring",
+    "StoreOperation",
     "WorkloadError",
     "WorkloadProgress",
     "WorkloadReport",
@@ -66,7 +71,12 @@ _WORKLOAD_NAMES = frozenset(
 
 
 #: Names loaded on first use, and the module each lives in.
-_LAZY_MODULES = {**dict.fromkeys(_WORKLOAD_NAMES, "._workload"), "SizeLimitedKeyring": "._keyrings"}
+_LAZY_MODULES = {
+    **dict.fromkeys(_WORKLOAD_NAMES, "._workload"),
+    "SizeLimitedKeyring": "._keyrings",
+    "FaultyStore": "._faulty",
+    "StoreOperation": "._faulty",
+}
 
 
 def __getattr__(name: str) -> Any:
