@@ -42,6 +42,11 @@ _NEVER: Hashable = object()  # a version no store ever reports
 #: Pauses between the attempts to save a pair whose parent was just spent.
 _SAVE_RETRY_PAUSES = (0.1, 0.4, 1.0)
 
+#: After that, the pause between the timer's attempts to write the pair back.
+_WRITE_BACK_PAUSE = 1.0
+
+_TIMER_NAME = "pleo-auth-refresh"
+
 Operation = Literal["refresh", "sync"]
 
 
@@ -316,6 +321,9 @@ class Coordinator:
             if outcome.failure is not None and not outcome.grant_dead:
                 retry_after = getattr(outcome.failure, "retry_after", None) or 0.0
                 cooldown = max(self._failure_cooldown, retry_after)
+                if outcome.unsaved:
+                    # The store holds a spent pair, or none: write back soon.
+                    cooldown = min(cooldown, _WRITE_BACK_PAUSE)
                 self._retry_not_before = self._clock.monotonic() + cooldown
             elif outcome.tokens is not previous:
                 self._retry_not_before = float("-inf")
@@ -553,9 +561,7 @@ class Coordinator:
 
     def _start_timer_locked(self) -> None:
         if self._timer is None and not self._closed:
-            self._timer = threading.Thread(
-                target=self._timer_loop, name="pleo-auth-refresh", daemon=True
-            )
+            self._timer = threading.Thread(target=self._timer_loop, name=_TIMER_NAME, daemon=True)
             self._timer.start()
 
     def ensure_timer(self) -> None:
@@ -629,11 +635,19 @@ class Coordinator:
             timer, self._timer = self._timer, None
             self._cond.notify_all()
         self._wakeup.set()
-        # Called with our own Condition held (by a __del__ the garbage collector ran
-        # inside one of our methods), waiting for the timer would deadlock, and the
-        # write-back would run inside another operation: the timer ends by itself.
-        if self._cond._is_owned():  # type: ignore[attr-defined]
+        owned = self._cond._is_owned()  # type: ignore[attr-defined]
+        if owned or threading.current_thread().name == _TIMER_NAME:
+            # Inside our own Condition (a __del__ the garbage collector ran inside one
+            # of our methods), waiting for the timer would deadlock; on a timer thread
+            # (reaping a collected session), two timers could wait for each other.
+            # The rest of the close runs on a thread of its own.
+            threading.Thread(
+                target=self._finish_close, args=(timer,), name="pleo-auth-close", daemon=True
+            ).start()
             return
+        self._finish_close(timer)
+
+    def _finish_close(self, timer: threading.Thread | None) -> None:
         if timer is not None and timer is not threading.current_thread():
             timer.join(self._lock_timeout)
         with self._cond:
@@ -650,6 +664,9 @@ class Coordinator:
         self._in_flight = 0
         self._timer = None
         self._version = _NEVER  # reload: the parent may have been mid-rotation
+        # A pair a failed save left in memory is the parent's to write back: it may
+        # spend it, and fail to save again, before this child looks at the store.
+        self._unsaved = False
         self.endpoint.reset_connections()
 
 
