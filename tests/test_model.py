@@ -20,11 +20,14 @@ expiry, and each process must then get a 200: the grant still works.
 driven by the model. Each "process" is a real child process (tests/model_worker.py)
 driven over a pipe, with two apps (two coordinators) over one store: a FileStore
 in a temporary directory, or a RedisStore on a private redis-server. Store failures
-come from :class:`pleo_auth.testing.FaultyStore` around the real store. A restart
-closes every session of a process and, as many apps do at every start, may pass
-``tokens=TokenSet.from_response(first_reply)`` again. A crash kills the child. A
-fork runs one request in a real ``os.fork()`` child. A dropped session is left
-unclosed in a reference cycle for the garbage collector.
+come from :class:`pleo_auth.testing.FaultyStore` around the real store, in one
+process or both, once or for several calls. A restart closes every session of a
+process and, as many apps do at every start, may pass
+``tokens=TokenSet.from_response(first_reply)`` again. A crash kills the child
+(SIGKILL). A fork runs one request in a real ``os.fork()`` child. A dropped session
+is left unclosed in a reference cycle for the garbage collector. Concurrent GETs
+run in every process at once, from threads started on a barrier. A lost reply lets
+the grant die; the model then logs in again, as a user would.
 
 **Time** is fake and moves only when the model says so; a proactive timer wakes at
 a ``tick``, never by itself (model_worker.ModelClock), so every timer refresh is a
@@ -32,7 +35,8 @@ step of the model and a failure can be replayed.
 
 **Budget.** The default run is derandomized and bounded (about half a minute); the
 soak run (``pytest -m soak tests/test_model.py -s``) explores far more. Each prints
-how many interleavings (examples) and steps it explored.
+how many interleavings (examples) and steps it explored. ``PLEO_MODEL_OFF`` (rule
+names, comma-separated) leaves rules out, to hunt one bug while another is known.
 """
 
 from __future__ import annotations
