@@ -312,7 +312,8 @@ class Worker:
                 if self.store is not None:
                     self.store.clear_faults()
                 outcome = _call(lambda: session.get("/v2/employees", timeout=10))
-                os.write(writer, json.dumps([outcome.kind, outcome.status, outcome.error]).encode())
+                report = [outcome.kind, outcome.status, outcome.error, outcome.message]
+                os.write(writer, json.dumps(report).encode())
                 code = 0
             finally:
                 os._exit(code)
@@ -340,8 +341,8 @@ class Worker:
             os.close(reader)
         if os.waitstatus_to_exitcode(status) != 0 or not report:
             return Outcome("unexpected", message=f"forked child exited with status {status}")
-        kind, code, error = json.loads(report)
-        return Outcome(kind, status=code, error=error)
+        kind, code, error, message = json.loads(report)
+        return Outcome(kind, status=code, error=error, message=message)
 
     # -- faults and time ------------------------------------------------------------
 
@@ -357,8 +358,11 @@ class Worker:
         return self.clock.tick()
 
     def do_status(self) -> dict[str, Any]:
+        """The store faults still armed, and those injected so far, by operation."""
         assert self.store is not None
-        return {"pending": self.store.pending(), "injected": self.store.injected}
+        operations = ("load", "save", "clear", "version", "lock")
+        pending = {name: self.store.pending(name) for name in operations}  # type: ignore[arg-type]
+        return {"pending": pending, "injected": self.store.injected}
 
 
 def zygote(conn: Connection, dump_path: str) -> None:

@@ -16,6 +16,41 @@ and no call hangs. Spelled out, after every step:
 At the end of each example every fault is cleared, time moves past every token's
 expiry, and each process must then get a 200: the grant still works.
 
+**Two documented exceptions, and nothing else.** The README's "Known limits" (the
+bullet beginning "If a refresh succeeds but the store cannot be written") documents
+what happens while a process owes a write-back. tests/test_adversarial_2.py pins
+the second below with a strict xfail,
+
+    test_a_process_started_with_tokens_while_a_failed_save_left_the_store_empty_never_spends_them
+
+and its other strict xfail,
+
+    test_a_store_that_refuses_the_save_and_the_withdrawal_never_leaves_the_spent_pair_to_others
+
+the same hole when the withdrawal fails too (a refused delete, which the model never
+injects, so it stays forbidden here). All wait for store tombstones and renewable
+leases. The model recognises them from its own state
+(:class:`OwedWriteBack`), never from the product's:
+
+* **The window.** It opens at the step where the tokens rotated at the emulator, a
+  process's :class:`~pleo_auth.testing.FaultyStore` failed a save, and the store
+  (read by the model itself) is left without the grant's current pair although the
+  grant lives and no reply was lost: the save failed beyond its retries and the spent
+  pair was withdrawn. It closes when the store holds the current pair again (the
+  write-back), or the grant dies. Once the owing process has no store fault left,
+  a second has passed since its last one and its timer ticks, the write-back is due:
+  a window still open then fails the model.
+* **Known limit A.** Inside the window, a call in any coordinator but the one owing
+  the write-back may raise ``ReauthenticationRequired`` with "No Pleo tokens in ...":
+  it found the store empty, a false alarm by design.
+* **Known limit B.** A process that starts with ``tokens=`` rebuilt from the first
+  login reply inside the window, while its own saves do not fail, seeds the spent
+  first pair; its next 401 presents that refresh token again and Pleo revokes the
+  grant. A reuse detection is excused only then, and only if the one refresh token
+  presented twice is the first reply's; the grant then counts as lost.
+
+Each run prints how often it met each ("known limit A seen 3 times").
+
 **The parts are real.** The emulator (a real HTTP server) runs here, with its clock
 driven by the model. Each "process" is a real child process (tests/model_worker.py)
 driven over a pipe, with two apps (two coordinators) over one store: a FileStore
@@ -34,8 +69,11 @@ a ``tick``, never by itself (model_worker.ModelClock), so every timer refresh is
 step of the model and a failure can be replayed.
 
 **Budget.** The default run is derandomized and bounded (about half a minute); the
-soak run (``pytest -m soak tests/test_model.py -s``) explores far more. Each prints
-how many interleavings (examples) and steps it explored. ``PLEO_MODEL_OFF`` (rule
+soak run (``pytest -m soak tests/test_model.py -s``, about three minutes on two
+cores) is random, so each CI run explores new interleavings; it prints its seed
+first, and ``PLEO_MODEL_SEED=<seed>`` replays it (a failure also prints a
+``@reproduce_failure`` blob). Each prints how many interleavings (examples) and
+steps it explored. ``PLEO_MODEL_OFF`` (rule
 names, comma-separated) leaves rules out, to hunt one bug while another is known.
 """
 
@@ -45,6 +83,7 @@ import contextlib
 import hashlib
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import tempfile
@@ -57,6 +96,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hypothesis.core
 import model_worker
 import pytest
 from hypothesis import HealthCheck, settings
@@ -97,17 +137,19 @@ def on(name: str, needs_sessions: bool = False) -> Any:
 DEFAULT_BUDGET = settings(
     # One failure, shrunk well, is worth more than several shrunk halfway.
     report_multiple_bugs=False,
-    max_examples=25,
+    max_examples=20,
     stateful_step_count=30,
     deadline=None,
     derandomize=True,
     database=None,
     suppress_health_check=list(HealthCheck),
 )
+# About three minutes on a 2-core machine: the soak suite as a whole must fit CI.
 SOAK_BUDGET = settings(
     report_multiple_bugs=False,
-    max_examples=400,
-    stateful_step_count=60,
+    max_examples=100,
+    stateful_step_count=50,
+    print_blob=True,
     deadline=None,
     derandomize=False,
     database=None,
@@ -186,6 +228,25 @@ class RecordingEmulator(Emulator):
         if grant is not None:
             with self._record_lock:
                 self._tainted.add(grant)
+
+    def grant_live(self, refresh_token: str) -> bool:
+        """Whether this token's grant exists and was not revoked."""
+        with self._lock:
+            grant = self._grants_by_refresh.get(refresh_token)
+            return grant is not None and not grant.revoked
+
+    def reused_grant(self, refresh_token: str) -> bool:
+        """Whether reuse detection revoked this token's grant."""
+        grant = self.grant_of(refresh_token)
+        with self._record_lock:
+            return grant is not None and grant in self.reused
+
+    def repeated_on_grant(self, refresh_token: str) -> set[str]:
+        """The refresh tokens of this token's grant presented more than once."""
+        grant = self.grant_of(refresh_token)
+        with self._record_lock:
+            repeated = [t for t, records in self.presentations.items() if len(records) > 1]
+        return {token for token in repeated if self.grant_of(token) == grant}
 
     def tainted(self, refresh_token: str) -> bool:
         """Whether a reply of this token's grant was lost, or the grant was tainted."""
@@ -399,6 +460,10 @@ class Explored:
     steps: int = 0
     faults: int = 0
     by_rule: dict[str, int] = field(default_factory=dict)
+    #: How often each documented known limit (module docstring) was met.
+    known_a: int = 0
+    known_b: int = 0
+    windows: int = 0  # write-back windows opened
 
 
 EXPLORED = Explored()
@@ -421,6 +486,27 @@ STORE_FAULTS = ["save", "save landed", "load", "version", "lock"]
 #: Errors a caller may see once a fault was injected (all retryable).
 RETRYABLE = {"RefreshError", "TokenStoreError"}
 
+#: Model seconds after a process's last store fault by which its timer writes an
+#: owed pair back (the product's pause between write-back attempts).
+WRITE_BACK_PAUSE = 1.0
+
+#: What a coordinator says when it finds the store empty (known limit A).
+EMPTY_STORE = "No Pleo tokens in "
+
+
+@dataclass
+class OwedWriteBack:
+    """A refresh rotated the tokens, its save failed beyond its retries, and the spent
+    pair was withdrawn: the store is empty until the owing process writes back."""
+
+    owners: frozenset[str]  # processes whose save failed as the tokens rotated
+    #: Coordinators (process, app) one of which holds the unsaved pair.
+    holders: frozenset[tuple[str, int]]
+    last_fault_at: float  # model time of an owner's last store fault
+    #: Processes that started with tokens= from the first reply inside the window,
+    #: their own saves not failing (known limit B).
+    reseeded: set[str] = field(default_factory=set)
+
 
 class SessionsModel(RuleBasedStateMachine):
     """See the module docstring."""
@@ -437,6 +523,16 @@ class SessionsModel(RuleBasedStateMachine):
         self.first_reply: dict[str, Any] = {}
         self.config: dict[str, Any] = {}
         self.violations: list[str] = []
+        self.apps: dict[tuple[str, int], int] = {}  # session -> app (its coordinator)
+        # The write-back window (module docstring), and what it is judged by.
+        self.owed: OwedWriteBack | None = None
+        self.owed_at_start = False  # the window was open as this step began
+        self.faults: dict[str, dict[str, Any]] = {}  # per process: the last do_status
+        self.injected_at_start: dict[str, dict[str, int]] = {}
+        self.grants_at_start = 0
+        self.actors: set[tuple[str, int]] = set()  # coordinators this step drove
+        self.ticked: set[str] = set()  # processes whose timers this step ticked
+        self.store_faulted = False  # a store fault was armed in this example
 
     # -- set-up -----------------------------------------------------------------------
 
@@ -473,6 +569,13 @@ class SessionsModel(RuleBasedStateMachine):
         child = self.procs[name] = Proc(name)
         child.start()
         child.call("setup", CLOCK.time(), self.config)
+        # A new worker, a new FaultyStore: nothing armed, nothing injected yet.
+        self.faults[name] = {"pending": {}, "injected": {}}
+        self.injected_at_start[name] = {}
+
+    def add_session(self, where: str, sid: int, app: int) -> None:
+        self.sessions.append((where, sid))
+        self.apps[(where, sid)] = app
 
     def proc(self, name: str) -> Proc:
         return self.procs[name]
@@ -508,12 +611,24 @@ class SessionsModel(RuleBasedStateMachine):
         if self.grant_tainted():
             self.login()
         CLOCK.advance(LIFETIME + 10)
+        self.observe()
+        if self.owed is not None:
+            # An owed pair is written back by the owner's timer, once its store works.
+            self.step_begins()
+            for name in sorted(self.owed.owners):
+                self.proc(name).call("tick", CLOCK.time())
+            self.ticked = set(self.owed.owners)
+            self.observe()
+            assert self.owed is None, (
+                "the store still lacks the current pair after every fault was cleared "
+                f"and the timers of {sorted(self.ticked)} ran: the unsaved pair was lost"
+            )
         for name in PROCESSES:
             mine = [sid for where, sid in self.sessions if where == name]
             if not mine:
                 sid, outcome = self.proc(name).call("open", CLOCK.time(), 0, None)
                 self.expect(outcome, f"{name}: open after the faults cleared", healthy=True)
-                self.sessions.append((name, sid))
+                self.add_session(name, sid, 0)
                 mine = [sid]
             outcome = self.proc(name).call("get", CLOCK.time(), mine[0])
             self.expect(outcome, f"{name}: GET after the faults cleared", healthy=True)
@@ -525,10 +640,29 @@ class SessionsModel(RuleBasedStateMachine):
         assert self.emu is not None
         return self.emu.tainted(self.first_reply["refresh_token"])
 
-    def expect(self, outcome: Outcome, what: str, *, healthy: bool = False) -> None:
-        """Judge what one call did. ``healthy``: no fault may excuse a failure."""
+    def expect(
+        self,
+        outcome: Outcome,
+        what: str,
+        *,
+        healthy: bool = False,
+        actor: tuple[str, int] | None = None,
+    ) -> None:
+        """Judge what one call did. ``healthy``: no fault may excuse a failure.
+        ``actor``: the coordinator (process, app) that made the call; None for a
+        forked child (another process) or a call that may have used either."""
         excused = self.faulted and not healthy
         if outcome.kind == "ok" or (outcome.kind == "status" and outcome.status == 200):
+            return
+        self.observe()
+        if (
+            not healthy
+            and outcome.kind == "raised"
+            and outcome.error == "ReauthenticationRequired"
+            and outcome.message.startswith(EMPTY_STORE)
+            and self.in_window(actor)
+        ):
+            EXPLORED.known_a += 1
             return
         if outcome.kind == "status" and outcome.status == 401 and (excused or self.grant_tainted()):
             return
@@ -543,15 +677,109 @@ class SessionsModel(RuleBasedStateMachine):
             + ("" if self.grant_tainted() else " (no reply was lost on this grant)")
         )
 
+    def in_window(self, actor: tuple[str, int] | None) -> bool:
+        """Known limit A: the write-back window was open as this step began or opened
+        during it, and ``actor`` is not the one coordinator owing the write-back."""
+        if not self.owed_at_start and self.owed is None:
+            return False
+        holders = self.owed.holders if self.owed is not None else frozenset()
+        return actor is None or holders != {actor}
+
     def step(self, name: str) -> None:
         self.checked = False
         EXPLORED.steps += 1
         EXPLORED.by_rule[name] = EXPLORED.by_rule.get(name, 0) + 1
+        self.step_begins()
+
+    def step_begins(self) -> None:
+        self.owed_at_start = self.owed is not None
+        self.actors = set()
+        self.ticked = set()
+        self.injected_at_start = {
+            name: dict(status["injected"]) for name, status in self.faults.items()
+        }
+        if self.emu is not None:
+            self.grants_at_start = self.emu.counters.refresh_grants
+
+    def observe(self) -> None:
+        """Bring the write-back window (module docstring) up to date with what the
+        store, the emulator and each process's FaultyStore show now."""
+        assert self.emu is not None
+        assert self.store is not None
+        first = self.first_reply["refresh_token"]
+        now = CLOCK.time()
+        owed = self.owed
+        if (
+            owed is not None
+            and owed.reseeded
+            and not self.grant_tainted()
+            and self.emu.reused_grant(first)
+            and self.emu.repeated_on_grant(first) == {first}
+        ):
+            # Known limit B: a tokens= start seeded the spent first pair into the
+            # emptied store, and its 401 presented that refresh token again.
+            EXPLORED.known_b += 1
+            self.emu.taint(first)
+        for name in PROCESSES:
+            # Until a store fault is armed, every FaultyStore reports nothing.
+            if self.store_faulted and self.procs[name].pid is not None:
+                self.faults[name] = self.proc(name).call("status", now)
+        failed = {
+            name
+            for name in PROCESSES
+            if sum(self.faults[name]["injected"].values())
+            > sum(self.injected_at_start.get(name, {}).values())
+        }
+        failed_save = {
+            name
+            for name in failed
+            if self.faults[name]["injected"].get("save", 0)
+            > self.injected_at_start.get(name, {}).get("save", 0)
+        }
+        live = self.emu.grant_live(first) and not self.grant_tainted()
+        stored = self.store.load()
+        current = stored is not None and self.emu.is_current(
+            stored.access_token, stored.refresh_token
+        )
+        if owed is not None:
+            if not live or current:
+                self.owed = None  # written back, or the grant is gone
+                return
+            if owed.owners & failed:
+                owed.last_fault_at = now
+            (owner,) = owed.owners if len(owed.owners) == 1 else (None,)
+            assert not (
+                owner in self.ticked
+                and not any(self.faults[owner]["pending"].values())
+                and now >= owed.last_fault_at + WRITE_BACK_PAUSE
+            ), (
+                f"process {owner} owes a write-back (the store lacks the current pair), "
+                f"has no store fault left, its last at {owed.last_fault_at - now:+g}s, and "
+                "its timers ran: the write-back never happened"
+            )
+        elif (
+            live
+            and not current
+            and failed_save
+            and (self.emu.counters.refresh_grants > self.grants_at_start)
+        ):
+            holders = {actor for actor in self.actors if actor[0] in failed_save}
+            holders = holders or {(name, app) for name in failed_save for app in (0, 1)}
+            self.owed = OwedWriteBack(frozenset(failed_save), frozenset(holders), now)
+            EXPLORED.windows += 1
+
+    def starting_with_tokens(self, where: str) -> None:
+        """A start with ``tokens=`` from the first reply, inside the window, by a
+        process whose saves do not fail: known limit B may follow."""
+        self.observe()  # a restart's close may have written the pair back
+        if self.owed is not None and not self.faults[where]["pending"].get("save", 0):
+            self.owed.reseeded.add(where)
 
     @invariant()
     def check(self) -> None:
         if self.emu is None:
             return
+        self.observe()
         duplicates = self.emu.duplicates()
         assert not duplicates, (
             f"refresh tokens presented more than once with no reply lost: {duplicates}; "
@@ -572,19 +800,24 @@ class SessionsModel(RuleBasedStateMachine):
     def open_session(self, where: str, app: int, reseed: bool) -> None:
         """A new session; ``reseed``: with ``tokens=`` rebuilt from the first login reply."""
         self.step("open")
+        self.actors = {(where, app)}
+        if reseed:
+            self.starting_with_tokens(where)
         first = self.first_reply if reseed else None
         sid, outcome = self.proc(where).call("open", CLOCK.time(), app, first)
-        self.expect(outcome, f"{where}: open(app={app}, reseed={reseed})")
+        self.expect(outcome, f"{where}: open(app={app}, reseed={reseed})", actor=(where, app))
         if sid is not None:
-            self.sessions.append((where, sid))
+            self.add_session(where, sid, app)
 
     @precondition(on("get", needs_sessions=True))
     @rule(index=st.integers(0, 15))
     def get(self, index: int) -> None:
         self.step("get")
         where, sid = self.pick(index)
+        actor = (where, self.apps[(where, sid)])
+        self.actors = {actor}
         outcome = self.proc(where).call("get", CLOCK.time(), sid)
-        self.expect(outcome, f"{where}: GET via session {sid}")
+        self.expect(outcome, f"{where}: GET via session {sid}", actor=actor)
 
     @precondition(on("concurrent_gets", needs_sessions=True))
     @rule(threads=st.integers(2, 6))
@@ -595,20 +828,27 @@ class SessionsModel(RuleBasedStateMachine):
         now = CLOCK.time()
         busy = {where: [sid for w, sid in self.sessions if w == where] for where in PROCESSES}
         busy = {where: sids for where, sids in busy.items() if sids}
+        self.actors = {
+            (where, self.apps[(where, sid)]) for where, sids in busy.items() for sid in sids
+        }
         for where, sids in busy.items():
             self.proc(where).send("get_many", now, sids, threads)
         results = {where: self.proc(where).receive("get_many") for where in busy}
         for where, outcomes in results.items():
-            for outcome in outcomes:
-                self.expect(outcome, f"{where}: one of {threads} concurrent GETs")
+            sids = busy[where]
+            for index, outcome in enumerate(outcomes):
+                actor = (where, self.apps[(where, sids[index % len(sids)])])
+                self.expect(outcome, f"{where}: one of {threads} concurrent GETs", actor=actor)
 
     @precondition(on("refresh", needs_sessions=True))
     @rule(index=st.integers(0, 15))
     def refresh(self, index: int) -> None:
         self.step("refresh")
         where, sid = self.pick(index)
+        actor = (where, self.apps[(where, sid)])
+        self.actors = {actor}
         outcome = self.proc(where).call("refresh", CLOCK.time(), sid)
-        self.expect(outcome, f"{where}: refresh() via session {sid}")
+        self.expect(outcome, f"{where}: refresh() via session {sid}", actor=actor)
 
     @precondition(on("close", needs_sessions=True))
     @rule(index=st.integers(0, 15))
@@ -633,6 +873,7 @@ class SessionsModel(RuleBasedStateMachine):
         """os.fork(); the child sends one GET through the inherited session and exits."""
         self.step("fork")
         where, sid = self.pick(index)
+        # The child is another process: it owes no write-back (actor None).
         outcome = self.proc(where).call("fork_get", CLOCK.time(), sid)
         self.expect(outcome, f"{where}: GET in a child forked from session {sid}")
 
@@ -655,18 +896,25 @@ class SessionsModel(RuleBasedStateMachine):
         self.proc(where).kill()
         self.sessions = [s for s in self.sessions if s[0] != where]
         stored = self.store.load()
-        if stored is None or not self.emu.is_current(stored.access_token, stored.refresh_token):
+        owed_elsewhere = self.owed is not None and where not in self.owed.owners
+        if not owed_elsewhere and (
+            stored is None or not self.emu.is_current(stored.access_token, stored.refresh_token)
+        ):
             # The newest pair was in the dead process's memory only: a lost reply.
+            # (While another process owes a write-back, that one holds it.)
             self.emu.taint(self.first_reply["refresh_token"])
         self.spawn(where)
         self.open_session_in(where, reseed)
 
     def open_session_in(self, where: str, reseed: bool) -> None:
+        self.actors.add((where, 0))
+        if reseed:
+            self.starting_with_tokens(where)
         first = self.first_reply if reseed else None
         sid, outcome = self.proc(where).call("open", CLOCK.time(), 0, first)
-        self.expect(outcome, f"{where}: start(reseed={reseed})")
+        self.expect(outcome, f"{where}: start(reseed={reseed})", actor=(where, 0))
         if sid is not None:
-            self.sessions.append((where, sid))
+            self.add_session(where, sid, 0)
 
     @precondition(lambda self: "log_in_again" not in OFF and self.grant_tainted())
     @rule()
@@ -688,6 +936,8 @@ class SessionsModel(RuleBasedStateMachine):
     def timer_tick(self, where: str) -> None:
         """Let the process's proactive timers run whatever is due."""
         self.step("tick")
+        self.actors = {(where, 0), (where, 1)}
+        self.ticked = {where}
         self.proc(where).call("tick", CLOCK.time())
 
     # -- faults -----------------------------------------------------------------------
@@ -713,6 +963,7 @@ class SessionsModel(RuleBasedStateMachine):
         (a shared disk that is full); ``save landed``: each fails after writing."""
         self.step("store fault")
         self.faulted = True
+        self.store_faulted = True
         EXPLORED.faults += 1
         after = operation == "save landed"
         for name in PROCESSES if where == "both" else (where,):
@@ -720,17 +971,42 @@ class SessionsModel(RuleBasedStateMachine):
 
 
 def _run(budget: settings, label: str) -> None:
-    before = Explored(EXPLORED.examples, EXPLORED.steps, EXPLORED.faults)
+    before = Explored(
+        EXPLORED.examples,
+        EXPLORED.steps,
+        EXPLORED.faults,
+        known_a=EXPLORED.known_a,
+        known_b=EXPLORED.known_b,
+        windows=EXPLORED.windows,
+    )
+    seed: int | None = None
+    if not budget.derandomize:
+        # Random, so each CI run explores new interleavings; the seed replays one.
+        seed = int(os.environ.get("PLEO_MODEL_SEED") or random.SystemRandom().getrandbits(64))
+        print(f"\nmodel-based test ({label}): seed {seed}; replay with PLEO_MODEL_SEED={seed}")
+    forced = hypothesis.core.global_force_seed
+    started = time.monotonic()
+    passed = False
     try:
+        if seed is not None:
+            hypothesis.core.global_force_seed = seed  # as pytest --hypothesis-seed does
         run_state_machine_as_test(SessionsModel, settings=budget)
+        passed = True
     finally:
+        hypothesis.core.global_force_seed = forced
         examples = EXPLORED.examples - before.examples
         steps = EXPLORED.steps - before.steps
         print(
             f"\nmodel-based test ({label}): explored {examples} interleavings, "
-            f"{steps} steps, {EXPLORED.faults - before.faults} faults injected; "
+            f"{steps} steps, {EXPLORED.faults - before.faults} faults injected, "
+            f"in {time.monotonic() - started:.0f}s; "
+            f"{EXPLORED.windows - before.windows} write-back windows; "
+            f"known limit A seen {EXPLORED.known_a - before.known_a} times, "
+            f"known limit B seen {EXPLORED.known_b - before.known_b} times; "
             f"steps by rule: {dict(sorted(EXPLORED.by_rule.items()))}"
         )
+        if not passed and seed is not None:
+            print(f"model-based test ({label}) FAILED; replay with PLEO_MODEL_SEED={seed}")
 
 
 # Hypothesis shrinks a failure for up to five minutes: let it finish and report.
