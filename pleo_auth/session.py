@@ -15,8 +15,9 @@ from requests.auth import AuthBase
 
 from ._checks import check_seconds
 from ._clock import SYSTEM_CLOCK, Clock
-from ._coordinator import REGISTRY, Coordinator
+from ._coordinator import Coordinator
 from ._endpoint import ClientAuth, TokenEndpoint, check_settings
+from ._registry import REGISTRY
 from ._urls import ApiScope, check_secure_url
 from ._warmup import warm_up
 from .errors import ConfigurationError

@@ -304,7 +304,7 @@ def test_a_401_after_another_host_rotated_an_after_401_pair_is_replayed_with_the
 CLOSED_BY_DEL_UNDER_THE_CONDITION = """
 import gc, threading, time
 from pleo_auth import FileStore, PleoSession
-from pleo_auth._coordinator import REGISTRY
+from pleo_auth._registry import REGISTRY
 
 class Client:
     # A user's wrapper that closes its session when collected, kept in a cycle.
