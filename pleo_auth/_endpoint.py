@@ -549,6 +549,10 @@ class TokenEndpoint:
                 "the token endpoint answered 200 with JSON that is not an object" + _SPENT,
                 status_code=200,
             )
+        # A live reply's expiry is its expires_in. An expires_at is no part of OAuth:
+        # from_response honours it for token dicts saved by other libraries, but from
+        # a server it would be a clock this process does not share.
+        body.pop("expires_at", None)
         try:
             # Expiry counts from when the request was sent: never later than the server's view.
             return TokenSet.from_response(body, now=sent_at)

@@ -103,6 +103,50 @@ def _lifetime(value: object) -> float:
     return seconds
 
 
+def _number(value: object) -> float | None:
+    """``value`` as a finite number (a numeric string counts), or None. Never logged."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _saved_expiry(
+    expires_at: object, expires_in: object, now: float
+) -> tuple[float, float | None] | None:
+    """``(expires_at, issued_at)`` from a token dict another library saved, or None.
+
+    requests-oauthlib (through oauthlib) and Authlib add ``expires_at``, in epoch
+    seconds, to the reply they keep, and keep its ``expires_in`` unchanged: read
+    back later, ``expires_in`` is the lifetime the token had when issued, not what
+    is left of it. So ``expires_at`` wins, and ``expires_in`` only tells when the
+    token was issued. None when ``expires_at`` is absent or unusable.
+    """
+    if expires_at is _MISSING or expires_at is None:
+        return None
+    when = _number(expires_at)
+    if when is None:
+        logger.warning(
+            "token dict: expires_at is not a finite number (%s); using expires_in",
+            _json_type(expires_at),
+        )
+        return None
+    if when > now + MAX_EXPIRES_IN:
+        logger.warning(
+            "token dict: expires_at is more than %.0f s away; using %.0f s",
+            MAX_EXPIRES_IN,
+            MAX_EXPIRES_IN,
+        )
+        return now + MAX_EXPIRES_IN, now
+    lifetime = _number(expires_in)
+    if lifetime is None or not MIN_EXPIRES_IN <= lifetime <= MAX_EXPIRES_IN:
+        return when, None  # the lifetime is unknown, and so is the time of issue
+    return when, when - lifetime
+
+
 def _positive_finite(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not math.isfinite(value):
         raise ValueError(f"{attribute.name} must be a finite number of epoch seconds")
@@ -191,13 +235,26 @@ class TokenSet:
           into that range, with a warning: the proactive timer never spins, and
           never waits past a day.
 
+        It also takes a token dict that requests-oauthlib or Authlib saved (see
+        the migration guide). Those libraries add ``expires_at`` (epoch seconds)
+        and keep the ``expires_in`` the token was issued with, so when
+        ``expires_at`` is a finite number it is the expiry, and ``expires_in`` only
+        dates the issue (``issued_at = expires_at - expires_in``). An ``expires_at``
+        already past gives tokens that are refreshed at first use; one more than a
+        day away is clamped to a day, with a warning; one that is not a number is
+        warned about and ``expires_in`` counts from ``now`` instead. Pleo's own
+        replies carry no ``expires_at``, and pleo_auth's token endpoint client
+        ignores one if a reply does.
+
         ``token_type`` is always ``"Bearer"``: Pleo issues nothing else, and a
         reply that says otherwise is warned about, not trusted. Warnings name the
         problem, never a value that could be a token.
 
         Args:
             data: The decoded JSON reply, with ``access_token``, ``refresh_token``,
-                ``expires_in`` and optionally ``token_type`` and ``scope``.
+                ``expires_in`` and optionally ``token_type`` and ``scope`` (a string,
+                or a list as oauthlib keeps it); or a saved token dict with
+                ``expires_at``.
             now: Wall-clock epoch seconds at which the reply arrived; defaults to now.
 
         Raises:
@@ -226,13 +283,21 @@ class TokenSet:
                 "token endpoint reply: token_type is not Bearer (%s); using the token as Bearer",
                 _json_type(token_type),
             )
+        saved = _saved_expiry(
+            data.get("expires_at", _MISSING), data.get("expires_in", _MISSING), issued
+        )
+        if saved is not None:
+            expires_at, issued_at = saved
+        else:
+            expires_at = issued + _lifetime(data.get("expires_in", _MISSING))
+            issued_at = issued
         return cls(
             access_token=data["access_token"],
             refresh_token=data["refresh_token"],
-            expires_at=issued + _lifetime(data.get("expires_in", _MISSING)),
+            expires_at=expires_at,
             token_type="Bearer",
             scope=scope if isinstance(scope, str) and scope else None,
-            issued_at=issued,
+            issued_at=issued_at,
         )
 
     @classmethod

@@ -97,6 +97,15 @@ def test_refresh_returns_new_tokens_expiring_expires_in_after_the_request_was_se
     assert tokens.scope == "users:read"
 
 
+def test_refresh_ignores_an_expires_at_in_a_live_reply_and_counts_expires_in_from_sending(
+    mocked: responses.RequestsMock,
+) -> None:
+    clock = FakeClock(start=5000.0)
+    mocked.add(responses.POST, TOKEN_URL, json={**token_reply(expires_in=900), "expires_at": 1.0})
+    tokens = endpoint(clock=clock).refresh(OLD_REFRESH)
+    assert (tokens.issued_at, tokens.expires_at) == (5000.0, 5900.0)
+
+
 def test_client_auth_defaults_to_http_basic_with_no_secret_in_the_body(
     mocked: responses.RequestsMock,
 ) -> None:

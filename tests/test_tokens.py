@@ -230,6 +230,111 @@ def test_from_response_error_message_never_contains_a_token() -> None:
     assert "at_abc" not in repr(caught.value)
 
 
+# -- token dicts saved by requests-oauthlib and Authlib -------------------------------
+
+# Written as those libraries keep a Pleo reply received at epoch 10_000 with
+# expires_in 3600, read back at NOW, twenty minutes before it expires.
+RECEIVED = 10_000.0
+NOW = RECEIVED + 3600 - 1200
+
+
+def requests_oauthlib_token() -> dict[str, Any]:
+    """``OAuth2Session.token`` after ``fetch_token``: oauthlib's parse_token_response
+    adds ``expires_at = time.time() + expires_in`` (a float) and splits ``scope``
+    into a list; ``expires_in`` stays what the server said."""
+    return {
+        "access_token": "at_abc",
+        "refresh_token": "rt_def",
+        "token_type": "Bearer",
+        "expires_in": 3600,
+        "scope": ["users:read", "export-jobs:read"],
+        "expires_at": RECEIVED + 3600 + 0.25,
+    }
+
+
+def authlib_token() -> dict[str, Any]:
+    """Authlib's ``OAuth2Token``: ``expires_at = int(time.time()) + int(expires_in)``,
+    ``scope`` as the server sent it."""
+    return {
+        "access_token": "at_abc",
+        "refresh_token": "rt_def",
+        "token_type": "bearer",
+        "expires_in": 3600,
+        "scope": "users:read export-jobs:read",
+        "expires_at": int(RECEIVED) + 3600,
+    }
+
+
+@pytest.mark.parametrize("saved", [requests_oauthlib_token, authlib_token])
+def test_from_response_takes_expires_at_of_a_saved_token_dict_over_its_stale_expires_in(
+    saved: Any,
+) -> None:
+    data = saved()
+    tokens = TokenSet.from_response(data, now=NOW)
+    assert tokens.expires_at == data["expires_at"]
+    assert tokens.expires_in(now=NOW) == pytest.approx(1200, abs=1)  # not 3600
+    assert tokens.issued_at == data["expires_at"] - 3600  # when the old library got it
+    assert (tokens.access_token, tokens.refresh_token) == ("at_abc", "rt_def")
+    assert tokens.token_type == "Bearer"
+    assert tokens.scope == "users:read export-jobs:read"
+
+
+def test_from_response_keeps_a_saved_token_that_already_expired_as_expired() -> None:
+    data = authlib_token()
+    tokens = TokenSet.from_response(data, now=RECEIVED + 7200)
+    assert tokens.expires_at == RECEIVED + 3600
+    assert tokens.expires_in(now=RECEIVED + 7200) == -3600
+
+
+def test_from_response_with_expires_at_and_no_expires_in_leaves_issued_at_unknown() -> None:
+    data = authlib_token()
+    del data["expires_in"]
+    tokens = TokenSet.from_response(data, now=NOW)
+    assert tokens.expires_at == RECEIVED + 3600
+    assert tokens.issued_at is None
+
+
+def test_from_response_takes_a_numeric_string_expires_at() -> None:
+    tokens = TokenSet.from_response(reply(expires_at="4600"), now=1000.0)
+    assert tokens.expires_at == 4600.0
+    assert tokens.issued_at == 4600.0 - 900
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "kind"),
+    [("soon", "a string"), (True, "a boolean"), ("nan", "a string"), (float("inf"), "a number")],
+)
+def test_from_response_warns_about_an_unusable_expires_at_and_counts_expires_in_from_now(
+    caplog: pytest.LogCaptureFixture, expires_at: object, kind: str
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pleo_auth.tokens"):
+        tokens = TokenSet.from_response(reply(expires_at=expires_at, expires_in=900), now=1000.0)
+    assert (tokens.expires_at, tokens.issued_at) == (1900.0, 1000.0)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"token dict: expires_at is not a finite number ({kind}); using expires_in"
+    ]
+
+
+def test_from_response_clamps_an_expires_at_more_than_a_day_away_to_a_day(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pleo_auth.tokens"):
+        tokens = TokenSet.from_response(reply(expires_at=1e12), now=1000.0)
+    assert (tokens.expires_at, tokens.issued_at) == (1000.0 + MAX_EXPIRES_IN, 1000.0)
+    assert "more than 86400 s away" in caplog.text
+
+
+def test_from_response_with_a_null_expires_at_uses_expires_in_silently(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = reply(expires_in=900)
+    data["expires_at"] = None
+    with caplog.at_level(logging.WARNING, logger="pleo_auth.tokens"):
+        tokens = TokenSet.from_response(data, now=1000.0)
+    assert (tokens.expires_at, tokens.issued_at) == (1900.0, 1000.0)
+    assert caplog.records == []
+
+
 # -- the model -------------------------------------------------------------------
 
 
