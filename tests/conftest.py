@@ -19,6 +19,10 @@ from pleo_auth.testing import Emulator, redis_server
 
 __all__ = ["_leak_guard_installed", "leak_guard"]
 
+# The store contract (pleo_auth.testing.TokenStoreContract) keeps pytest's detailed
+# assert messages, as when it lived in tests/.
+pytest.register_assert_rewrite("pleo_auth.testing._contract")
+
 
 #: Runs of the default suite whose cheaper siblings (the FileStore run of the same test)
 #: stay there: they run with the soak runs, so CI still runs every one of them.

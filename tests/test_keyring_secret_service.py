@@ -28,11 +28,16 @@ from typing import Any
 import attrs
 import pytest
 from secret_service import daemon_pids, daemon_starts, private_secret_service, stop_restarting
-from store_contract import MakeStore, TokenStoreContract, new_tokens
 
 from pleo_auth import KeyringStore, TokenSet, TokenStoreError
 from pleo_auth.stores.base import encode_tokens
-from pleo_auth.testing import Emulator, SizeLimitedKeyring
+from pleo_auth.testing import (
+    Emulator,
+    MakeStore,
+    SizeLimitedKeyring,
+    TokenStoreContract,
+    new_tokens,
+)
 
 
 @pytest.fixture(scope="module")

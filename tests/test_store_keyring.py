@@ -38,7 +38,6 @@ from keyring.backends import chainer, fail, null
 from keyring.errors import KeyringLocked, PasswordDeleteError, PasswordSetError
 from keyrings.alt.escape import escape
 from keyrings.alt.file import PlaintextKeyring
-from store_contract import MakeStore, TokenStoreContract, new_tokens
 
 from pleo_auth import (
     ConfigurationError,
@@ -49,7 +48,13 @@ from pleo_auth import (
 )
 from pleo_auth.cli import main
 from pleo_auth.stores.base import encode_tokens
-from pleo_auth.testing import Emulator, SizeLimitedKeyring
+from pleo_auth.testing import (
+    Emulator,
+    MakeStore,
+    SizeLimitedKeyring,
+    TokenStoreContract,
+    new_tokens,
+)
 
 SERVICE = "pleo-auth-test"
 ACCOUNT = "client-1"

@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 import redis
-from store_contract import MakeStore, TokenStoreContract
 
 from pleo_auth import ConfigurationError, PleoSession, TokenSet, TokenStoreError
 from pleo_auth._store_spec import store_from_spec
 from pleo_auth.stores.redis import RedisStore
-from pleo_auth.testing import Emulator
+from pleo_auth.testing import Emulator, MakeStore, TokenStoreContract
 
 PASSWORD = "hunter2-" + secrets.token_hex(4)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_contract import MakeStore, TokenStoreContract, new_tokens
 
 from pleo_auth import FileStore, KeyringStore, MemoryStore, TokenStoreError
 from pleo_auth.stores import _files
+from pleo_auth.testing import MakeStore, TokenStoreContract, new_tokens
 
 
 class TestMemoryStore(TokenStoreContract):

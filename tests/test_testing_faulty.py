@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from store_contract import MakeStore, TokenStoreContract, new_tokens
 
 from pleo_auth import FileStore, MemoryStore, TokenStoreError
-from pleo_auth.testing import FaultyStore
+from pleo_auth.testing import FaultyStore, MakeStore, TokenStoreContract, new_tokens
 
 
 class TestFaultyStoreWithoutFaults(TokenStoreContract):

@@ -6,9 +6,9 @@ Each backend is imported on first use; :class:`RedisStore` needs the
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_attributes
 from .base import Lease, TokenStore
 
 if TYPE_CHECKING:
@@ -27,10 +27,4 @@ _LAZY = {
 __all__ = ["FileStore", "KeyringStore", "Lease", "MemoryStore", "RedisStore", "TokenStore"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pleo_auth.stores' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)

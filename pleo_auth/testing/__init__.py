@@ -10,23 +10,28 @@ Start an emulator, point a client at :attr:`Emulator.token_url` and
         tokens = emu.issue_tokens()
         ...
 
+:class:`FakeClock` drives a session's proactive timer without sleeping.
+:class:`TokenStoreContract` is the test class every token store's tests subclass,
+this project's and a third party's alike (it needs pytest).
+
 The emulator uses the standard library only, so importing it is cheap; the
 workload runner (:func:`run_workload`), :class:`SizeLimitedKeyring` (a keyring
-backend with Windows' entry size limit) and :class:`FaultyStore` (a wrapper that
-makes a real store's next load, save, clear, version or lock fail on demand) are
-loaded on first use.
+backend with Windows' entry size limit), :class:`FaultyStore` (a wrapper that
+makes a real store's next load, save, clear, version or lock fail on demand) and
+the store contract are loaded on first use.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._clock import FakeClock
+from .._lazy import lazy_attributes
 from ._emulator import Emulator, EmulatorCounters
 from ._redis import free_port, redis_server
 
 if TYPE_CHECKING:
+    from ._contract import MakeStore, TokenStoreContract, new_tokens
     from ._faulty import FaultyStore, StoreOperation
     from ._keyrings import SizeLimitedKeyring
     from ._workload import (
@@ -45,14 +50,17 @@ __all__ = [
     "EmulatorCounters",
     "FakeClock",
     "FaultyStore",
+    "MakeStore",
     "ResourceSample",
     "SizeLimitedKeyring",
     "StoreOperation",
+    "TokenStoreContract",
     "WorkloadError",
     "WorkloadProgress",
     "WorkloadReport",
     "build_store",
     "free_port",
+    "new_tokens",
     "redis_server",
     "run_workload",
 ]
@@ -76,13 +84,7 @@ _LAZY_MODULES = {
     "SizeLimitedKeyring": "._keyrings",
     "FaultyStore": "._faulty",
     "StoreOperation": "._faulty",
+    **dict.fromkeys(("MakeStore", "TokenStoreContract", "new_tokens"), "._contract"),
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY_MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pleo_auth.testing' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY_MODULES, __all__)
