@@ -29,7 +29,7 @@ from pleo_auth.tokens import TokenSet
 from ._common import CLIENT_ID, CLIENT_SECRET
 
 if TYPE_CHECKING:
-    from pleo_auth.testing._workload import ClientSpec
+    from pleo_auth.testing import ClientSpec
 
 #: The libraries, in the order the reports list them.
 LIBRARIES = ("static", "pleo_auth", "requests-oauthlib", "authlib")

@@ -3,7 +3,7 @@
 T threads in each of P processes loop ``GET /v2/employees`` against a
 :class:`~pleo_auth.testing.Emulator` in this process, whose access tokens live a
 few seconds, using the workload runner of the stress tests,
-:func:`pleo_auth.testing._workload.run_workload` (each worker process builds its
+:func:`pleo_auth.testing.run_workload` (each worker process builds its
 own session, as separate hosts would). The libraries:
 
 * ``static``: a plain ``requests.Session`` with a fixed Bearer token, on an
@@ -16,8 +16,8 @@ own session, as separate hosts would). The libraries:
 
 For every run the emulator's refresh grants are timed by polling its counters
 every few milliseconds, and a token-endpoint round trip is timed under the same
-load (pleo_auth's own token client refreshing a private grant on a second
-emulator in this process, which shares the CPU and the GIL with the first).
+load (a plain ``requests`` refresh of a private grant on a second emulator in
+this process, which shares the CPU and the GIL with the first).
 
 Definitions used in the table:
 
@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pleo_auth._endpoint import TokenEndpoint
-from pleo_auth.testing import Emulator
-from pleo_auth.testing._workload import WorkloadReport, run_workload
+import requests
+
+from pleo_auth.testing import Emulator, WorkloadReport, run_workload
 from pleo_auth.tokens import TokenSet
 
 from . import clients
@@ -78,7 +78,7 @@ _PRELOAD = (
     "requests",
     "pleo_auth.session",
     "pleo_auth.stores.file",
-    "pleo_auth.testing._workload",
+    "benchmarks._preload",
     "benchmarks.clients",
 )
 
@@ -317,15 +317,20 @@ class RoundTripProbe:
         self._thread.join()
 
     def _loop(self) -> None:
-        endpoint = TokenEndpoint(self._emulator.token_url, CLIENT_ID, CLIENT_SECRET, max_attempts=1)
+        # One token request as any client makes it: a form POST with Basic auth.
         tokens = TokenSet.from_response(self._emulator.issue_tokens())
-        try:
+        with requests.Session() as http:
+            http.auth = (CLIENT_ID, CLIENT_SECRET)
             while not self._stop.wait(self._every):
                 started = time.monotonic()
-                tokens = endpoint.refresh(tokens.refresh_token)
+                reply = http.post(
+                    self._emulator.token_url,
+                    data={"grant_type": "refresh_token", "refresh_token": tokens.refresh_token},
+                    timeout=30,
+                )
+                reply.raise_for_status()
+                tokens = TokenSet.from_response(reply.json())
                 self.samples.append((started, time.monotonic() - started))
-        finally:
-            endpoint.close()
 
 
 # -- one run -----------------------------------------------------------------------------
