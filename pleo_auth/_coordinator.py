@@ -30,6 +30,7 @@ from typing import Literal, NamedTuple, TypeVar
 from ._clock import Clock
 from ._endpoint import TokenEndpoint
 from ._registry import REGISTRY
+from ._schedule import RefreshSchedule
 from .errors import PleoAuthError, ReauthenticationRequired, RefreshError, TokenStoreError
 from .stores.base import Lease, TokenStore
 from .tokens import TokenSet
@@ -72,20 +73,16 @@ class Coordinator:
         store: TokenStore,
         endpoint: TokenEndpoint,
         *,
-        refresh_margin: float,
+        schedule: RefreshSchedule,
         clock: Clock,
         drain_timeout: float,
-        failure_cooldown: float,
-        jitter: float,
         login_hint: str,
     ):
         self.store = store
         self.endpoint = endpoint
-        self.refresh_margin = refresh_margin
+        self.schedule = schedule
         self._clock = clock
         self._drain_timeout = drain_timeout
-        self._failure_cooldown = failure_cooldown
-        self._jitter_max = jitter
         self.login_hint = login_hint
         self._lock_timeout = 2 * endpoint.budget + drain_timeout + 5.0
         self._lease = endpoint.budget + 5.0
@@ -176,7 +173,7 @@ class Coordinator:
                     raise self._reauthentication_error()
                 now = self._clock.time()
                 remaining = tokens.expires_at - now
-                if now >= self._due_at(tokens):
+                if now >= self.schedule.due_at(tokens):
                     if self._clock.monotonic() >= self._retry_not_before:
                         self._run_locked("refresh", functools.partial(self._refresh, tokens, False))
                         version = self._version
@@ -319,7 +316,7 @@ class Coordinator:
             self._unsaved = outcome.unsaved
             if outcome.failure is not None and not outcome.grant_dead:
                 retry_after = getattr(outcome.failure, "retry_after", None) or 0.0
-                cooldown = max(self._failure_cooldown, retry_after)
+                cooldown = max(self.schedule.failure_cooldown, retry_after)
                 if outcome.unsaved:
                     # The store holds a spent pair, or none: write back soon.
                     cooldown = min(cooldown, _WRITE_BACK_PAUSE)
@@ -388,7 +385,7 @@ class Coordinator:
             if stored is None:
                 return _Outcome(tokens=None, version=version, grant_dead=True)
             now = self._clock.time()
-            fresh = now < self._due_at(stored)
+            fresh = now < self.schedule.due_at(stored)
             rotated_elsewhere = basis is None or stored.refresh_token != basis.refresh_token
             if rotated_elsewhere and (force or fresh):
                 logger.debug("adopting tokens %s rotated elsewhere", stored.fingerprint)
@@ -400,7 +397,7 @@ class Coordinator:
                     "again before it is due in %.0fs; a 401 that a refresh does not cure means "
                     "the API refuses this grant for another reason (its scopes, or the path)",
                     stored.fingerprint,
-                    self._due_at(stored) - now,
+                    self.schedule.due_at(stored) - now,
                 )
                 return _Outcome(tokens=self._tokens if self._tokens == stored else stored,
                                 version=version)  # fmt: skip
@@ -503,26 +500,9 @@ class Coordinator:
         )
         return self.store.version(), None
 
-    def _margin(self, tokens: TokenSet) -> float:
-        """How long before expiry ``tokens`` are due: ``refresh_margin``, but never
-        more than half the token's life, so a short-lived token is not refreshed
-        again the moment it arrives."""
-        margin = self.refresh_margin
-        if tokens.issued_at is not None:
-            margin = min(margin, (tokens.expires_at - tokens.issued_at) / 2)
-        return margin
-
-    def _due_at(self, tokens: TokenSet) -> float:
-        """When a request finds ``tokens`` due, and refreshes before it is sent."""
-        return tokens.expires_at - self._margin(tokens)
-
     def _timer_due_at(self, tokens: TokenSet) -> float:
-        """When the proactive timer refreshes ``tokens``: a little before
-        :meth:`_due_at`, by a jitter that spreads the processes of a fleet, and that
-        stays inside the margin (a quarter of it at most): a jitter longer than the
-        margin would make every refresh of a short-lived token due on arrival."""
-        spread = min(self._jitter_max, self._margin(tokens) / 4)
-        return self._due_at(tokens) - self._jitter * spread
+        """When the proactive timer refreshes ``tokens``, with this rotation's jitter."""
+        return self.schedule.timer_due_at(tokens, self._jitter)
 
     def _peek_version(self) -> Hashable:
         """The store's version, or, when it cannot be read, the one the tokens in
@@ -601,7 +581,9 @@ class Coordinator:
             except Exception:
                 logger.exception("proactive refresh crashed")
                 with self._cond:  # never spin on a bug
-                    self._retry_not_before = self._clock.monotonic() + self._failure_cooldown
+                    self._retry_not_before = (
+                        self._clock.monotonic() + self.schedule.failure_cooldown
+                    )
 
     def _refresh_if_due(self, basis: TokenSet) -> None:
         version = self._peek_version()

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._schedule import RefreshSchedule
 from ..errors import ConfigurationError
 from ..stores.base import TokenStore
 from ..tokens import TokenSet
@@ -160,9 +161,9 @@ class WorkloadReport:
             Requests in flight in one process while another rotates the tokens get
             401 and are replayed; callers never see those.
         api_requests: API requests the emulator received, replays included.
-        rotations_expected: Rotations the schedule calls for in ``duration``: one
-            every token lifetime less the effective refresh margin and the mean
-            timer jitter. A guide, not a bound.
+        rotations_expected: Rotations the sessions' refresh schedule calls for in
+            ``duration``, rounded: one every token lifetime less the effective
+            refresh margin and the mean timer jitter. A guide, not a bound.
         saved_rotations: The fingerprint (:attr:`TokenSet.fingerprint`) of every
             pair the workers' sessions saved to the store, one per save: each
             refresh grant that reached its client appears here exactly once.
@@ -798,11 +799,8 @@ def _report(
     requests = sum(result["requests"] for result in results.values())
     elapsed = max((result["last_end"] for result in results.values()), default=0.0)
     lifetime = seeded.expires_at - (seeded.issued_at or seeded.expires_at)
-    # The session's schedule (Coordinator._due_at and PleoSession's jitter): refresh
-    # min(margin, lifetime / 2) before expiry, less a timer jitter of up to margin / 4.
     refresh_margin = config.client.refresh_margin
-    margin = min(refresh_margin, lifetime / 2)
-    period = lifetime - margin - min(refresh_margin / 4, 15.0) / 2
+    period = RefreshSchedule.for_margin(refresh_margin).mean_period(lifetime)
     return WorkloadReport(
         store_spec=_shown(store_spec),
         processes=processes,
@@ -829,7 +827,7 @@ def _report(
         reuse_detections=after.reuse_detections - before.reuse_detections,
         unauthorized=after.unauthorized - before.unauthorized,
         api_requests=after.api_requests - before.api_requests,
-        rotations_expected=int(config.duration // period) if period > 0 else 0,
+        rotations_expected=round(config.duration / period) if period > 0 else 0,
         saved_rotations=tuple(saved),
         warnings=tuple(sorted(warnings)),
         resources=tuple(
