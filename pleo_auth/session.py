@@ -18,6 +18,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._coordinator import Coordinator
 from ._endpoint import ClientAuth, TokenEndpoint, check_settings
 from ._registry import REGISTRY
+from ._schedule import RefreshSchedule
 from ._urls import ApiScope, check_secure_url
 from ._warmup import warm_up
 from .errors import ConfigurationError
@@ -264,11 +265,9 @@ class PleoSession(requests.Session):
             return Coordinator(
                 store,
                 endpoint,
-                refresh_margin=refresh_margin,
+                schedule=RefreshSchedule.for_margin(refresh_margin),
                 clock=clock,
                 drain_timeout=drain_timeout,
-                failure_cooldown=min(5.0, max(refresh_margin / 4, 0.5)),
-                jitter=min(refresh_margin / 4, 15.0),
                 login_hint=self._login_hint(store),
             )
 
