@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
+from collections.abc import Callable
 from typing import Protocol
+
+from .errors import ConfigurationError
 
 
 class Clock(Protocol):
@@ -37,6 +41,54 @@ class SystemClock:
 
 
 SYSTEM_CLOCK = SystemClock()
+
+
+class _MonotonicFunction:
+    """A bare function of monotonic seconds, as 0.1's RedisStore and Emulator took,
+    seen as a :class:`Clock`: wall time and waits are the real ones."""
+
+    def __init__(self, monotonic: Callable[[], float]):
+        self._monotonic = monotonic
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return self._monotonic()
+
+    def wait(self, event: threading.Event, timeout: float) -> bool:
+        return event.wait(timeout)
+
+
+def as_clock(clock: Clock | Callable[[], float] | None, *, owner: str) -> Clock:
+    """``clock`` as a :class:`Clock`; None is the system clock.
+
+    A bare function (``time.monotonic``, ``fake.monotonic``) is still taken as
+    monotonic seconds, as pleo-auth 0.1 took it, with a DeprecationWarning.
+
+    Args:
+        clock: A Clock, a function of monotonic seconds, or None.
+        owner: Who takes it, for the messages (``"RedisStore"``).
+
+    Raises:
+        ConfigurationError: ``clock`` is neither.
+    """
+    if clock is None:
+        return SYSTEM_CLOCK
+    if all(callable(getattr(clock, name, None)) for name in ("time", "monotonic", "wait")):
+        return clock  # type: ignore[return-value]
+    if callable(clock):
+        warnings.warn(
+            f"{owner}(clock=<function>) is deprecated: pass a Clock, such as "
+            "pleo_auth.testing.FakeClock, the one the session uses (an object with "
+            "time(), monotonic() and wait()); a function is read as monotonic seconds",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return _MonotonicFunction(clock)
+    raise ConfigurationError(
+        f"{owner} needs a Clock (time(), monotonic() and wait()), not {type(clock).__name__}"
+    )
 
 
 class FakeClock:

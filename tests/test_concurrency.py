@@ -203,7 +203,7 @@ def release_together(
 
 @pytest.fixture
 def fake_emulator(clock: FakeClock) -> Iterator[Emulator]:
-    with Emulator(access_token_lifetime=100, clock=clock.monotonic) as emu:
+    with Emulator(access_token_lifetime=100, clock=clock) as emu:
         yield emu
 
 

@@ -462,7 +462,7 @@ def test_new_tokens_are_persisted_before_any_waiting_request_is_sent(
 def test_a_spent_refresh_token_is_never_sent_again(
     clock: FakeClock, make_session: MakeSession
 ) -> None:
-    with Emulator(access_token_lifetime=100, clock=clock.monotonic) as emu:
+    with Emulator(access_token_lifetime=100, clock=clock) as emu:
         store = MemoryStore()
         session = make_session(
             emu, store, tokens=issued(emu, clock), refresh_margin=10, clock=clock

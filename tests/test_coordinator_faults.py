@@ -267,7 +267,7 @@ def test_the_timer_waits_out_a_cooldown_when_the_store_is_down_instead_of_spinni
     clock = SteppingClock()
     # Due within one 30 s slice of the timer's wait: 40 s tokens are due after 15-20 s.
     with (
-        Emulator(access_token_lifetime=40, clock=clock.monotonic) as emu,
+        Emulator(access_token_lifetime=40, clock=clock) as emu,
         stoppable_redis() as (
             url,
             server,
@@ -389,7 +389,7 @@ def test_the_timer_refreshes_once_per_effective_rotation_whatever_the_token_life
     fewest = math.floor(span / (lifetime - margin))
     most = math.ceil(span / (lifetime - margin - spread))
     clock = SteppingClock()
-    with Emulator(access_token_lifetime=lifetime, clock=clock.monotonic) as emu:
+    with Emulator(access_token_lifetime=lifetime, clock=clock) as emu:
         session = PleoSession(
             emu.client_id, emu.client_secret, store=MemoryStore(), token_url=emu.token_url,
             api_url=emu.api_url, clock=clock,
@@ -414,7 +414,7 @@ def test_the_timer_refresh_log_is_quiet_for_healthy_short_tokens(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="pleo_auth")
     clock = SteppingClock()
-    with Emulator(access_token_lifetime=3, clock=clock.monotonic) as emu:
+    with Emulator(access_token_lifetime=3, clock=clock) as emu:
         session = PleoSession(
             emu.client_id, emu.client_secret, store=MemoryStore(), token_url=emu.token_url,
             api_url=emu.api_url, clock=clock,

@@ -18,22 +18,9 @@ from urllib.parse import parse_qs, quote_plus, urlencode, urlsplit
 import pytest
 import requests
 
-from pleo_auth.testing import Emulator, EmulatorCounters
+from pleo_auth.testing import Emulator, EmulatorCounters, FakeClock
 
 REDIRECT_URI = "http://127.0.0.1:8765/callback"
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -44,7 +31,7 @@ def emu() -> Iterator[Emulator]:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 @pytest.fixture
@@ -416,6 +403,32 @@ def test_a_code_is_single_use(emu: Emulator, http: requests.Session) -> None:
     assert second.status_code == 400
     assert second.json()["error"] == "invalid_grant"
     assert emu.counters.code_exchanges == 1
+
+
+def test_introspection_reports_exp_in_the_clocks_wall_time(
+    clocked: Emulator, clock: FakeClock, http: requests.Session
+) -> None:
+    tokens = clocked.issue_tokens()
+    clock.advance(10)
+    response = http.post(
+        clocked.introspect_url,
+        data={"token": tokens["access_token"]},
+        auth=(clocked.client_id, clocked.client_secret or ""),
+    )
+    assert response.json()["exp"] == 1000 + 60  # issued at 1000 on the clock, for 60 s
+
+
+def test_a_bare_function_as_clock_still_works_with_a_deprecation_warning(
+    http: requests.Session,
+) -> None:
+    now = [1000.0]
+    with pytest.warns(DeprecationWarning, match=r"Emulator\(clock=<function>\) is deprecated"):
+        emulator = Emulator(access_token_lifetime=60, clock=lambda: now[0])
+    with emulator:
+        tokens = emulator.issue_tokens()
+        assert api(http, emulator, tokens["access_token"]).status_code == 200
+        now[0] += 60
+        assert api(http, emulator, tokens["access_token"]).status_code == 401
 
 
 def test_a_code_expires_after_60_seconds(

@@ -873,7 +873,7 @@ def test_no_retry_starts_when_the_redis_lease_would_run_out_first(
 ) -> None:
     clock = FakeClock()
     store = LeaseRecordingRedisStore(
-        redis_url, key=f"test:{uuid.uuid4().hex}", check_interval=0.0, clock=clock.monotonic
+        redis_url, key=f"test:{uuid.uuid4().hex}", check_interval=0.0, clock=clock
     )
     store.leases = []
     before = TokenSet.from_response(emulator.issue_tokens(), now=clock.time())

@@ -543,7 +543,7 @@ class SessionsModel(RuleBasedStateMachine):
     def start(self, kind: str) -> None:
         EXPLORED.examples += 1
         CLOCK.advance(10_000.0)
-        self.emu = RecordingEmulator(access_token_lifetime=LIFETIME, clock=CLOCK.monotonic)
+        self.emu = RecordingEmulator(access_token_lifetime=LIFETIME, clock=CLOCK)
         self.emu.start()
         self.tmp = tempfile.mkdtemp(prefix="pleo-model-")
         url = redis_url() if kind == "redis" else None
@@ -559,7 +559,7 @@ class SessionsModel(RuleBasedStateMachine):
             from pleo_auth.stores.redis import RedisStore
 
             config.update(store="redis", redis_url=url, redis_key=f"model:{uuid.uuid4().hex}")
-            self.store = RedisStore(url, key=config["redis_key"], clock=CLOCK.monotonic)
+            self.store = RedisStore(url, key=config["redis_key"], clock=CLOCK)
         self.config = config
         self.login()
         for name in PROCESSES:

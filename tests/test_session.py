@@ -149,7 +149,7 @@ def fast_backoff(session: PleoSession, backoff_max: float = 0.01) -> None:
 @pytest.fixture
 def fake_emulator(clock: FakeClock) -> Iterator[Emulator]:
     """An emulator on the test's FakeClock, issuing 100-second access tokens."""
-    with Emulator(access_token_lifetime=100, clock=clock.monotonic) as emu:
+    with Emulator(access_token_lifetime=100, clock=clock) as emu:
         yield emu
 
 
@@ -1110,7 +1110,7 @@ def api_clock() -> FakeClock:
 
 @pytest.fixture
 def skewed_emulator(api_clock: FakeClock) -> Iterator[Emulator]:
-    with Emulator(access_token_lifetime=100, clock=api_clock.monotonic) as emu:
+    with Emulator(access_token_lifetime=100, clock=api_clock) as emu:
         yield emu
 
 

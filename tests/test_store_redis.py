@@ -19,19 +19,9 @@ import redis
 from pleo_auth import ConfigurationError, PleoSession, TokenSet, TokenStoreError
 from pleo_auth._store_spec import store_from_spec
 from pleo_auth.stores.redis import RedisStore
-from pleo_auth.testing import Emulator, MakeStore, TokenStoreContract
+from pleo_auth.testing import Emulator, FakeClock, MakeStore, TokenStoreContract
 
 PASSWORD = "hunter2-" + secrets.token_hex(4)
-
-
-class ManualClock:
-    """Monotonic seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 5000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class CountingRedis(redis.Redis):
@@ -245,20 +235,37 @@ def _take(store: RedisStore) -> bool:
 def test_the_lease_deadline_is_the_lease_less_a_safety_margin_on_the_store_clock(
     redis_url: str, key: str, client: redis.Redis
 ) -> None:
-    clock = ManualClock()
+    clock = FakeClock(5000.0)
     store = RedisStore(redis_url, key=key, clock=clock)
     with store.lock(timeout=1.0, lease=4.0) as lease:
         ttl_ms = client.pttl(store.lock_key)
-    assert lease.deadline == clock.now + 4.0 - 0.4  # 10% of the lease
+    assert lease.deadline == clock.monotonic() + 4.0 - 0.4  # 10% of the lease
     assert 0 < ttl_ms <= 4000
 
 
+def test_a_bare_function_as_clock_still_works_with_a_deprecation_warning(
+    redis_url: str, key: str
+) -> None:
+    now = [7000.0]
+    with pytest.warns(DeprecationWarning, match=r"RedisStore\(clock=<function>\) is deprecated"):
+        store = RedisStore(redis_url, key=key, clock=lambda: now[0])
+    with store.lock(timeout=1.0, lease=4.0) as lease:
+        assert lease.deadline == 7000.0 + 4.0 - 0.4
+
+
+def test_a_clock_that_is_neither_a_clock_nor_a_function_is_a_configuration_error(
+    redis_url: str, key: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="RedisStore needs a Clock"):
+        RedisStore(redis_url, key=key, clock=5000.0)  # type: ignore[arg-type]
+
+
 def test_the_lease_safety_margin_is_at_most_one_second(redis_url: str, key: str) -> None:
-    clock = ManualClock()
+    clock = FakeClock(5000.0)
     store = RedisStore(redis_url, key=key, clock=clock)
     with store.lock(timeout=1.0, lease=53.0) as lease:
         pass
-    assert lease.deadline == clock.now + 53.0 - 1.0
+    assert lease.deadline == clock.monotonic() + 53.0 - 1.0
 
 
 def test_a_holder_whose_lease_ran_out_neither_releases_the_next_lock_nor_overwrites_its_tokens(
@@ -298,14 +305,14 @@ def test_version_is_none_before_the_first_write(store: RedisStore) -> None:
 def test_version_is_read_from_redis_at_most_once_per_check_interval(
     redis_url: str, key: str
 ) -> None:
-    clock = ManualClock()
+    clock = FakeClock(5000.0)
     with CountingRedis.from_url(redis_url) as counting:
         store = RedisStore(counting, key=key, check_interval=0.25, clock=clock)
         store.save(tokens())
         counting.commands.clear()
         for _ in range(64):
             store.version()
-            clock.now += 1 / 256  # 64 calls within 0.25 s
+            clock.advance(1 / 256)  # 64 calls within 0.25 s
         assert counting.commands == []  # the save's own version is cached
         for _ in range(64):
             store.version()
@@ -313,23 +320,23 @@ def test_version_is_read_from_redis_at_most_once_per_check_interval(
 
 
 def test_a_change_made_elsewhere_is_noticed_within_check_interval(redis_url: str, key: str) -> None:
-    clock = ManualClock()
+    clock = FakeClock(5000.0)
     here = RedisStore(redis_url, key=key, check_interval=0.25, clock=clock)
     elsewhere = RedisStore(redis_url, key=key)
     first = tokens()
     elsewhere.save(first)
     before = here.version()
     elsewhere.save(tokens(), replaces=first)
-    clock.now += 0.125
+    clock.advance(0.125)
     assert here.version() == before  # still cached
-    clock.now += 0.125
+    clock.advance(0.125)
     assert here.version() != before
 
 
 def test_an_empty_store_is_asked_every_time_so_a_login_elsewhere_is_seen_at_once(
     redis_url: str, key: str
 ) -> None:
-    clock = ManualClock()  # never moves: nothing ages out of the cache
+    clock = FakeClock(5000.0)  # never moves: nothing ages out of the cache
     here = RedisStore(redis_url, key=key, clock=clock)
     elsewhere = RedisStore(redis_url, key=key)
     empty = here.version()
@@ -341,13 +348,13 @@ def test_an_empty_store_is_asked_every_time_so_a_login_elsewhere_is_seen_at_once
 def test_a_store_emptied_elsewhere_is_asked_every_time_once_it_knows(
     redis_url: str, key: str
 ) -> None:
-    clock = ManualClock()
+    clock = FakeClock(5000.0)
     here = RedisStore(redis_url, key=key, clock=clock)
     elsewhere = RedisStore(redis_url, key=key)
     elsewhere.save(tokens())
     here.load()
     elsewhere.clear()
-    clock.now += 1.0
+    clock.advance(1.0)
     emptied = here.version()  # read: the cache had aged out
     elsewhere.save(tokens())
     assert here.version() != emptied  # no clock movement needed: it held no tokens
@@ -356,7 +363,7 @@ def test_a_store_emptied_elsewhere_is_asked_every_time_once_it_knows(
 def test_threads_never_get_a_cached_empty_version_while_another_thread_reads(
     redis_url: str, key: str
 ) -> None:
-    clock = ManualClock()
+    clock = FakeClock(5000.0)
     here = RedisStore(redis_url, key=key, clock=clock)
     elsewhere = RedisStore(redis_url, key=key)
     empty = here.version()
@@ -379,7 +386,7 @@ def test_threads_never_get_a_cached_empty_version_while_another_thread_reads(
 
 
 def test_a_save_updates_the_cached_version_at_once(redis_url: str, key: str) -> None:
-    clock = ManualClock()
+    clock = FakeClock(5000.0)
     store = RedisStore(redis_url, key=key, clock=clock)
     first = tokens()
     store.save(first)
@@ -397,7 +404,7 @@ def test_a_clear_changes_the_version(store: RedisStore) -> None:
 
 
 def test_taking_the_lock_forgets_the_cached_version(redis_url: str, key: str) -> None:
-    clock = ManualClock()
+    clock = FakeClock(5000.0)
     here = RedisStore(redis_url, key=key, clock=clock)
     elsewhere = RedisStore(redis_url, key=key)
     first = tokens()

@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .._clock import Clock, as_clock
 from ..errors import ConfigurationError, TokenStoreError
 from ..tokens import TokenSet
 from .base import Lease, TokenStore, decode_tokens, encode_tokens
@@ -165,8 +166,10 @@ class RedisStore(TokenStore):
         key: The Redis key of the tokens; the lock is ``<key>:lock``. Defaults to
             the key the URL names, else ``"pleo-auth:tokens"``.
         check_interval: Seconds a cached :meth:`version` stays valid.
-        clock: Monotonic seconds, for the version cache and lease deadlines; it
-            must be the session's monotonic clock.
+        clock: The :class:`~pleo_auth.testing.FakeClock` or other clock of the
+            sessions that use the store; its monotonic time dates the version cache
+            and the lock's lease deadlines. Defaults to the system clock. (A bare
+            function of monotonic seconds is deprecated.)
 
     Attributes:
         redis_key: The Redis key of the tokens. (``key`` is the store's identity,
@@ -200,7 +203,7 @@ class RedisStore(TokenStore):
         key: str | None = None,
         *,
         check_interval: float = 0.1,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | Callable[[], float] | None = None,
     ):
         redis = _import_redis()
         if not (isinstance(check_interval, int | float) and 0 <= check_interval < math.inf):
@@ -225,7 +228,7 @@ class RedisStore(TokenStore):
         self.redis_key = key
         self.lock_key = f"{key}:lock"
         self.check_interval = float(check_interval)
-        self._clock = clock
+        self._clock = as_clock(clock, owner="RedisStore")
         self._client: Any = client
         self._errors: tuple[type[Exception], ...] = (redis.exceptions.RedisError,)
         self._transient: tuple[type[Exception], ...] = (
@@ -324,7 +327,7 @@ class RedisStore(TokenStore):
     # -- TokenStore -------------------------------------------------------------
 
     def load(self) -> TokenSet | None:
-        read_at = self._clock()
+        read_at = self._clock.monotonic()
         with self._talking("read the tokens"):
             raw, epoch, version = self._client.hmget(self.redis_key, "tokens", "epoch", "version")
         self._remember((epoch, version), read_at, raw is not None)
@@ -335,7 +338,7 @@ class RedisStore(TokenStore):
     def save(self, tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
         payload = encode_tokens(tokens)
         expected = _fence(replaces) if replaces is not None else ""
-        read_at = self._clock()
+        read_at = self._clock.monotonic()
         with self._talking("save the tokens"):
             reply = self._save_script(
                 keys=[self.redis_key],
@@ -352,7 +355,7 @@ class RedisStore(TokenStore):
         """Delete the stored tokens; with ``only``, only if they are still those
         (atomically: newer tokens saved meanwhile are left alone, silently)."""
         expected = _fence(only) if only is not None else ""
-        read_at = self._clock()
+        read_at = self._clock.monotonic()
         with self._talking("clear the tokens"):
             reply = self._clear_script(keys=[self.redis_key], args=[expected, secrets.token_hex(8)])
         if reply is not None:
@@ -367,7 +370,7 @@ class RedisStore(TokenStore):
         is seen at once: without tokens there are no requests to keep cheap.
         """
         cached = self._cached
-        now = self._clock()
+        now = self._clock.monotonic()
         if cached is not None and cached[2] and now - cached[1] < self.check_interval:
             return cached[0]
         # While another thread reads, the others may use a cached version, but
@@ -405,7 +408,7 @@ class RedisStore(TokenStore):
         give_up_at = time.monotonic() + max(timeout, 0.0)
         pause = 0.005
         while True:
-            acquired_at = self._clock()
+            acquired_at = self._clock.monotonic()
             with self._talking("take the refresh lock"):
                 acquired = self._client.set(self.lock_key, token, nx=True, px=lease_ms)
             if acquired:

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit, urlunsplit
 
+from .._clock import Clock, as_clock
 from ._server import _Request, _Response, _Running
 
 #: Seconds an authorization code stays redeemable, on the emulator's clock.
@@ -300,10 +301,11 @@ class Emulator:
     with :meth:`inject_fault`; :meth:`set_token_request_hook` lets a test look
     at the client at the moment of each token request.
 
-    Time: token and code expiry follow ``clock`` (``time.monotonic`` by
-    default), so a test can pass a fake clock and expire tokens without
-    sleeping. Injected delays are real sleeps. Introspection reports ``exp``
-    in wall-clock epoch seconds.
+    Time: token and code expiry follow ``clock``'s monotonic time (the system
+    clock by default), so a test can pass a
+    :class:`~pleo_auth.testing.FakeClock` and expire tokens without sleeping.
+    Injected delays are real sleeps. Introspection reports ``exp`` in the
+    clock's wall-clock epoch seconds.
 
     The emulator never logs tokens, codes or secrets; request lines are not
     written to stderr.
@@ -331,7 +333,8 @@ class Emulator:
             which authenticates with ``client_id`` alone and must use PKCE.
         host: Address to bind; loopback by default.
         port: Port to bind; 0 picks a free one.
-        clock: Seconds on a monotonic scale, used for token and code expiry.
+        clock: The clock for token and code expiry, usually the one the client
+            under test uses. (A bare function of monotonic seconds is deprecated.)
         require_pkce: Refuse authorize requests without a ``code_challenge``.
             Public clients always need PKCE.
 
@@ -346,7 +349,7 @@ class Emulator:
         client_secret: str | None = "demo-secret",
         host: str = "127.0.0.1",
         port: int = 0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | Callable[[], float] | None = None,
         require_pkce: bool = True,
     ) -> None:
         if not client_id:
@@ -358,7 +361,7 @@ class Emulator:
         self._client_secret = client_secret
         self._host = host
         self._port = port
-        self._clock = clock
+        self._clock = as_clock(clock, owner="Emulator")
         self._pkce_required = require_pkce or client_secret is None
 
         self._lock = threading.Lock()
@@ -743,7 +746,7 @@ class Emulator:
         self._grants_by_access.pop(grant.access_token, None)
         grant.access_token = "at_" + secrets.token_urlsafe(32)
         grant.refresh_token = "rt_" + secrets.token_urlsafe(32)
-        grant.access_expires_at = self._clock() + self._lifetime
+        grant.access_expires_at = self._clock.monotonic() + self._lifetime
         self._grants_by_access[grant.access_token] = grant
         self._grants_by_refresh[grant.refresh_token] = grant
         self._pairs[grant.refresh_token] = grant.access_token
@@ -944,7 +947,7 @@ class Emulator:
             self._codes.pop(code, None)
             if entry is None:
                 return _oauth_error(400, "invalid_grant", "unknown or already used code")
-            if self._clock() >= entry.expires_at:
+            if self._clock.monotonic() >= entry.expires_at:
                 return _oauth_error(400, "invalid_grant", "the code has expired")
             if redirect_uri != entry.redirect_uri:
                 return _oauth_error(400, "invalid_grant", "redirect_uri does not match")
@@ -1011,10 +1014,10 @@ class Emulator:
             challenge=challenge,
             scope=params.get("scope", ""),
             subject=params.get("urn_pleo_params_oauth_subject"),
-            expires_at=self._clock() + CODE_LIFETIME,
+            expires_at=self._clock.monotonic() + CODE_LIFETIME,
         )
         with self._lock:
-            now = self._clock()
+            now = self._clock.monotonic()
             for stale in [c for c, e in self._codes.items() if e.expires_at <= now]:
                 del self._codes[stale]
             self._codes[code] = entry
@@ -1035,7 +1038,7 @@ class Emulator:
             return _oauth_error(400, "invalid_request", "token is required")
         reply: dict[str, Any] = {"active": False}
         with self._lock:
-            now = self._clock()
+            now = self._clock.monotonic()
             grant = self._grants_by_access.get(token)
             if grant is not None and now < grant.access_expires_at:
                 reply = {
@@ -1043,7 +1046,7 @@ class Emulator:
                     "scope": grant.scope,
                     "client_id": self._client_id,
                     "token_type": "Bearer",
-                    "exp": int(time.time() + (grant.access_expires_at - now)),
+                    "exp": int(self._clock.time() + (grant.access_expires_at - now)),
                 }
             else:
                 grant = self._grants_by_refresh.get(token)
@@ -1062,7 +1065,7 @@ class Emulator:
         with self._lock:
             self._tally.api_requests += 1
             grant = self._grants_by_access.get(token) if scheme.lower() == "bearer" else None
-            live = grant is not None and self._clock() < grant.access_expires_at
+            live = grant is not None and self._clock.monotonic() < grant.access_expires_at
             if not live:
                 self._tally.unauthorized += 1
         if not live:
