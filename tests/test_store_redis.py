@@ -18,6 +18,7 @@ import redis
 
 from pleo_auth import ConfigurationError, PleoSession, TokenSet, TokenStoreError
 from pleo_auth._store_spec import store_from_spec
+from pleo_auth.stores.locks import RedisRefreshLock
 from pleo_auth.stores.redis import RedisStore
 from pleo_auth.testing import Emulator, FakeClock, MakeStore, TokenStoreContract
 
@@ -281,7 +282,7 @@ def test_a_holder_whose_lease_ran_out_neither_releases_the_next_lock_nor_overwri
     with fast.lock(timeout=30.0, lease=30.0):
         newer = tokens()
         fast.save(newer, replaces=old)
-        with caplog.at_level(logging.WARNING, logger="pleo_auth.stores.redis"):
+        with caplog.at_level(logging.WARNING, logger="pleo_auth.stores.locks"):
             slow_lock.__exit__(None, None, None)
         assert client.exists(slow.lock_key) == 1, "the late holder released the new lock"
         with pytest.raises(TokenStoreError, match="were replaced"):
@@ -571,3 +572,27 @@ def test_importing_pleo_auth_does_not_import_redis() -> None:
         "assert 'redis' not in sys.modules, 'redis was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_store_composes_a_redis_lease_on_its_lock_key(store: RedisStore) -> None:
+    assert isinstance(store.refresh_lock, RedisRefreshLock)
+    assert store.refresh_lock.key == store.lock_key
+    assert "lock" not in vars(RedisStore)
+
+
+def test_a_redis_lease_alone_excludes_a_second_holder_and_expires_by_itself(
+    redis_url: str, key: str
+) -> None:
+    clock = FakeClock(100.0)
+    first = RedisRefreshLock(redis.Redis.from_url(redis_url), key + ":lock", clock=clock)
+    second = RedisRefreshLock(redis.Redis.from_url(redis_url), key + ":lock", clock=clock)
+    with first.hold(timeout=1.0, lease=30.0) as lease:
+        assert lease.deadline == 100.0 + 30.0 - 1.0
+        waiting = second.hold(timeout=0.0, lease=30.0)
+        with pytest.raises(TokenStoreError, match="timed out") as refused:
+            waiting.__enter__()
+        assert refused.value.retryable
+        ttl = redis.Redis.from_url(redis_url).pttl(key + ":lock")
+        assert 0 < ttl <= 30_000
+    with second.hold(timeout=0.0, lease=30.0):
+        pass

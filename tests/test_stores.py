@@ -6,13 +6,16 @@ import configparser
 import json
 import os
 import stat
+import threading
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pleo_auth import FileStore, KeyringStore, MemoryStore, TokenStoreError
-from pleo_auth.stores import _files
+from pleo_auth import FileStore, KeyringStore, MemoryStore, TokenSet, TokenStoreError
+from pleo_auth.stores import TokenStore, _files
+from pleo_auth.stores.locks import FileRefreshLock, ThreadRefreshLock
 from pleo_auth.testing import MakeStore, TokenStoreContract, new_tokens
 
 
@@ -231,3 +234,137 @@ class TestKeyringStore(TokenStoreContract):
         assert second.load() is None
         assert first.key != second.key
         assert first.lock_path != second.lock_path
+
+
+# -- refresh locks, composed ---------------------------------------------------------
+
+
+class DirectoryStore(TokenStore):
+    """A new store written the way the lock split allows: it keeps the tokens in a
+    file and composes an existing lock instead of writing ``lock()``."""
+
+    fenced = True
+
+    def __init__(self, directory: Path):
+        self.path = directory / "tokens.json"
+        self.refresh_lock = FileRefreshLock(directory / "tokens.lock")
+
+    def load(self) -> TokenSet | None:
+        try:
+            return TokenSet.from_dict(json.loads(self.path.read_text()))
+        except FileNotFoundError:
+            return None
+
+    def save(self, tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
+        with self.lock(timeout=10.0, lease=10.0):  # re-entrant under a refresh
+            if replaces is not None and self.load() != replaces:
+                raise TokenStoreError("changed meanwhile; not saved")
+            _files.atomic_write(self.path, json.dumps(tokens.to_dict()).encode())
+
+    def clear(self, *, only: TokenSet | None = None) -> None:
+        with self.lock(timeout=10.0, lease=10.0):
+            if only is None or self.load() == only:
+                self.path.unlink(missing_ok=True)
+
+    def version(self) -> Hashable:
+        return _files.stat_version(self.path)
+
+    @property
+    def key(self) -> Hashable:
+        return ("directory", str(self.path))
+
+
+class TestAStoreThatComposesAFileRefreshLock(TokenStoreContract):
+    """The whole contract holds for a store whose only lock code is a FileRefreshLock."""
+
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> MakeStore:
+        return lambda: DirectoryStore(tmp_path / "store")
+
+    def test_its_lock_is_the_composed_one(self, store: DirectoryStore) -> None:
+        assert "lock" not in vars(DirectoryStore)
+        with store.lock(timeout=1.0, lease=1.0):
+            assert store.refresh_lock.held()
+        assert not store.refresh_lock.held()
+
+
+def test_a_store_without_a_lock_says_what_to_provide() -> None:
+    class Lockless(TokenStore):
+        def load(self) -> TokenSet | None:
+            return None
+
+        def save(self, tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
+            pass
+
+        def clear(self, *, only: TokenSet | None = None) -> None:
+            pass
+
+    with pytest.raises(NotImplementedError, match="Lockless must set refresh_lock"):
+        Lockless().lock(timeout=1.0, lease=1.0)
+
+
+def test_file_and_keyring_stores_compose_a_file_lock_beside_their_state(tmp_path: Path) -> None:
+    file_store = FileStore(tmp_path / "tokens.json")
+    keyring_store = KeyringStore(account="someone", state_dir=tmp_path / "state")
+    for store in (file_store, keyring_store):
+        assert isinstance(store.refresh_lock, FileRefreshLock)
+        assert store.refresh_lock.path == store.lock_path
+    assert "lock" not in vars(FileStore)
+    assert "lock" not in vars(KeyringStore)
+
+
+def test_memory_store_composes_a_thread_lock() -> None:
+    assert isinstance(MemoryStore().refresh_lock, ThreadRefreshLock)
+
+
+def test_a_file_lock_is_reentrant_within_a_thread_and_excludes_other_threads(
+    tmp_path: Path,
+) -> None:
+    lock = FileRefreshLock(tmp_path / "deep" / "x.lock")
+    other: list[BaseException] = []
+
+    def try_from_another_thread() -> None:
+        try:
+            with lock.hold(timeout=0.0, lease=1.0):
+                pass
+        except TokenStoreError as exc:
+            other.append(exc)
+
+    with lock.hold(timeout=1.0, lease=1.0) as outer, lock.hold(timeout=0.0, lease=1.0):
+        assert outer.deadline is None  # the OS frees it when the holder dies
+        assert mode(tmp_path / "deep") == 0o700
+        thread = threading.Thread(target=try_from_another_thread)
+        thread.start()
+        thread.join()
+    assert len(other) == 1
+    assert other[0].retryable
+    assert "x.lock" in str(other[0])
+
+
+def test_a_file_lock_whose_directory_cannot_be_made_adds_the_hint(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    lock = FileRefreshLock(tmp_path / "file" / "sub" / "x.lock", directory_hint="Pass X.")
+    held = lock.hold(timeout=1.0, lease=1.0)
+    with pytest.raises(TokenStoreError, match=r"cannot create directory .* Pass X\.$"):
+        held.__enter__()
+
+
+def test_a_thread_lock_times_out_another_thread_with_a_retryable_error() -> None:
+    lock = ThreadRefreshLock()
+    failures: list[TokenStoreError] = []
+
+    def contend() -> None:
+        try:
+            with lock.hold(timeout=0.0, lease=1.0):
+                pass
+        except TokenStoreError as exc:
+            failures.append(exc)
+
+    with lock.hold(timeout=1.0, lease=1.0):
+        thread = threading.Thread(target=contend)
+        thread.start()
+        thread.join()
+    assert len(failures) == 1
+    assert failures[0].retryable
+    with lock.hold(timeout=0.0, lease=1.0):  # free again
+        pass

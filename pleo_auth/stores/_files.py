@@ -1,4 +1,7 @@
-"""File-system helpers shared by the stores that live on one machine."""
+"""File-system helpers shared by the stores that live on one machine.
+
+Their lock file is :class:`pleo_auth.stores.locks.FileRefreshLock`.
+"""
 
 from __future__ import annotations
 
@@ -7,93 +10,10 @@ import os
 import re
 import stat
 import tempfile
-import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import TokenStoreError
-from .base import Lease
-
-if TYPE_CHECKING:
-    import filelock
-
-# Lock objects held by some thread at the moment of a fork. In the child that
-# thread does not exist; if the object were collected, its finaliser would
-# unlock a descriptor shared with the parent and release the parent's lock.
-# So the child keeps them, unused, for the rest of its life.
-_held: set[filelock.BaseFileLock] = set()
-_held_guard = threading.Lock()
-_orphaned: list[filelock.BaseFileLock] = []
-
-
-def _after_fork_in_child() -> None:
-    global _held_guard
-    _held_guard = threading.Lock()
-    _orphaned.extend(_held)
-    _held.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-_depths = threading.local()
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, timeout: float) -> Iterator[Lease]:
-    """Hold an exclusive lock on ``path`` shared by every process on this machine.
-
-    Re-entrant within a thread, so a store's own methods may take the lock that the
-    coordinator already holds around a refresh.
-    """
-    depths: dict[str, int] = _depths.__dict__.setdefault("by_path", {})
-    key = str(path)
-    if depths.get(key):
-        depths[key] += 1
-        try:
-            yield Lease()
-        finally:
-            depths[key] -= 1
-        return
-    with _acquire(path, timeout) as lease:
-        depths[key] = 1
-        try:
-            yield lease
-        finally:
-            depths[key] = 0
-
-
-def holds(path: Path) -> bool:
-    """Whether this thread holds :func:`file_lock` on ``path``."""
-    depths: dict[str, int] = _depths.__dict__.get("by_path", {})
-    return depths.get(str(path), 0) > 0
-
-
-@contextlib.contextmanager
-def _acquire(path: Path, timeout: float) -> Iterator[Lease]:
-    import filelock  # deferred: only processes that refresh need it
-
-    ensure_private_dir(path.parent)
-    # A fresh object per acquisition: no state is shared between threads, and a
-    # forked child never finds a lock object its parent's thread was holding.
-    lock = filelock.FileLock(str(path), timeout=max(timeout, 0.0), thread_local=False)
-    try:
-        lock.acquire()
-    except filelock.Timeout as exc:
-        raise TokenStoreError(
-            f"timed out after {timeout:.1f}s waiting for the refresh lock {path}", retryable=True
-        ) from exc
-    except OSError as exc:
-        raise TokenStoreError(f"cannot lock {path}: {exc.strerror or exc}") from exc
-    with _held_guard:
-        _held.add(lock)
-    try:
-        yield Lease()
-    finally:
-        with _held_guard:
-            _held.discard(lock)
-        lock.release()
 
 
 def ensure_private_dir(directory: Path) -> None:

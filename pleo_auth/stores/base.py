@@ -7,12 +7,15 @@ import contextlib
 import json
 import math
 from collections.abc import Hashable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
 from ..errors import TokenStoreError
 from ..tokens import TokenSet
+
+if TYPE_CHECKING:
+    from .locks import RefreshLock
 
 __all__ = ["Lease", "TokenStore", "decode_tokens", "encode_tokens"]
 
@@ -119,8 +122,11 @@ class TokenStore(abc.ABC):
     Implementations provide:
 
     * :meth:`load`, :meth:`save` and :meth:`clear`, each atomic;
-    * :meth:`lock`, an exclusive lock shared by every process (and, for a
-      networked store, every host) that uses the same tokens;
+    * an exclusive lock shared by every process (and, for a networked store,
+      every host) that uses the same tokens: either a composed
+      :class:`~pleo_auth.stores.locks.RefreshLock` set as :attr:`refresh_lock`
+      (a lock file, a Redis lease), which :meth:`lock` holds, or their own
+      :meth:`lock`;
     * :meth:`version`, a cheap value that changes whenever the stored tokens do.
       pleo_auth calls it before every request, so it must cost no more than a
       ``stat``: no network round trip, no keyring read.
@@ -132,6 +138,10 @@ class TokenStore(abc.ABC):
 
     #: Whether :meth:`save` honours ``replaces`` atomically (a fenced write).
     fenced: ClassVar[bool] = False
+
+    #: The lock :meth:`lock` holds, for a store that composes one (set it in
+    #: ``__init__``); None in a store that implements :meth:`lock` itself.
+    refresh_lock: RefreshLock | None = None
 
     @abc.abstractmethod
     def load(self) -> TokenSet | None:
@@ -158,9 +168,8 @@ class TokenStore(abc.ABC):
     def clear(self, *, only: TokenSet | None = None) -> None:
         """Delete the stored tokens; with ``only``, only if they are still those."""
 
-    @abc.abstractmethod
     def lock(self, *, timeout: float, lease: float) -> contextlib.AbstractContextManager[Lease]:
-        """Hold the store's exclusive refresh lock.
+        """Hold the store's exclusive refresh lock: by default, :attr:`refresh_lock`.
 
         Args:
             timeout: Seconds to wait for another holder before giving up.
@@ -169,7 +178,15 @@ class TokenStore(abc.ABC):
 
         Raises:
             TokenStoreError: The lock was not acquired within ``timeout`` (retryable).
+            NotImplementedError: The store neither composes a lock nor overrides this.
         """
+        refresh_lock = self.refresh_lock
+        if refresh_lock is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} must set refresh_lock (a pleo_auth.stores.locks."
+                "RefreshLock) or implement lock()"
+            )
+        return refresh_lock.hold(timeout=timeout, lease=lease)
 
     def version(self) -> Hashable:
         """A value that changes whenever the stored tokens change.

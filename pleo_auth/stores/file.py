@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
 import urllib.parse
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from pathlib import Path
 
 from ..errors import ConfigurationError, TokenStoreError
 from ..tokens import TokenSet
 from . import _files
-from .base import Lease, TokenStore, decode_tokens, encode_tokens
+from .base import TokenStore, decode_tokens, encode_tokens
+from .locks import FileRefreshLock
 
 __all__ = ["FileStore"]
 
@@ -29,7 +29,8 @@ class FileStore(TokenStore):
     * The file is mode 0600; a missing directory is created mode 0700. A file that
       group or others can read, or that another user owns, is refused.
     * Refreshes, saves and clears are serialised across processes by a lock file
-      beside it (``<path>.lock``); a save with ``replaces`` is fenced. Other
+      beside it (``<path>.lock``, a :class:`~pleo_auth.stores.locks.FileRefreshLock`);
+      a save with ``replaces`` is fenced. Other
       processes notice a rotation by a ``stat`` of the token file: no read per request.
 
     The file is not encrypted: protect it as you would an SSH key, or prefer
@@ -59,6 +60,7 @@ class FileStore(TokenStore):
         if not self.path.name:
             raise ConfigurationError(f"FileStore needs a file path, not the directory {self.path}")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.refresh_lock = FileRefreshLock(self.lock_path)
 
     def load(self) -> TokenSet | None:
         # O_NONBLOCK: a FIFO put at the path must not hang the open; it is refused below.
@@ -113,11 +115,6 @@ class FileStore(TokenStore):
 
     def version(self) -> Hashable:
         return _files.stat_version(self.path)
-
-    @contextlib.contextmanager
-    def lock(self, *, timeout: float, lease: float) -> Iterator[Lease]:
-        with _files.file_lock(self.lock_path, timeout) as granted:
-            yield granted
 
     @property
     def key(self) -> Hashable:

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import secrets
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import ConfigurationError, TokenStoreError
 from ..tokens import TokenSet
 from . import _files
-from .base import Lease, TokenStore, decode_tokens, encode_tokens
+from .base import TokenStore, decode_tokens, encode_tokens
+from .locks import FileRefreshLock
 
 if TYPE_CHECKING:
     from keyring.backend import KeyringBackend
@@ -175,6 +175,7 @@ class KeyringStore(TokenStore):
     """
 
     fenced = True
+    refresh_lock: FileRefreshLock
 
     def __init__(
         self,
@@ -199,11 +200,20 @@ class KeyringStore(TokenStore):
         self._backend = backend
         self._resolved_backend: Any = None
         self._custom_location = backend is not None or state_dir is not None
-        self._default_state_dir = state_dir is None
         base = Path(state_dir) if state_dir is not None else _files.default_state_dir()
         tag = hashlib.sha256(f"{self.service}\0{self.account}".encode()).hexdigest()[:16]
         self.lock_path = base / f"keyring-{tag}.lock"
         self.marker_path = base / f"keyring-{tag}.changed"
+        self.refresh_lock = FileRefreshLock(
+            self.lock_path,
+            directory_hint=(
+                "(the default state directory, in this user's home). Pass "
+                "KeyringStore(state_dir=...), a private directory, the same in every "
+                "process that shares these tokens"
+            )
+            if state_dir is None
+            else None,
+        )
 
     def _keyring(self) -> Any:
         """The backend: the one passed in, else keyring's choice if it is usable.
@@ -229,7 +239,7 @@ class KeyringStore(TokenStore):
 
     def load(self) -> TokenSet | None:
         backend = self._keyring()  # an unusable keyring fails here, without the lock
-        if _files.holds(self.lock_path):
+        if self.refresh_lock.held():
             return self._read(backend)
         try:
             tokens = self._read(backend)
@@ -406,24 +416,6 @@ class KeyringStore(TokenStore):
 
     def version(self) -> Hashable:
         return _files.stat_version(self.marker_path)
-
-    @contextlib.contextmanager
-    def lock(self, *, timeout: float, lease: float) -> Iterator[Lease]:
-        if self._default_state_dir and not _files.holds(self.lock_path):
-            self._make_default_state_dir()
-        with _files.file_lock(self.lock_path, timeout) as granted:
-            yield granted
-
-    def _make_default_state_dir(self) -> None:
-        directory = self.lock_path.parent
-        try:
-            _files.ensure_private_dir(directory)
-        except TokenStoreError as exc:
-            raise TokenStoreError(
-                f"{exc} (the default state directory, in this user's home). Pass "
-                "KeyringStore(state_dir=...), a private directory, the same in every "
-                "process that shares these tokens"
-            ) from exc.__cause__
 
     @property
     def key(self) -> Hashable:

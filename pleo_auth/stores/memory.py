@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 
 from ..errors import TokenStoreError
 from ..tokens import TokenSet
 from .base import Lease, TokenStore
+from .locks import ThreadRefreshLock
 
 __all__ = ["MemoryStore"]
 
@@ -47,7 +48,7 @@ class MemoryStore(TokenStore):
         self._tokens = tokens
         self._version = 0
         self._mutex = threading.Lock()
-        self._refresh_lock = threading.Lock()
+        self.refresh_lock = ThreadRefreshLock()
         self._pid = os.getpid()
 
     def _check_process(self) -> None:
@@ -87,17 +88,9 @@ class MemoryStore(TokenStore):
         self._check_process()
         return self._version
 
-    @contextlib.contextmanager
-    def lock(self, *, timeout: float, lease: float) -> Iterator[Lease]:
-        self._check_process()
-        if not self._refresh_lock.acquire(timeout=max(timeout, 0.0)):
-            raise TokenStoreError(
-                f"timed out after {timeout:.1f}s waiting for the refresh lock", retryable=True
-            )
-        try:
-            yield Lease()
-        finally:
-            self._refresh_lock.release()
+    def lock(self, *, timeout: float, lease: float) -> contextlib.AbstractContextManager[Lease]:
+        self._check_process()  # before the lock: one held at the fork stays held
+        return super().lock(timeout=timeout, lease=lease)
 
     def describe(self) -> str:
         return "in memory"

@@ -11,10 +11,8 @@ import hashlib
 import logging
 import math
 import os
-import random
 import secrets
 import threading
-import time
 import urllib.parse
 import weakref
 from collections.abc import Callable, Hashable, Iterator
@@ -23,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from .._clock import Clock, as_clock
 from ..errors import ConfigurationError, TokenStoreError
 from ..tokens import TokenSet
-from .base import Lease, TokenStore, decode_tokens, encode_tokens
+from .base import TokenStore, decode_tokens, encode_tokens
+from .locks import RedisRefreshLock
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -59,15 +58,6 @@ end
 redis.call('HDEL', KEYS[1], 'tokens', 'fence')
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
 return {redis.call('HGET', KEYS[1], 'epoch'), redis.call('HINCRBY', KEYS[1], 'version', 1)}
-"""
-
-# Delete the lock only if it still holds our token: after our lease ran out,
-# the lock may belong to someone else.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
 """
 
 _Version = tuple[str, int]
@@ -128,17 +118,12 @@ def _unsplit(scheme: str, netloc: str, path: str, query: str, fragment: str = ""
     return url
 
 
-def _lease_deadline(acquired_at: float, lease: float) -> float:
-    # Redis expires the key on its own clock; keep a margin (10% of the lease,
-    # at most a second) for clock rate differences and the SET's round trip.
-    return acquired_at + lease - min(1.0, lease * 0.1)
-
-
 class RedisStore(TokenStore):
     """Keeps the tokens in one Redis hash, shared by every process on every host.
 
-    * **Lock.** Refreshes are serialised by a Redis lock (``SET key:lock NX PX``)
-      with a lease: if the holder dies, the lock expires by itself. The
+    * **Lock.** Refreshes are serialised by a Redis lock (``SET key:lock NX PX``,
+      a :class:`~pleo_auth.stores.locks.RedisRefreshLock`) with a lease: if the
+      holder dies, the lock expires by itself. The
       :class:`~pleo_auth.Lease` it grants carries a deadline a safety margin
       before the key expires, and pleo_auth gives up a refresh rather than run
       past it.
@@ -239,11 +224,17 @@ class RedisStore(TokenStore):
         self._where = self._location(redis, client)
         self._save_script = client.register_script(_SAVE)
         self._clear_script = client.register_script(_CLEAR)
-        self._release_script = client.register_script(_RELEASE)
         # (version, monotonic time it was read, whether tokens were stored); None forces a read.
         self._cached: tuple[_Version | None, float, bool] | None = None
         self._cache_guard = threading.Lock()
         self._reading = threading.Lock()
+        self.refresh_lock = RedisRefreshLock(
+            client,
+            self.lock_key,
+            clock=self._clock,
+            where=self.describe(),
+            on_acquired=self._forget_version,
+        )
         _INSTANCES.add(self)
 
     @staticmethod
@@ -388,69 +379,8 @@ class RedisStore(TokenStore):
         cached = self._cached
         return cached[0] if cached is not None else None
 
-    @contextlib.contextmanager
-    def lock(self, *, timeout: float, lease: float) -> Iterator[Lease]:
-        """Hold the Redis refresh lock for at most ``lease`` seconds.
-
-        The lock key expires ``lease`` seconds after it was taken even if its
-        holder hangs or dies. The yielded lease's deadline is that moment, less
-        a safety margin (10% of the lease, at most 1 s), on this store's clock.
-
-        Raises:
-            ConfigurationError: ``lease`` is not a positive number of seconds.
-            TokenStoreError: Not acquired within ``timeout`` seconds, or Redis failed
-                (both retryable when Redis may recover).
-        """
-        if not (isinstance(lease, int | float) and 0 < lease < math.inf):
-            raise ConfigurationError("the lock's lease must be a positive number of seconds")
-        token = secrets.token_hex(16)  # ours alone: only its holder can release the lock
-        lease_ms = max(1, math.ceil(lease * 1000))
-        give_up_at = time.monotonic() + max(timeout, 0.0)
-        pause = 0.005
-        while True:
-            acquired_at = self._clock.monotonic()
-            with self._talking("take the refresh lock"):
-                acquired = self._client.set(self.lock_key, token, nx=True, px=lease_ms)
-            if acquired:
-                break
-            left = give_up_at - time.monotonic()
-            if left <= 0:
-                raise TokenStoreError(
-                    f"timed out after {timeout:.1f}s waiting for the refresh lock of "
-                    f"{self.describe()}",
-                    retryable=True,
-                )
-            time.sleep(min(left, random.uniform(pause / 2, pause)))
-            pause = min(pause * 2, 0.1)
-        owner = os.getpid()
-        self._cached = None  # the holder must see the current version, not a cached one
-        try:
-            yield Lease(deadline=_lease_deadline(acquired_at, lease))
-        finally:
-            # A forked child has a copy of this frame but not the lock: never release it there.
-            if os.getpid() == owner:
-                self._release(token, lease)
-
-    def _release(self, token: str, lease: float) -> None:
-        try:
-            released = self._release_script(keys=[self.lock_key], args=[token])
-        except self._errors as exc:
-            # Never raise from here: the refresh may have succeeded, and its new
-            # tokens must reach the caller. The lease ends the lock anyway.
-            logger.warning(
-                "could not release the refresh lock of %s (%s); it expires within %.0fs",
-                self.describe(),
-                type(exc).__name__,
-                lease,
-            )
-            return
-        if not released:
-            logger.warning(
-                "the refresh lock of %s expired before it was released: "
-                "a refresh took longer than its %.0fs lease",
-                self.describe(),
-                lease,
-            )
+    def _forget_version(self) -> None:
+        self._cached = None  # the lock's holder must see the current version, not a cached one
 
     def _reset_after_fork(self) -> None:
         # A parent thread may have held these at the fork; it does not exist here.
