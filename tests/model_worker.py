@@ -17,6 +17,7 @@ import contextlib
 import faulthandler
 import gc
 import json
+import logging
 import os
 import random
 import select
@@ -53,6 +54,41 @@ SESSION_SETTINGS: dict[str, Any] = {
 #: Real seconds an injected "timeout" delays the token endpoint's reply: longer
 #: than ``refresh_timeout``, so the client gives up first.
 TIMEOUT_DELAY = 0.8
+
+
+#: The token endpoint's words for an attempt that reached the server but whose reply
+#: never came back (``_transport_failure`` in pleo_auth/_endpoint.py). If the server
+#: handled it, the reply was lost, and a retry presents the refresh token again.
+UNANSWERED = (
+    "timed out waiting for the reply",
+    "connection closed without a reply",
+    "connection reset before the reply was complete",
+    "connection closed before the reply was complete",
+)
+
+
+class UnansweredAttempts(logging.Handler):
+    """Counts the token-endpoint attempts of this process that went unanswered.
+
+    The model injects the faults that lose a reply, and marks them lost at the
+    emulator. On a loaded machine a reply can also come later than
+    ``refresh_timeout`` with no fault at all: the client gives up, and the reply
+    is lost just the same. This count lets the model see those.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:  # called under self.lock
+        if any(reason in record.getMessage() for reason in UNANSWERED):
+            self.count += 1
+
+
+UNANSWERED_ATTEMPTS = UnansweredAttempts()
+_endpoint_logger = logging.getLogger("pleo_auth._endpoint")
+_endpoint_logger.setLevel(logging.INFO)
+_endpoint_logger.addHandler(UNANSWERED_ATTEMPTS)
 
 
 def _is_timer(thread: threading.Thread) -> bool:
@@ -212,7 +248,9 @@ class Worker:
         else:
             from pleo_auth.stores.redis import RedisStore
 
-            inner = RedisStore(config["redis_url"], key=config["redis_key"], clock=self.clock)
+            inner = RedisStore(
+                config["redis_url"], key=config["redis_key"], clock=self.clock.monotonic
+            )
         self.store = FaultyStore(inner)
 
     def do_close_all(self) -> None:
@@ -302,6 +340,7 @@ class Worker:
         """Fork; the child sends one GET through the inherited session and exits."""
         session = self.sessions[sid]
         reader, writer = os.pipe()
+        unanswered = UNANSWERED_ATTEMPTS.count
         pid = os.fork()
         if pid == 0:  # the child: never return into the command loop
             code = 1
@@ -311,6 +350,7 @@ class Worker:
                     self.store.clear_faults()
                 outcome = _call(lambda: session.get("/v2/employees", timeout=10))
                 report = [outcome.kind, outcome.status, outcome.error, outcome.message]
+                report.append(UNANSWERED_ATTEMPTS.count - unanswered)
                 os.write(writer, json.dumps(report).encode())
                 code = 0
             finally:
@@ -339,7 +379,9 @@ class Worker:
             os.close(reader)
         if os.waitstatus_to_exitcode(status) != 0 or not report:
             return Outcome("unexpected", message=f"forked child exited with status {status}")
-        kind, code, error, message = json.loads(report)
+        kind, code, error, message, unanswered = json.loads(report)
+        with UNANSWERED_ATTEMPTS.lock:  # the child's attempts count as ours
+            UNANSWERED_ATTEMPTS.count += unanswered
         return Outcome(kind, status=code, error=error, message=message)
 
     # -- faults and time ------------------------------------------------------------
@@ -356,11 +398,16 @@ class Worker:
         return self.clock.tick()
 
     def do_status(self) -> dict[str, Any]:
-        """The store faults still armed, and those injected so far, by operation."""
+        """The store faults still armed, and those injected so far, by operation; and
+        the token-endpoint attempts that went unanswered (forked children's included)."""
         assert self.store is not None
         operations = ("load", "save", "clear", "version", "lock")
         pending = {name: self.store.pending(name) for name in operations}  # type: ignore[arg-type]
-        return {"pending": pending, "injected": self.store.injected}
+        return {
+            "pending": pending,
+            "injected": self.store.injected,
+            "unanswered": UNANSWERED_ATTEMPTS.count,
+        }
 
 
 def zygote(conn: Connection, dump_path: str) -> None:
