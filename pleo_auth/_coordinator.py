@@ -32,6 +32,7 @@ from ._endpoint import TokenEndpoint
 from ._registry import REGISTRY
 from ._schedule import RefreshSchedule
 from .errors import PleoAuthError, ReauthenticationRequired, RefreshError, TokenStoreError
+from .login_hint import LoginHint
 from .stores.base import Lease, TokenStore
 from .tokens import TokenSet
 
@@ -76,7 +77,7 @@ class Coordinator:
         schedule: RefreshSchedule,
         clock: Clock,
         drain_timeout: float,
-        login_hint: str,
+        login_hint: str | LoginHint,
     ):
         self.store = store
         self.endpoint = endpoint
@@ -404,8 +405,7 @@ class Coordinator:
             try:
                 new = self.endpoint.refresh(stored.refresh_token, deadline=lease.deadline)
             except ReauthenticationRequired as exc:
-                exc.login_hint = self.login_hint
-                exc.args = (f"{exc.reason} {self.login_hint}",)
+                exc = exc.with_login_hint(self.login_hint)
                 logger.warning("the grant is dead (%s); clearing %s", exc.error, store.describe())
                 store.clear(only=stored)
                 return _Outcome(tokens=None, version=store.version(), failure=exc, grant_dead=True)

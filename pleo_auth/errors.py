@@ -9,6 +9,8 @@ decision a caller can make:
 * :class:`TokenStoreError`: the token store could not be read or written.
 * :class:`ConfigurationError`: the arguments are wrong; fix the code or settings.
   It is also a :class:`ValueError`.
+* :class:`StoreUnusable`: the store cannot work on this machine (a keyring
+  without a backend); both a store error and a configuration error.
 
 Messages never contain a token, a code or a client secret.
 """
@@ -20,12 +22,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import requests
 
+    from .login_hint import LoginHint
+
 __all__ = [
     "AuthorizationError",
     "ConfigurationError",
     "PleoAuthError",
     "ReauthenticationRequired",
     "RefreshError",
+    "StoreUnusable",
     "TokenStoreError",
 ]
 
@@ -52,17 +57,35 @@ class ReauthenticationRequired(PleoAuthError):
     so pleo_auth stops retrying, clears the store and raises this.
 
     Attributes:
+        reason: Why, without the hint.
         login_hint: What to do next, for a person (for example the
             ``pleo-auth login`` command with the right flags). Also part of the message.
+        login: The :class:`~pleo_auth.login_hint.LoginHint` the hint was
+            rendered from, when one was given: which settings, store or web view
+            log in again, as data.
         error: The OAuth error code, such as ``invalid_grant``, when the token
             endpoint gave one.
     """
 
-    def __init__(self, reason: str, *, login_hint: str | None = None, error: str | None = None):
+    def __init__(
+        self,
+        reason: str,
+        *,
+        login_hint: str | LoginHint | None = None,
+        error: str | None = None,
+    ):
         self.reason = reason
         self.error = error
-        self.login_hint = login_hint or "Run `pleo-auth login` to authorise again."
+        self.login: LoginHint | None = None if isinstance(login_hint, str | None) else login_hint
+        self.login_hint = str(login_hint) if login_hint else "Log in with `pleo-auth login`."
         super().__init__(f"{reason} {self.login_hint}")
+
+    def with_login_hint(self, login_hint: str | LoginHint) -> ReauthenticationRequired:
+        """This error, telling ``login_hint`` instead: a new error whose cause is this one's."""
+        copy = type(self)(self.reason, login_hint=login_hint, error=self.error)
+        copy.__cause__ = self.__cause__
+        copy.__suppress_context__ = True
+        return copy
 
 
 class RefreshError(PleoAuthError):
@@ -113,6 +136,23 @@ class TokenStoreError(PleoAuthError):
     def __init__(self, message: str, *, retryable: bool = False):
         self.retryable = retryable
         super().__init__(message)
+
+
+class StoreUnusable(TokenStoreError, ConfigurationError):
+    """The store cannot work on this machine at all, such as a keyring without a
+    usable backend: no retry helps, a setting must change. Both a
+    :class:`TokenStoreError` and a :class:`ConfigurationError`.
+
+    Attributes:
+        reason: What is wrong, in one sentence.
+        fix: What to do instead, in one sentence (the ``pleo-auth`` command
+            prints it on a line of its own).
+    """
+
+    def __init__(self, reason: str, *, fix: str = ""):
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"{reason}. {fix}" if fix else reason)
 
 
 class AuthorizationError(PleoAuthError):

@@ -32,16 +32,24 @@ import re
 import secrets
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from typing import Any
+from types import MappingProxyType
+from typing import Any, cast
 
 import attrs
 
 from ._clock import SYSTEM_CLOCK, Clock
-from ._endpoint import ClientAuth, TokenEndpoint
-from ._text import one_line, shown
-from ._urls import check_secure_url, parse_http_url
+from ._endpoint import TokenEndpoint
+from ._text import one_line
+from ._urls import parse_http_url
 from .errors import AuthorizationError, ConfigurationError, TokenStoreError
-from .session import ENVIRONMENTS, Environment
+from .settings import (
+    ENDPOINTS,
+    ClientAuth,
+    Environment,
+    Settings,
+    normalize_scopes,
+    settings_from_arguments,
+)
 from .stores.base import TokenStore
 from .tokens import TokenSet
 
@@ -55,59 +63,23 @@ __all__ = [
     "normalize_scopes",
 ]
 
-#: The ``/oauth/authorize`` endpoint of each Pleo environment.
-AUTHORIZE_URLS: Mapping[str, str] = {
-    "production": "https://auth.pleo.io/oauth/authorize",
-    "staging": "https://auth.staging.pleo.io/oauth/authorize",
-}
+
+#: The ``/oauth/authorize`` endpoint of each Pleo environment, as 0.1 had them:
+#: derived from :data:`pleo_auth.settings.ENDPOINTS`, the one table.
+AUTHORIZE_URLS: Mapping[str, str] = MappingProxyType(
+    {env: urls.authorize_url for env, urls in ENDPOINTS.items()}
+)
 
 #: The query parameter Pleo reads to pre-select the subject (company) to authorise.
 SUBJECT_PARAMETER = "urn_pleo_params_oauth_subject"
 
 _VERIFIER_RE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 _STATE_RE = re.compile(r"[A-Za-z0-9\-._~]{16,256}")
-# RFC 6749 appendix A.4: a scope token is printable ASCII except space, " and \.
-_SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 # RFC 6749 appendix A.11: a code is visible ASCII and spaces.
 _CODE_RE = re.compile(r"[\x20-\x7e]+")
 _DESCRIPTION_LIMIT = 300
 _ERROR_LIMIT = 64
 _CALLBACK_PARAMETERS = ("state", "code", "error", "error_description")
-
-
-def normalize_scopes(scopes: str | Iterable[str] | None) -> str | None:
-    """Join scopes into Pleo's space-separated form.
-
-    Args:
-        scopes: ``"users:read export-jobs:read"``, an iterable of scope names, or None.
-
-    Returns:
-        The scopes separated by single spaces, in the given order without
-        duplicates, or None when there are none.
-
-    Raises:
-        ConfigurationError: A scope contains a character OAuth forbids.
-
-    >>> normalize_scopes(["users:read", "export-jobs:read users:read"])
-    'users:read export-jobs:read'
-    """
-    if scopes is None:
-        return None
-    try:
-        items = [scopes] if isinstance(scopes, str) else list(scopes)
-    except TypeError:
-        raise ConfigurationError(
-            f"scopes must be a string or a list of strings, not {type(scopes).__name__}"
-        ) from None
-    seen: dict[str, None] = {}
-    for item in items:
-        if not isinstance(item, str):
-            raise ConfigurationError("scopes must be strings")
-        for token in item.split():
-            if not _SCOPE_TOKEN_RE.fullmatch(token):
-                raise ConfigurationError(f"invalid scope {shown(token)}")
-            seen.setdefault(token, None)
-    return " ".join(seen) or None
 
 
 def authorize_url_for(
@@ -116,7 +88,7 @@ def authorize_url_for(
     authorize_url: str | None = None,
     token_url: str | None = None,
 ) -> str:
-    """The ``/oauth/authorize`` URL to use.
+    """The ``/oauth/authorize`` URL to use (see :attr:`pleo_auth.Settings.endpoints`).
 
     An explicit ``authorize_url`` wins. Otherwise, when only ``token_url`` is
     overridden and ends in ``/oauth/token`` (the emulator, a proxy), the
@@ -131,22 +103,14 @@ def authorize_url_for(
     >>> authorize_url_for(token_url="http://127.0.0.1:8080/oauth/token")
     'http://127.0.0.1:8080/oauth/authorize'
     """
-    _check_environment(environment)
-    if authorize_url is None and isinstance(token_url, str):
-        base, sep, tail = token_url.rstrip("/").rpartition("/oauth/token")
-        if sep and not tail:
-            authorize_url = base + "/oauth/authorize"
-    url = AUTHORIZE_URLS[environment] if authorize_url in (None, "") else authorize_url
-    if check_secure_url("authorize_url", url).fragment:
-        raise ConfigurationError("authorize_url must not have a #fragment")
-    return url
-
-
-def _check_environment(environment: object) -> None:
-    if not isinstance(environment, str) or environment not in AUTHORIZE_URLS:
-        raise ConfigurationError(
-            f"environment must be one of {sorted(AUTHORIZE_URLS)}, not {shown(environment)}"
-        )
+    # No client id: these settings only name URLs.
+    settings = Settings(
+        "",
+        environment=cast(Environment, environment),
+        authorize_url=authorize_url,
+        token_url=token_url,
+    )
+    return settings.endpoints.authorize_url
 
 
 def _check_http_url(name: str, url: object) -> urllib.parse.SplitResult:
@@ -155,19 +119,6 @@ def _check_http_url(name: str, url: object) -> urllib.parse.SplitResult:
     if parts.fragment:
         raise ConfigurationError(f"{name} must not have a #fragment")
     return parts
-
-
-def _check_text(name: str, value: object, *, optional: bool = False) -> None:
-    """Refuse an id or secret that no request could carry as it is."""
-    if value is None and optional:
-        return
-    if not isinstance(value, str) or not value or not value.isprintable():
-        # Never echo the value: it may be the client secret.
-        none = " or None" if optional else ""
-        raise ConfigurationError(
-            f"{name} must be a non-empty string of printable characters{none} "
-            "(no newline, control character or undecodable byte)"
-        )
 
 
 def _callback_parameters(callback: object) -> dict[str, str]:
@@ -344,7 +295,7 @@ class AuthorizationFlow:
 
     def __init__(
         self,
-        client_id: str,
+        client_id: str | None = None,
         client_secret: str | None = None,
         *,
         redirect_uri: str,
@@ -359,47 +310,49 @@ class AuthorizationFlow:
         max_attempts: int = 3,
         max_time: float = 30.0,
         clock: Clock | None = None,
+        settings: Settings | None = None,
     ):
-        _check_text("client_id", client_id)
-        _check_text("client_secret", client_secret, optional=True)
-        _check_environment(environment)
-        _check_http_url("redirect_uri", redirect_uri)
-        _check_text("subject", subject, optional=True)
-        self.client_id = client_id
-        self._client_secret = client_secret
-        self.redirect_uri = redirect_uri
-        self.scope = normalize_scopes(scopes)
-        self.environment = environment
-        if token_url is None or token_url == "":  # "" is the default, as for PleoSession
-            token_url = ENVIRONMENTS[environment][0]
-        self.token_url = token_url
-        check_secure_url("token_url", self.token_url)
-        self.authorize_url = authorize_url_for(
-            environment, authorize_url=authorize_url, token_url=token_url
+        settings = settings_from_arguments(
+            AuthorizationFlow.__init__,
+            settings,
+            client_id=client_id,
+            client_secret=client_secret,
+            environment=environment,
+            authorize_url=authorize_url,
+            token_url=token_url,
+            scopes=scopes,
+            subject=subject,
+            client_auth=client_auth,
+            refresh_timeout=timeout,
+            max_refresh_attempts=max_attempts,
+            max_refresh_time=max_time,
         )
-        self.subject = subject
-        if store is None:
-            from .stores.keyring import KeyringStore
-
-            store = KeyringStore(account=client_id)
-        self.store = store
+        _check_http_url("redirect_uri", redirect_uri)
+        #: The settings this flow was built with (see :class:`~pleo_auth.Settings`).
+        self.settings = settings
+        urls = settings.endpoints
+        self.client_id = settings.require_client_id()
+        self._client_secret = settings.client_secret
+        self.redirect_uri = redirect_uri
+        self.scope = settings.scopes
+        self.environment = settings.environment
+        self.token_url = urls.token_url
+        self.authorize_url = urls.authorize_url
+        self.subject = settings.subject
+        self.store = store if store is not None else settings.build_store()
         self._clock = clock or SYSTEM_CLOCK
-        self._endpoint_options: dict[str, Any] = {
-            "client_auth": client_auth,
-            "timeout": timeout,
-            "max_attempts": max_attempts,
-            "max_time": max_time,
-        }
-        # Fail now, not at the callback, on bad endpoint options.
-        self._endpoint().close()
 
     def _endpoint(self) -> TokenEndpoint:
+        settings = self.settings
         return TokenEndpoint(
             self.token_url,
             self.client_id,
             self._client_secret,
+            client_auth=settings.client_auth,
+            timeout=settings.refresh_timeout,
+            max_attempts=settings.max_refresh_attempts,
+            max_time=settings.max_refresh_time,
             clock=self._clock,
-            **self._endpoint_options,
         )
 
     def start(
@@ -488,14 +441,10 @@ class AuthorizationFlow:
         elif not isinstance(code, str):
             raise ConfigurationError(f"code must be a string, not {type(code).__name__}")
         _check_code(code)
-        endpoint = self._endpoint()
-        try:
-            tokens = endpoint.exchange_code(
-                code, redirect_uri=pending.redirect_uri, code_verifier=pending.code_verifier
-            )
-        finally:
-            endpoint.close()
-        self._save(tokens)
+        tokens = self._exchange(code, pending)
+        # Recorded, so `pleo-auth status` and `refresh` find where the tokens belong.
+        issuer = self.settings.endpoints
+        self._save(attrs.evolve(tokens, token_url=issuer.token_url, api_url=issuer.api_url))
         logger.info(
             "logged in: tokens %s saved to %s, scope %r",
             tokens.fingerprint,
@@ -503,6 +452,25 @@ class AuthorizationFlow:
             tokens.scope,
         )
         return tokens
+
+    def _exchange(self, code: str, pending: PendingAuthorization) -> TokenSet:
+        endpoint = self._endpoint()
+        try:
+            return endpoint.exchange_code(
+                code, redirect_uri=pending.redirect_uri, code_verifier=pending.code_verifier
+            )
+        except AuthorizationError as exc:
+            if exc.error != "invalid_client":
+                raise
+            # The code was never judged: the client itself was refused.
+            raise AuthorizationError(
+                "Pleo refused the client: the client id is unknown or the client secret is "
+                "wrong (invalid_client). Check PLEO_CLIENT_ID and PLEO_CLIENT_SECRET",
+                error=exc.error,
+                description=exc.description,
+            ) from None
+        finally:
+            endpoint.close()
 
     @staticmethod
     def _code_from_callback(pending: PendingAuthorization, callback: object) -> str:
@@ -550,6 +518,6 @@ class AuthorizationFlow:
 
     def __repr__(self) -> str:
         return (
-            f"<AuthorizationFlow client_id={self.client_id!r} environment={self.environment!r} "
+            f"<AuthorizationFlow client_id={self.client_id!r} {self.settings.target()} "
             f"redirect_uri={self.redirect_uri!r} store={self.store!r}>"
         )

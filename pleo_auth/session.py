@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import urllib.parse
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any
 
 import requests
 import requests.adapters
 from requests.auth import AuthBase
 
-from ._checks import check_seconds
 from ._clock import SYSTEM_CLOCK, Clock
 from ._coordinator import Coordinator
-from ._endpoint import ClientAuth, TokenEndpoint, check_settings
+from ._endpoint import TokenEndpoint
 from ._registry import REGISTRY
 from ._schedule import RefreshSchedule
-from ._urls import ApiScope, check_secure_url
+from ._urls import ApiScope
 from ._warmup import warm_up
 from .errors import ConfigurationError
+from .login_hint import LoginHint
+from .settings import ENDPOINTS, ClientAuth, Environment, Settings, settings_from_arguments
 from .stores.base import TokenStore
 from .tokens import TokenSet
 
@@ -29,13 +32,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ENVIRONMENTS", "PleoSession"]
 
-Environment = Literal["production", "staging"]
 
-#: Token endpoint and API base URL of each Pleo environment.
-ENVIRONMENTS: Mapping[str, tuple[str, str]] = {
-    "production": ("https://auth.pleo.io/oauth/token", "https://external.pleo.io"),
-    "staging": ("https://auth.staging.pleo.io/oauth/token", "https://external.staging.pleo.io"),
-}
+#: Token endpoint and API base URL of each Pleo environment, as 0.1 had them:
+#: derived from :data:`pleo_auth.settings.ENDPOINTS`, the one table.
+ENVIRONMENTS: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {env: (urls.token_url, urls.api_url) for env, urls in ENDPOINTS.items()}
+)
 
 
 _POOL_SIZE = 64
@@ -189,7 +191,7 @@ class PleoSession(requests.Session):
 
     def __init__(
         self,
-        client_id: str,
+        client_id: str | None = None,
         client_secret: str | None = None,
         *,
         store: TokenStore | None = None,
@@ -205,73 +207,48 @@ class PleoSession(requests.Session):
         refresh_timeout: float = 10.0,
         drain_timeout: float = 5.0,
         clock: Clock | None = None,
+        settings: Settings | None = None,
+        login_hint: LoginHint | str | None = None,
     ):
         super().__init__()
         # Meant to be shared by many threads: requests' default pool of 10
         # connections per host would open and throw away one per extra thread.
         for prefix in ("https://", "http://"):
             self.mount(prefix, requests.adapters.HTTPAdapter(pool_maxsize=_POOL_SIZE))
-        if not isinstance(client_id, str) or not client_id or not client_id.isprintable():
-            raise ConfigurationError("client_id must be a non-empty string of printable characters")
-        if not isinstance(environment, str) or environment not in ENVIRONMENTS:
-            raise ConfigurationError(
-                f"environment must be one of {sorted(ENVIRONMENTS)}, not {environment!r}"
-            )
-        refresh_margin = check_seconds("refresh_margin", refresh_margin)
-        drain_timeout = check_seconds("drain_timeout", drain_timeout)
-        for name, value in (("token_url", token_url), ("api_url", api_url)):
-            if value is not None and not isinstance(value, str):
-                raise ConfigurationError(f"{name} must be a URL string, not {type(value).__name__}")
+        settings = settings_from_arguments(
+            PleoSession.__init__,
+            settings,
+            client_id=client_id,
+            # 0.1 took an empty secret as none; a Settings refuses it.
+            client_secret=client_secret or None,
+            environment=environment,
+            token_url=token_url,
+            api_url=api_url,
+            refresh_margin=refresh_margin,
+            client_auth=client_auth,
+            max_refresh_attempts=max_refresh_attempts,
+            max_refresh_time=max_refresh_time,
+            refresh_timeout=refresh_timeout,
+            drain_timeout=drain_timeout,
+        )
         if tokens is not None and not isinstance(tokens, TokenSet):
             raise ConfigurationError("tokens must be a TokenSet (see TokenSet.from_response)")
-        default_token_url, default_api_url = ENVIRONMENTS[environment]
-        self.client_id = client_id
-        self.environment = environment
-        self.token_url = token_url or default_token_url
-        self.api_url = (api_url or default_api_url).rstrip("/")
-        check_secure_url("api_url", self.api_url)
+        #: The settings this session was built with (see :class:`~pleo_auth.Settings`).
+        self.settings = settings
+        urls = settings.endpoints
+        self.client_id = settings.require_client_id()
+        self.environment = settings.environment
+        self.token_url = urls.token_url
+        self.api_url = urls.api_url
         self._api_prefix = self.api_url + "/"
         self._api_scope = ApiScope(self.api_url)
-        # Checked here, not only when the shared coordinator is first built, so a
-        # second session over the same store cannot pass bad settings unnoticed.
-        check_settings(
-            self.token_url,
-            client_auth=client_auth,
-            timeout=refresh_timeout,
-            max_attempts=max_refresh_attempts,
-            max_time=max_refresh_time,
-        )
         # Here, not on the timer thread: a fork (gunicorn --preload) must never catch
         # a thread of ours inside an import. See pleo_auth._warmup.
         warm_up()
-        if store is None:
-            from .stores.keyring import KeyringStore
-
-            store = KeyringStore(account=client_id)
-        self.store = store
-        clock = clock or SYSTEM_CLOCK
-
-        def build() -> Coordinator:
-            endpoint = TokenEndpoint(
-                self.token_url,
-                client_id,
-                client_secret,
-                client_auth=client_auth,
-                timeout=refresh_timeout,
-                max_attempts=max_refresh_attempts,
-                max_time=max_refresh_time,
-                clock=clock,
-            )
-            return Coordinator(
-                store,
-                endpoint,
-                schedule=RefreshSchedule.for_margin(refresh_margin),
-                clock=clock,
-                drain_timeout=drain_timeout,
-                login_hint=self._login_hint(store),
-            )
-
-        key = (store.key, self.token_url, client_id)
+        self.store = store if store is not None else settings.build_store()
+        hint = login_hint or settings.login_hint(self.store)
+        build = functools.partial(_coordinator, settings, self.store, clock or SYSTEM_CLOCK, hint)
+        key = (self.store.key, self.token_url, self.client_id)
         self._coordinator, handle = REGISTRY.attach(key, build, on_reauthentication_required)
         # Collected without close(): the finaliser may run inside any allocation, so
         # it only queues the release (see _Registry).
@@ -282,32 +259,6 @@ class PleoSession(requests.Session):
         if tokens is not None:
             self._coordinator.seed(tokens)
         self._coordinator.ensure_timer()
-
-    def _login_hint(self, store: TokenStore) -> str:
-        """The command that logs this session's client in again, or what to do instead."""
-        import shlex
-
-        from .stores.keyring import KeyringStore
-
-        spec = store.spec
-        if isinstance(store, KeyringStore) and store.account != self.client_id:
-            spec = None  # the CLI files keyring tokens under the client id
-        if spec is None:
-            return (
-                "Log in again (pleo_auth.AuthorizationFlow, or `pleo-auth login`) and save "
-                f"the new tokens to {store.describe()}."
-            )
-        parts = ["pleo-auth", "login", "--client-id", self.client_id]
-        default_token_url, default_api_url = ENVIRONMENTS[self.environment]
-        if self.environment != "production":
-            parts += ["--environment", self.environment]
-        if self.token_url != default_token_url:
-            parts += ["--token-url", self.token_url]
-        if self.api_url != default_api_url:
-            parts += ["--api-url", self.api_url]
-        if spec != "keyring":
-            parts += ["--store", spec]
-        return f"Run `{shlex.join(parts)}` to authorise again."
 
     # -- public API -----------------------------------------------------------
 
@@ -433,7 +384,7 @@ class PleoSession(requests.Session):
 
     def __repr__(self) -> str:
         return (
-            f"<PleoSession client_id={self.client_id!r} environment={self.environment!r} "
+            f"<PleoSession client_id={self.client_id!r} {self.settings.target()} "
             f"store={self.store!r}>"
         )
 
@@ -442,6 +393,30 @@ class PleoSession(requests.Session):
 
 
 _LIVE_SESSIONS: weakref.WeakSet[PleoSession] = weakref.WeakSet()
+
+
+def _coordinator(
+    settings: Settings, store: TokenStore, clock: Clock, login_hint: LoginHint | str
+) -> Coordinator:
+    """The coordinator sessions over ``store`` share, built by the first of them."""
+    endpoint = TokenEndpoint(
+        settings.endpoints.token_url,
+        settings.client_id,
+        settings.client_secret,
+        client_auth=settings.client_auth,
+        timeout=settings.refresh_timeout,
+        max_attempts=settings.max_refresh_attempts,
+        max_time=settings.max_refresh_time,
+        clock=clock,
+    )
+    return Coordinator(
+        store,
+        endpoint,
+        schedule=RefreshSchedule.for_margin(settings.refresh_margin),
+        clock=clock,
+        drain_timeout=settings.drain_timeout,
+        login_hint=login_hint,
+    )
 
 
 def _reset_pools_after_fork() -> None:

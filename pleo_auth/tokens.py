@@ -193,6 +193,9 @@ class TokenSet:
         after_401: Whether a 401 forced the refresh that issued this pair. A 401 for
             such a pair before it is due is not answered with another refresh (see
             :class:`~pleo_auth.PleoSession`). Not part of equality.
+        token_url: The token endpoint that issued this pair, when recorded (a
+            login records it, and each refresh carries it on). Not part of equality.
+        api_url: The API base URL the pair is for, when recorded. Not part of equality.
 
     Thread safety:
         Immutable; share it freely.
@@ -215,6 +218,8 @@ class TokenSet:
         default=(), converter=_fingerprints, eq=False, kw_only=True
     )
     after_401: bool = attrs.field(default=False, converter=bool, eq=False, kw_only=True)
+    token_url: str | None = attrs.field(default=None, eq=False, kw_only=True)
+    api_url: str | None = attrs.field(default=None, eq=False, kw_only=True)
 
     @classmethod
     def from_response(cls, data: Mapping[str, Any], *, now: float | None = None) -> TokenSet:
@@ -317,6 +322,8 @@ class TokenSet:
                 issued_at=data.get("issued_at"),
                 lineage=data.get("lineage") or (),
                 after_401=data.get("after_401") or False,
+                token_url=data.get("token_url"),
+                api_url=data.get("api_url"),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a saved TokenSet: {type(exc).__name__}") from None
@@ -325,6 +332,9 @@ class TokenSet:
         """The fields as a JSON-ready dict. It holds secrets: store it, never log it."""
         data = attrs.asdict(self)
         data["lineage"] = list(self.lineage)
+        for name in ("token_url", "api_url"):
+            if data[name] is None:
+                del data[name]  # unrecorded: the document 0.1 wrote
         return data
 
     def succeeding(self, previous: TokenSet | None, *, after_401: bool = False) -> TokenSet:
@@ -336,6 +346,15 @@ class TokenSet:
         lineage = self.lineage
         if previous is not None and previous.refresh_token != self.refresh_token:
             lineage = _trimmed((previous.fingerprint, *previous.lineage))
+        if previous is not None and self.token_url is None:
+            # A refresh's reply says nothing of its issuer: it is the previous pair's.
+            return attrs.evolve(
+                self,
+                lineage=lineage,
+                after_401=after_401,
+                token_url=previous.token_url,
+                api_url=previous.api_url,
+            )
         return attrs.evolve(self, lineage=lineage, after_401=after_401)
 
     def descends_from(self, other: TokenSet) -> bool:

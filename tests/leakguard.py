@@ -76,6 +76,7 @@ import builtins
 import contextlib
 import functools
 import hashlib
+import importlib
 import inspect
 import logging
 import re
@@ -517,6 +518,8 @@ def _install(guard: LeakGuard, patch: pytest.MonkeyPatch) -> None:
         builtins.print(*args, sep=sep, end=end, file=file, flush=flush)
 
     patch.setattr(cli, "print", print_, raising=False)
+    # Everything the command prints goes through its one output module.
+    patch.setattr(importlib.import_module("pleo_auth.cli._output"), "print", print_, raising=False)
 
 
 _GUARD = LeakGuard()

@@ -217,17 +217,16 @@ def test_a_token_store_object_can_be_configured(emulator: Emulator) -> None:
 def test_missing_client_id_is_a_configuration_error() -> None:
     app = Flask(__name__)
     app.config["SECRET_KEY"] = "test-only"
-    PleoAuth(app)
-    with app.app_context(), pytest.raises(ConfigurationError, match="CLIENT_ID is required"):
-        get_session()
+    # Checked when the extension is set up, not at the first request.
+    with pytest.raises(ConfigurationError, match="CLIENT_ID is required"):
+        PleoAuth(app)
 
 
 def test_an_unknown_pleo_setting_is_a_configuration_error() -> None:
     app = Flask(__name__)
     app.config.update(PLEO_CLIENT_ID="c", PLEO_STORE="file:/tmp/x.json", PLEO_SCOPE="users:read")
-    PleoAuth(app)
-    with app.app_context(), pytest.raises(ConfigurationError, match="SCOPE"):
-        get_session()
+    with pytest.raises(ConfigurationError, match="SCOPE"):
+        PleoAuth(app)
 
 
 def test_importing_pleo_auth_does_not_import_flask() -> None:

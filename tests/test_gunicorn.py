@@ -43,7 +43,7 @@ import pytest
 import requests
 
 from pleo_auth import TokenSet
-from pleo_auth._store_spec import store_from_spec
+from pleo_auth.stores.spec import store_from_spec
 from pleo_auth.testing import Emulator, EmulatorCounters
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="gunicorn needs os.fork")

@@ -25,12 +25,6 @@ SCANNED = ("pleo_auth", "benchmarks", "examples")
 #: as soon as an entry is no longer needed, so it is removed.
 ALLOWED: frozenset[tuple[str, str]] = frozenset(
     {
-        # The CLI's demo runs the workload runner through its private module
-        # (issue 11 item 3: the demo moves to the public pleo_auth.testing API).
-        ("pleo_auth/cli.py", "pleo_auth.testing._workload.WorkloadProgress"),
-        ("pleo_auth/cli.py", "pleo_auth.testing._workload.WorkloadReport"),
-        ("pleo_auth/cli.py", "pleo_auth.testing._workload.WorkloadError"),
-        ("pleo_auth/cli.py", "pleo_auth.testing._workload.run_workload"),
         # The workload runner reads the session module's private registry of live
         # sessions (issue 11 item 5 moves the schedule and the runner's needs).
         ("pleo_auth/testing/_workload.py", "pleo_auth.session._LIVE_SESSIONS"),

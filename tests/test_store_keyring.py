@@ -725,7 +725,7 @@ def test_a_session_on_the_default_keyring_without_one_fails_naming_the_alternati
     assert emulator.counters == before
 
 
-def test_the_cli_keyring_store_without_a_keyring_exits_3_naming_the_alternatives(
+def test_the_cli_keyring_store_without_a_keyring_exits_2_naming_the_alternatives(
     private_keyring_config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(keyring.core, "_keyring_backend", fail.Keyring())
@@ -738,11 +738,15 @@ def test_the_cli_keyring_store_without_a_keyring_exits_3_naming_the_alternatives
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main(["status"], env=env, out=io.StringIO())
-    assert code == 3
+    # A store this machine cannot use is a settings problem: 2, like other usage errors.
+    assert code == 2
     message = err.getvalue()
-    assert message.startswith("pleo-auth: status failed: keyring found no usable backend")
+    assert message.startswith("pleo-auth: error: keyring found no usable backend")
+    _reason, fix = message.splitlines()
+    assert fix.startswith("  Use a file")  # the fix, on a line of its own
     for alternative in ALTERNATIVES:
-        assert alternative in message
+        assert alternative in fix
+    assert "secretstorage" not in message  # keyring already brings it
     assert "Traceback" not in message
 
 

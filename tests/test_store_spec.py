@@ -1,4 +1,4 @@
-"""Tests for pleo_auth._store_spec: the ``--store`` / ``PLEO_STORE`` parser."""
+"""Tests for pleo_auth.stores.spec: the ``--store`` / ``PLEO_STORE`` parser."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pleo_auth import ConfigurationError, FileStore, KeyringStore
-from pleo_auth._store_spec import redact_spec, store_from_spec
+from pleo_auth.stores.spec import redact_spec, store_from_spec
 
 
 def test_keyring_spec_builds_a_keyring_store_for_the_client() -> None:

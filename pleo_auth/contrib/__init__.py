@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import attrs
 
-from .._store_spec import DEFAULT_SPEC, store_from_spec
 from ..errors import ConfigurationError
-from ..flow import AuthorizationFlow, normalize_scopes
-from ..session import ENVIRONMENTS, Environment, PleoSession
+from ..flow import AuthorizationFlow
+from ..session import PleoSession
+from ..settings import Settings
 from ..stores.base import TokenStore
 
 __all__: list[str] = []
@@ -40,22 +40,8 @@ __all__: list[str] = []
 PENDING_KEY = "pleo_auth.pending"
 NEXT_KEY = "pleo_auth.next"
 
-_KNOWN_KEYS = frozenset(
-    {
-        "CLIENT_ID",
-        "CLIENT_SECRET",
-        "STORE",
-        "ENVIRONMENT",
-        "SCOPES",
-        "TOKEN_URL",
-        "API_URL",
-        "AUTHORIZE_URL",
-        "REDIRECT_URI",
-        "AFTER_CONNECT",
-        "SUBJECT",
-        "REFRESH_MARGIN",
-    }
-)
+#: The settings only a web app has; the rest are :class:`~pleo_auth.Settings`'.
+_WEB_KEYS = ("REDIRECT_URI", "AFTER_CONNECT")
 
 
 @attrs.frozen(repr=False)
@@ -66,102 +52,58 @@ class _WebSettings:
         Immutable; the store it holds is shared by every request.
     """
 
-    client_id: str
-    client_secret: str | None
+    settings: Settings
     store: TokenStore
-    environment: Environment = "production"
-    scopes: str | None = None
-    token_url: str | None = None
-    api_url: str | None = None
-    authorize_url: str | None = None
     redirect_uri: str | None = None
     after_connect: str = "/"
-    subject: str | None = None
-    refresh_margin: float = 60.0
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], *, where: str) -> _WebSettings:
+    def from_mapping(
+        cls, values: Mapping[str, Any], *, where: str, prefix: str = ""
+    ) -> _WebSettings:
         """Read settings named without prefix (``CLIENT_ID``, ``STORE``, ...).
 
-        ``STORE`` is a spec string (``keyring``, ``file:PATH``, ``redis://...``)
-        or a :class:`~pleo_auth.TokenStore`. ``SCOPES`` is a space-separated
-        string or a list.
+        Everything but ``REDIRECT_URI`` and ``AFTER_CONNECT`` is read by
+        :meth:`pleo_auth.Settings.from_mapping`, and the store is built here, once,
+        so a mistyped ``STORE`` is found when the app starts.
 
         Raises:
             ConfigurationError: A setting is missing or invalid; the message
                 says where (``where``) it should be.
         """
-        unknown = sorted(set(values) - _KNOWN_KEYS)
-        if unknown:
-            raise ConfigurationError(f"{where}: unknown setting(s) {', '.join(unknown)}")
-        client_id = values.get("CLIENT_ID")
-        if not isinstance(client_id, str) or not client_id:
-            raise ConfigurationError(f"{where}: CLIENT_ID is required")
-        secret = values.get("CLIENT_SECRET") or None
-        if secret is not None and not isinstance(secret, str):
-            raise ConfigurationError(f"{where}: CLIENT_SECRET must be a string")
-        environment = values.get("ENVIRONMENT") or "production"
-        if environment not in ENVIRONMENTS:
-            raise ConfigurationError(
-                f"{where}: ENVIRONMENT must be one of {sorted(ENVIRONMENTS)}, not {environment!r}"
-            )
-        store = values.get("STORE") or DEFAULT_SPEC
-        if isinstance(store, str):
-            store = store_from_spec(store, client_id=client_id)
-        elif not isinstance(store, TokenStore):
-            raise ConfigurationError(f"{where}: STORE must be a store spec or a TokenStore")
-        strings = {}
-        for key in ("TOKEN_URL", "API_URL", "AUTHORIZE_URL", "REDIRECT_URI", "SUBJECT"):
-            value = values.get(key) or None
+        settings = Settings.from_mapping(
+            {key: value for key, value in values.items() if key not in _WEB_KEYS},
+            where=where,
+            prefix=prefix,
+        )
+        web = {key: values.get(key) or None for key in _WEB_KEYS}
+        for key, value in web.items():
             if value is not None and not isinstance(value, str):
-                raise ConfigurationError(f"{where}: {key} must be a string")
-            strings[key.lower()] = value
-        after_connect = values.get("AFTER_CONNECT") or "/"
-        if not isinstance(after_connect, str):
-            raise ConfigurationError(f"{where}: AFTER_CONNECT must be a string")
-        margin = values.get("REFRESH_MARGIN", 60.0)
-        if not isinstance(margin, int | float) or margin < 0:
-            raise ConfigurationError(f"{where}: REFRESH_MARGIN must be seconds >= 0")
+                raise ConfigurationError(f"{where}: {prefix}{key} must be a string")
         return cls(
-            client_id=client_id,
-            client_secret=secret,
-            store=store,
-            environment=cast(Environment, environment),
-            scopes=normalize_scopes(values.get("SCOPES") or None),
-            after_connect=after_connect,
-            refresh_margin=float(margin),
-            **strings,
+            settings=settings,
+            store=settings.build_store(),
+            redirect_uri=web["REDIRECT_URI"],
+            after_connect=web["AFTER_CONNECT"] or "/",
         )
 
-    def session(self) -> PleoSession:
-        """A new :class:`~pleo_auth.PleoSession` over the app's store."""
-        return PleoSession(
-            self.client_id,
-            self.client_secret,
-            store=self.store,
-            environment=self.environment,
-            token_url=self.token_url,
-            api_url=self.api_url,
-            refresh_margin=self.refresh_margin,
-        )
+    def session(self, connect_view: str | None = None) -> PleoSession:
+        """A new :class:`~pleo_auth.PleoSession` over the app's store; a dead grant
+        tells to log in at ``connect_view``."""
+        hint = self.settings.login_hint(self.store, view=connect_view) if connect_view else None
+        return PleoSession(settings=self.settings, store=self.store, login_hint=hint)
 
     def flow(self, redirect_uri: str) -> AuthorizationFlow:
         """An :class:`~pleo_auth.flow.AuthorizationFlow` that saves to the app's store."""
         return AuthorizationFlow(
-            self.client_id,
-            self.client_secret,
+            settings=self.settings,
             redirect_uri=self.redirect_uri or redirect_uri,
-            scopes=self.scopes,
             store=self.store,
-            environment=self.environment,
-            authorize_url=self.authorize_url,
-            token_url=self.token_url,
-            subject=self.subject,
         )
 
     def __repr__(self) -> str:
         return (
-            f"<_WebSettings client_id={self.client_id!r} environment={self.environment!r} "
+            f"<_WebSettings client_id={self.settings.client_id!r} {self.settings.target()} "
             f"store={self.store!r}>"
         )
 
@@ -174,8 +116,14 @@ class _Lazy:
         the first caller builds, the others wait and get the same objects.
     """
 
-    def __init__(self, read: Callable[[], _WebSettings]):
+    def __init__(
+        self,
+        read: Callable[[], _WebSettings],
+        connect_view: Callable[[], str | None] | None = None,
+    ):
         self._read = read
+        #: The path of the app's connect view, named in a dead grant's login hint.
+        self._connect_view = connect_view or (lambda: None)
         self._lock = threading.Lock()
         self._settings: _WebSettings | None = None
         self._session: PleoSession | None = None
@@ -195,7 +143,7 @@ class _Lazy:
             settings = self.settings()
             with self._lock:
                 if self._session is None:
-                    self._session = settings.session()
+                    self._session = settings.session(self._connect_view())
                 session = self._session
         return session
 

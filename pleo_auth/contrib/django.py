@@ -29,10 +29,15 @@ When the grant dies, the :class:`~pleo_auth.ReauthenticationRequired` a view
 raises is turned by the middleware into a redirect to the connect view, which
 brings the person back afterwards.
 
+Add ``"pleo_auth.contrib.django.PleoAuthConfig"`` to ``INSTALLED_APPS`` and
+``manage.py check`` checks ``PLEO_AUTH`` (error ``pleo_auth.E001``); the
+middleware checks it when the app starts.
+
 ``PLEO_AUTH`` keys: ``CLIENT_ID`` (required), ``CLIENT_SECRET``, ``STORE``,
 ``ENVIRONMENT``, ``SCOPES``, ``TOKEN_URL``, ``API_URL``, ``AUTHORIZE_URL``,
 ``REDIRECT_URI`` (default: the callback view's absolute URL), ``AFTER_CONNECT``
-(default ``/``), ``SUBJECT``, ``REFRESH_MARGIN``.
+(default ``/``), ``SUBJECT``, and every other field of :class:`~pleo_auth.Settings`
+in capitals (``REFRESH_MARGIN``, ``CLIENT_AUTH``, ``REFRESH_TIMEOUT``, ...).
 
 Guard the two views like your admin pages: include them under a path your
 authentication protects, or wrap :func:`connect` and :func:`callback` yourself
@@ -47,10 +52,12 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
+from django.apps import AppConfig
 from django.conf import settings as django_settings
+from django.core import checks
 from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
-from django.urls import path, reverse
+from django.urls import NoReverseMatch, path, reverse
 
 from ..errors import AuthorizationError, ConfigurationError, ReauthenticationRequired
 from ..flow import PendingAuthorization
@@ -59,7 +66,16 @@ from . import NEXT_KEY, PENDING_KEY, _Lazy, _safe_next, _WebSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PleoAuthMiddleware", "app_name", "callback", "connect", "get_session", "urlpatterns"]
+__all__ = [
+    "PleoAuthConfig",
+    "PleoAuthMiddleware",
+    "app_name",
+    "callback",
+    "check_settings",
+    "connect",
+    "get_session",
+    "urlpatterns",
+]
 
 
 def _read_settings() -> _WebSettings:
@@ -69,7 +85,42 @@ def _read_settings() -> _WebSettings:
     return _WebSettings.from_mapping(values, where="settings.PLEO_AUTH")
 
 
-_LAZY = _Lazy(_read_settings)
+def _connect_view() -> str | None:
+    try:
+        return str(reverse("pleo_auth:connect"))
+    except NoReverseMatch:
+        return None  # the views are not included: the hint names the command instead
+
+
+_LAZY = _Lazy(_read_settings, _connect_view)
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """The system check behind ``manage.py check``: ``PLEO_AUTH`` is complete and
+    valid, and its ``STORE`` names a store (``pleo_auth.E001`` otherwise)."""
+    try:
+        _read_settings()
+    except ConfigurationError as exc:
+        return [
+            checks.Error(
+                str(exc),
+                hint="Fix settings.PLEO_AUTH (see pleo_auth.contrib.django).",
+                id="pleo_auth.E001",
+            )
+        ]
+    return []
+
+
+checks.register(check_settings, "pleo_auth")
+
+
+class PleoAuthConfig(AppConfig):  # type: ignore[misc]  # Django ships no type hints
+    """Add ``"pleo_auth.contrib.django.PleoAuthConfig"`` to ``INSTALLED_APPS`` so that
+    ``manage.py check`` checks ``PLEO_AUTH`` (:func:`check_settings`)."""
+
+    name = "pleo_auth.contrib.django"
+    label = "pleo_auth"
+    verbose_name = "pleo-auth"
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
@@ -152,6 +203,9 @@ class PleoAuthMiddleware:
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        # Django builds its middleware when the app starts: a bad PLEO_AUTH (a
+        # mistyped STORE) stops it there, not at every request.
+        _LAZY.settings()
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:

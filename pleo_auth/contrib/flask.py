@@ -28,8 +28,10 @@ Settings (``app.config``): ``PLEO_CLIENT_ID`` (required), ``PLEO_CLIENT_SECRET``
 ``PLEO_STORE`` (a spec, ``keyring`` by default, or a :class:`~pleo_auth.TokenStore`),
 ``PLEO_ENVIRONMENT``, ``PLEO_SCOPES``, ``PLEO_TOKEN_URL``, ``PLEO_API_URL``,
 ``PLEO_AUTHORIZE_URL``, ``PLEO_REDIRECT_URI`` (default: the callback view's
-external URL), ``PLEO_AFTER_CONNECT`` (default ``/``), ``PLEO_SUBJECT``,
-``PLEO_REFRESH_MARGIN``.
+external URL), ``PLEO_AFTER_CONNECT`` (default ``/``), ``PLEO_SUBJECT``, and every
+other field of :class:`~pleo_auth.Settings` (``PLEO_REFRESH_MARGIN``,
+``PLEO_CLIENT_AUTH``, ...). They are checked, and the store built, by
+:meth:`PleoAuth.init_app`: a mistyped setting stops the app at start-up.
 
 Flask's default session is a *signed*, not encrypted, cookie: the person's own
 browser can read the PKCE verifier in it while the login is pending. That is
@@ -87,8 +89,17 @@ class PleoAuth:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Register the views, the error handler and the app's lazy settings."""
-        app.extensions[_EXTENSION] = _Lazy(lambda: _read_settings(app))
+        """Register the views, the error handler and the app's settings.
+
+        The settings are read and checked here, and the store built, so a
+        mistyped ``PLEO_STORE`` stops the app at start-up, not every request.
+
+        Raises:
+            ConfigurationError: A ``PLEO_*`` setting is missing or invalid.
+        """
+        lazy = _Lazy(lambda: _read_settings(app), lambda: f"{self.url_prefix}/connect")
+        lazy.settings()
+        app.extensions[_EXTENSION] = lazy
         app.register_blueprint(self.blueprint, url_prefix=self.url_prefix)
         app.register_error_handler(ReauthenticationRequired, _on_reauthentication_required)
 
@@ -133,7 +144,7 @@ def _read_settings(app: Flask) -> _WebSettings:
         for key, value in app.config.items()
         if key.startswith(prefix) and value is not None
     }
-    return _WebSettings.from_mapping(values, where="app.config PLEO_*")
+    return _WebSettings.from_mapping(values, where="app.config", prefix=prefix)
 
 
 def _page(status: int, title: str, message: str, link: str | None = None) -> Response:

@@ -87,6 +87,9 @@ def _problem(data: dict[str, Any]) -> str | None:
         return "lineage is not an array of non-empty strings"
     if data.get("after_401") is not None and not isinstance(data["after_401"], bool):
         return "after_401 is not a boolean"
+    for name in ("token_url", "api_url"):
+        if data.get(name) is not None and not isinstance(data[name], str):
+            return f"{name} is not a string"
     return None
 
 

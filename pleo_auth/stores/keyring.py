@@ -11,7 +11,7 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ..errors import ConfigurationError, TokenStoreError
+from ..errors import ConfigurationError, StoreUnusable, TokenStoreError
 from ..tokens import TokenSet
 from . import _files
 from .base import TokenStore, decode_tokens, encode_tokens
@@ -62,11 +62,8 @@ _REFUSED = {
 _STOCK_SECRET_SERVICE = ("keyring.backends.SecretService", "Keyring")
 
 _ALTERNATIVES = (
-    "Keep the tokens in a private file (FileStore(path); for the pleo-auth command "
-    "`--store file:PATH` or PLEO_STORE=file:PATH) or in Redis (RedisStore(url); "
-    "`--store redis://HOST:PORT/DB`), or install and unlock a keyring: on Linux a Secret "
-    "Service (gnome-keyring or KWallet) in a D-Bus session, with `pip install secretstorage`; "
-    "on macOS and Windows the system's own."
+    "Use a file (--store file:PATH, FileStore) or Redis (--store redis://HOST:PORT/DB, "
+    "RedisStore), or install and unlock a keyring (gnome-keyring or KWallet on Linux)."
 )
 
 
@@ -535,21 +532,23 @@ def _usable_default_backend() -> Any:
     try:
         chosen = keyring.get_keyring()
     except Exception as exc:
-        raise TokenStoreError(
-            f"cannot load the keyring backend{_configured_by()}: {_describe(exc)}. {_ALTERNATIVES}"
+        raise StoreUnusable(
+            f"cannot load the keyring backend{_configured_by()}: {_describe(exc)}",
+            fix=_ALTERNATIVES,
         ) from exc
     members = _chain_members(chosen)
     if members is not None:
         if not members:
-            raise TokenStoreError(
-                f"keyring found no usable backend on this machine. {_ALTERNATIVES}"
+            raise StoreUnusable(
+                "keyring found no usable backend on this machine", fix=_ALTERNATIVES
             )
         chosen = members[0]  # where keyring's chainer writes
     names = _class_names(chosen)
     for name, reason in _REFUSED.items():
         if name in names:
-            raise TokenStoreError(
-                f"{reason}{_configured_by()}; pleo-auth does not keep tokens there. {_ALTERNATIVES}"
+            raise StoreUnusable(
+                f"{reason}{_configured_by()}; pleo-auth does not keep tokens there",
+                fix=_ALTERNATIVES,
             )
     return chosen
 

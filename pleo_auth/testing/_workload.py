@@ -279,13 +279,13 @@ def build_store(spec: str, *, client_id: str) -> TokenStore:
         raise ConfigurationError(
             "a workload store spec is file:PATH, keyring-file:PATH or redis://HOST:PORT/DB[#KEY]"
         )
-    from .._store_spec import store_from_spec
+    from ..stores.spec import store_from_spec
 
     return store_from_spec(spec, client_id=client_id)
 
 
 def _shown(spec: str) -> str:
-    from .._store_spec import redact_spec
+    from ..stores.spec import redact_spec
 
     return redact_spec(spec)
 

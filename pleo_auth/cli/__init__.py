@@ -1,0 +1,60 @@
+"""The ``pleo-auth`` command: log in, check, refresh and log out, and a local demo.
+
+Settings come from flags or the environment (flags win), read into one
+:class:`~pleo_auth.Settings` (:meth:`~pleo_auth.Settings.from_env`):
+
+=====================  ======================  ======================================
+flag                   environment             meaning
+=====================  ======================  ======================================
+``--client-id``        ``PLEO_CLIENT_ID``      your integration's OAuth client id
+(avoid the flag)       ``PLEO_CLIENT_SECRET``  its secret; ``--client-secret`` shows
+                                               it to every user of ``ps``
+``--environment``      ``PLEO_ENVIRONMENT``    ``production`` (default) or ``staging``
+``--store``            ``PLEO_STORE``          ``keyring`` (default), ``file:PATH``
+                                               or ``redis://HOST:PORT/DB?key=NAME``
+``--token-url``        ``PLEO_TOKEN_URL``      overrides the token endpoint (emulator);
+                                               ``status`` and ``refresh`` default to
+                                               the one the stored tokens came from
+``--api-url``          ``PLEO_API_URL``        overrides the API base URL
+``--authorize-url``    ``PLEO_AUTHORIZE_URL``  overrides /oauth/authorize (default:
+                                               beside ``--token-url`` when given)
+``--scope`` (login)    ``PLEO_SCOPES``         space-separated scopes to ask for
+=====================  ======================  ======================================
+
+Exit status, the same for every command:
+
+* 0: success.
+* 1: a person must log in (``status``, ``refresh``), or the demo saw errors.
+* 2: bad usage or settings, a store this machine cannot use (no keyring
+  backend) included: fix the command line or the environment.
+* 3: any other failure: the login was refused or timed out, the token endpoint
+  or the store failed.
+* 130: interrupted.
+
+Nothing this command prints contains a token, a code or the client secret.
+
+The package has one module per part: ``_parser`` (the parser, the settings and
+the dispatch), ``_commands`` (the commands), ``_loopback`` (the loopback login
+server), ``_demo`` (the demo and its report), ``_render`` (the one function that
+writes a login command) and ``_output`` (everything printed).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ._parser import EXIT_FAILURE, EXIT_LOGIN_NEEDED, EXIT_OK, EXIT_USAGE, build_parser, main
+from ._render import login_command
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_LOGIN_NEEDED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "build_parser",
+    "login_command",
+    "main",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""What logs a person in again, as a value: :class:`LoginHint`.
+
+A session, its coordinator and the errors they raise carry a :class:`LoginHint`
+given to them; none of them builds a command line. The ``pleo-auth`` command
+renders one (:func:`pleo_auth.cli.login_command`), and a web app names its
+connect view instead.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from .settings import Settings
+    from .stores.base import TokenStore
+
+__all__ = ["LoginHint"]
+
+
+@attrs.frozen
+class LoginHint:
+    """Which login fills a store again: its settings and store, or a web view.
+
+    ``str()`` gives the sentence for a person: the web view when there is one,
+    else the ``pleo-auth login`` command with exactly the flags these settings
+    need, else (a store no command can reach, such as memory) what to do in code.
+
+    Attributes:
+        client_id: The OAuth client id.
+        environment: ``"production"`` or ``"staging"``.
+        token_url: The token endpoint override, if any.
+        api_url: The API base URL override, if any.
+        authorize_url: The authorize endpoint override, if any.
+        store: The store's spec (:attr:`~pleo_auth.TokenStore.spec`), or None
+            when the command cannot reach it.
+        where: The store's description, for the sentence.
+        view: The URL of a web view that logs in, if a web app has one.
+
+    Thread safety:
+        Immutable; share it freely.
+
+    >>> str(LoginHint(client_id="c-1", store="file:/srv/t.json", where="file /srv/t.json"))
+    'Log in with `pleo-auth login --client-id c-1 --store file:/srv/t.json`.'
+    >>> str(LoginHint(view="https://app.example/pleo/connect"))
+    'Log in at https://app.example/pleo/connect.'
+    """
+
+    client_id: str = ""
+    environment: str = "production"
+    token_url: str | None = None
+    api_url: str | None = None
+    authorize_url: str | None = None
+    store: str | None = "keyring"
+    where: str = ""
+    view: str | None = None
+
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, store: TokenStore, *, view: str | None = None
+    ) -> LoginHint:
+        """The login that fills ``store`` with tokens for ``settings``."""
+        from .stores.keyring import KeyringStore
+
+        spec = store.spec
+        if isinstance(store, KeyringStore) and store.account != settings.client_id:
+            spec = None  # the command files keyring tokens under the client id
+        return cls(
+            client_id=settings.client_id,
+            environment=settings.environment,
+            token_url=settings.token_url,
+            api_url=settings.api_url,
+            authorize_url=settings.authorize_url,
+            store=spec,
+            where=store.describe(),
+            view=view,
+        )
+
+    def __str__(self) -> str:
+        if self.view is not None:
+            return f"Log in at {self.view}."
+        if self.store is None:
+            return (
+                "Log in (pleo_auth.AuthorizationFlow, or `pleo-auth login`) and save the "
+                f"new tokens to {self.where}."
+            )
+        from .cli import login_command  # the one place that knows the flags
+
+        return f"Log in with `{login_command(self)}`."

@@ -1,0 +1,186 @@
+"""Store specs: the text (``keyring``, ``file:PATH``, ``redis://...``) that names a TokenStore.
+
+The same spec is the ``--store`` argument of the ``pleo-auth`` command, the
+``PLEO_STORE`` environment variable, the ``STORE`` setting of the web
+integrations, and :attr:`TokenStore.spec`. This module parses and renders it:
+:func:`check_spec` validates one, :func:`store_from_spec` builds the store it
+names, and :func:`redact_spec` makes one fit for a message.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable
+
+from .._text import shown
+from ..errors import ConfigurationError
+from .base import TokenStore
+
+__all__ = ["DEFAULT_SPEC", "SPEC_HELP", "check_spec", "redact_spec", "store_from_spec"]
+
+DEFAULT_SPEC = "keyring"
+
+SPEC_HELP = "keyring, file:PATH or redis://HOST[:PORT][/DB][?key=NAME]"
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redact_spec(spec: str) -> str:
+    """``spec`` with any password in it replaced by ``***``, fit for messages.
+
+    >>> redact_spec("redis://:hunter2@cache:6379/0")
+    'redis://:***@cache:6379/0'
+    >>> redact_spec("unix:///run/redis.sock?password=hunter2&db=1")
+    'unix:///run/redis.sock?password=***&db=1'
+    >>> redact_spec("file:/srv/tokens.json")
+    'file:/srv/tokens.json'
+    """
+    try:
+        parts = urllib.parse.urlsplit(spec)
+    except ValueError:
+        return "<unparseable store spec>"
+    if not parts.scheme or "://" not in spec:
+        return spec
+    from .redis import redact_url  # a module of plain functions until a store is built
+
+    return redact_url(spec)
+
+
+def store_from_spec(spec: str, *, client_id: str) -> TokenStore:
+    """Build the store a spec names.
+
+    * ``keyring``: the system keyring, account ``client_id``
+      (``KeyringStore(account=client_id)``, as :class:`~pleo_auth.PleoSession` defaults to).
+    * ``file:PATH``: a :class:`~pleo_auth.FileStore` (``~`` is expanded;
+      ``file:///abs/path`` works too).
+    * ``redis://...``, ``rediss://...``, ``unix://...``: a
+      :class:`~pleo_auth.stores.redis.RedisStore` (needs ``pleo-auth[redis]``), under
+      the key the URL names (``?key=NAME``), else RedisStore's default key.
+
+    Args:
+        spec: The spec.
+        client_id: The OAuth client id; ``keyring`` needs it (the keyring
+            account), the others ignore it and it may be empty.
+
+    Raises:
+        ConfigurationError: The spec is malformed or names an unknown kind of
+            store, or the store it names needs an extra that is not installed.
+    """
+    return _builder(spec)(client_id)
+
+
+def check_spec(spec: object) -> str:
+    """Validate a spec without building its store (nothing is opened or connected).
+
+    Returns:
+        The spec, stripped.
+
+    Raises:
+        ConfigurationError: As :func:`store_from_spec` would, except for the
+            client id, which is not known here.
+    """
+    _builder(spec)
+    return spec.strip() if isinstance(spec, str) else ""
+
+
+def _builder(spec: object) -> Callable[[str], TokenStore]:
+    """Validate ``spec`` and return what builds its store, given the client id."""
+    if not isinstance(spec, str):
+        raise ConfigurationError(f"a store spec must be a string ({SPEC_HELP})")
+    spec = spec.strip()
+    if spec == "keyring":
+        return _keyring_store
+    if spec.startswith("file:"):
+        path = _file_path(spec)
+        return lambda client_id: _file_store(path)
+    scheme, colon, _ = spec.partition(":")
+    if colon and scheme.lower() in _REDIS_SCHEMES:
+        _check_redis_url(spec)
+        return lambda client_id: _redis_store(spec)
+    if not spec:
+        raise ConfigurationError(f"the token store spec is empty: use {SPEC_HELP}")
+    raise ConfigurationError(f"unknown token store {shown(redact_spec(spec))}: use {SPEC_HELP}")
+
+
+def _keyring_store(client_id: str) -> TokenStore:
+    _need_client_id(client_id, "keyring")
+    from .keyring import KeyringStore
+
+    return KeyringStore(account=client_id)
+
+
+def _need_client_id(client_id: str, kind: str) -> None:
+    if not isinstance(client_id, str) or not client_id:
+        raise ConfigurationError(
+            f"the {kind} store is per client: give the client id (--client-id or PLEO_CLIENT_ID)"
+        )
+    from ..settings import check_client_id  # the one client id rule
+
+    check_client_id(client_id)
+
+
+def _file_path(spec: str) -> str:
+    path = spec[len("file:") :]
+    if path.startswith("//"):
+        # file:///abs/path, or file://localhost/abs/path
+        host, slash, rest = path[2:].partition("/")
+        if host not in ("", "localhost") or not slash:
+            raise ConfigurationError(
+                f"store {shown(spec)}: a file URL must name a local absolute path (file:///PATH)"
+            )
+        path = "/" + urllib.parse.unquote(rest)
+    if not path.strip():
+        raise ConfigurationError("store 'file:' needs a path, as in file:~/.pleo/tokens.json")
+    if "\0" in path:
+        raise ConfigurationError("a file store path must not contain NUL")
+    return path
+
+
+def _file_store(path: str) -> TokenStore:
+    from .file import FileStore
+
+    return FileStore(path)
+
+
+def _redis_store(spec: str) -> TokenStore:
+    try:
+        from .redis import RedisStore
+    except ImportError as exc:  # pragma: no cover - the module ships with pleo_auth
+        raise ConfigurationError(
+            "a redis:// store needs the redis extra: pip install 'pleo-auth[redis]'"
+        ) from exc
+    # RedisStore reads the key from the URL (?key=NAME or #NAME), as its spec writes it.
+    store: TokenStore = RedisStore(spec)
+    return store
+
+
+def _check_redis_url(spec: str) -> None:
+    """Refuse what redis-py would misread or fail on later: no ``//``, no host or
+    socket path, a bad port, a database that is not a number."""
+
+    def refuse(problem: str) -> ConfigurationError:
+        return ConfigurationError(f"invalid Redis URL {shown(redact_spec(spec))}: {problem}")
+
+    scheme, _, rest = spec.partition(":")
+    if not rest.startswith("//"):
+        # Not echoed: without the // nothing tells a password from a host.
+        raise ConfigurationError(
+            f"invalid Redis URL: write {scheme.lower()}://HOST[:PORT][/DB] or unix:///PATH"
+        )
+    try:
+        parts = urllib.parse.urlsplit(spec)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        raise refuse("bad host or port") from None
+    if parts.scheme == "unix":
+        if not parts.path.strip("/"):
+            raise refuse("a unix:// URL needs the socket's path, as in unix:///run/redis.sock")
+        return
+    if not host:
+        raise refuse("no host")
+    if port == 0:
+        raise refuse("port 0")
+    database = parts.path[1:]
+    if database and not (database.isascii() and database.isdigit()):
+        raise refuse("the path must be a database number")
