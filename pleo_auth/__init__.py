@@ -21,12 +21,15 @@ from .errors import (
     PleoAuthError,
     ReauthenticationRequired,
     RefreshError,
+    StoreUnusable,
     TokenStoreError,
 )
 
 if TYPE_CHECKING:
     from .flow import AuthorizationFlow, PendingAuthorization
+    from .login_hint import LoginHint
     from .session import PleoSession
+    from .settings import Settings
     from .stores import FileStore, KeyringStore, Lease, MemoryStore, TokenStore
     from .stores.redis import RedisStore
     from .tokens import TokenSet
@@ -37,6 +40,8 @@ _LAZY = {
     "AuthorizationFlow": ".flow",
     "PendingAuthorization": ".flow",
     "PleoSession": ".session",
+    "Settings": ".settings",
+    "LoginHint": ".login_hint",
     "TokenSet": ".tokens",
     "TokenStore": ".stores.base",
     "Lease": ".stores.base",
@@ -53,6 +58,7 @@ __all__ = [
     "FileStore",
     "KeyringStore",
     "Lease",
+    "LoginHint",
     "MemoryStore",
     "PendingAuthorization",
     "PleoAuthError",
@@ -60,6 +66,8 @@ __all__ = [
     "ReauthenticationRequired",
     "RedisStore",
     "RefreshError",
+    "Settings",
+    "StoreUnusable",
     "TokenSet",
     "TokenStore",
     "TokenStoreError",

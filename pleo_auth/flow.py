@@ -47,6 +47,7 @@ from .settings import (
     ClientAuth,
     Environment,
     Settings,
+    argument_defaults,
     normalize_scopes,
     settings_from_arguments,
 )
@@ -313,7 +314,7 @@ class AuthorizationFlow:
         settings: Settings | None = None,
     ):
         settings = settings_from_arguments(
-            AuthorizationFlow.__init__,
+            _DEFAULTS,
             settings,
             client_id=client_id,
             client_secret=client_secret,
@@ -521,3 +522,7 @@ class AuthorizationFlow:
             f"<AuthorizationFlow client_id={self.client_id!r} {self.settings.target()} "
             f"redirect_uri={self.redirect_uri!r} store={self.store!r}>"
         )
+
+
+#: AuthorizationFlow's keyword defaults, read once (see settings_from_arguments).
+_DEFAULTS = argument_defaults(AuthorizationFlow.__init__)

@@ -24,7 +24,14 @@ from ._urls import ApiScope
 from ._warmup import warm_up
 from .errors import ConfigurationError
 from .login_hint import LoginHint
-from .settings import ENDPOINTS, ClientAuth, Environment, Settings, settings_from_arguments
+from .settings import (
+    ENDPOINTS,
+    ClientAuth,
+    Environment,
+    Settings,
+    argument_defaults,
+    settings_from_arguments,
+)
 from .stores.base import TokenStore
 from .tokens import TokenSet
 
@@ -216,7 +223,7 @@ class PleoSession(requests.Session):
         for prefix in ("https://", "http://"):
             self.mount(prefix, requests.adapters.HTTPAdapter(pool_maxsize=_POOL_SIZE))
         settings = settings_from_arguments(
-            PleoSession.__init__,
+            _DEFAULTS,
             settings,
             client_id=client_id,
             # 0.1 took an empty secret as none; a Settings refuses it.
@@ -391,6 +398,9 @@ class PleoSession(requests.Session):
     def __getstate__(self) -> dict[str, Any]:
         raise TypeError("PleoSession cannot be pickled: build one in each process")
 
+
+#: PleoSession's keyword defaults, read once (see settings_from_arguments).
+_DEFAULTS = argument_defaults(PleoSession.__init__)
 
 _LIVE_SESSIONS: weakref.WeakSet[PleoSession] = weakref.WeakSet()
 

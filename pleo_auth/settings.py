@@ -26,7 +26,6 @@ False
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 import re
@@ -52,6 +51,7 @@ __all__ = [
     "Endpoints",
     "Environment",
     "Settings",
+    "argument_defaults",
     "check_client_id",
     "normalize_scopes",
     "settings_from_arguments",
@@ -479,7 +479,7 @@ _CHECKS: tuple[tuple[str, Callable[[str, Any], object]], ...] = (
 
 
 def settings_from_arguments(
-    constructor: Callable[..., object], settings: Settings | None, **arguments: Any
+    defaults: Mapping[str, Any], settings: Settings | None, **arguments: Any
 ) -> Settings:
     """The settings a constructor was given: ``settings``, or its keyword arguments.
 
@@ -487,9 +487,14 @@ def settings_from_arguments(
     :class:`~pleo_auth.AuthorizationFlow` turn their 0.1 keyword arguments into
     :class:`Settings`. ``arguments`` are named as :class:`Settings`' fields.
 
+    Args:
+        defaults: The constructor's defaults, from :func:`argument_defaults`.
+        settings: The settings given, if any.
+        **arguments: The constructor's setting arguments.
+
     Raises:
         ConfigurationError: An argument is invalid, or ``settings`` came with
-            arguments that differ from ``constructor``'s defaults.
+            arguments that differ from the constructor's defaults.
     """
     if settings is None:
         return Settings(**arguments)
@@ -497,18 +502,20 @@ def settings_from_arguments(
         raise ConfigurationError(
             f"settings must be a pleo_auth.Settings, not {type(settings).__name__}"
         )
-    defaults = _defaults(constructor)
-    given = sorted(name for name, value in arguments.items() if value != defaults.get(name, value))
+    given = sorted(name for name, value in arguments.items() if value != defaults.get(name))
     if given:
         raise ConfigurationError(f"give either settings or {', '.join(given)}, not both")
     return settings
 
 
-@functools.cache
-def _defaults(constructor: Callable[..., object]) -> dict[str, Any]:
-    """``constructor``'s keyword defaults, under Settings' field names."""
-    renamed = {"timeout": "refresh_timeout", "max_attempts": "max_refresh_attempts",
-               "max_time": "max_refresh_time", "scopes": "scopes"}  # fmt: skip
+def argument_defaults(constructor: Callable[..., object]) -> dict[str, Any]:
+    """``constructor``'s keyword defaults, under Settings' field names. Read once,
+    when the constructor's class is defined."""
+    renamed = {
+        "timeout": "refresh_timeout",
+        "max_attempts": "max_refresh_attempts",
+        "max_time": "max_refresh_time",
+    }
     return {
         renamed.get(name, name): parameter.default
         for name, parameter in inspect.signature(constructor).parameters.items()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import attrs
 import pytest
 import requests
 
@@ -418,7 +419,7 @@ def test_cron_job_example_asks_for_a_login_then_works_once_logged_in(
     before = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, env=cron_env
     )
-    assert before.returncode == 2
+    assert before.returncode == 1  # "a person must log in", as the CLI says it (issue 11)
     assert f"pleo-auth login --client-id pleo-auth-demo --store file:{token_path}" in before.stderr
 
     FileStore(token_path).save(TokenSet.from_response(emulator.issue_tokens()))
@@ -427,3 +428,130 @@ def test_cron_job_example_asks_for_a_login_then_works_once_logged_in(
     )
     assert after.returncode == 0, after.stderr
     assert "3 employees" in after.stdout
+
+
+# -- issue 11: what a new user tripped on -------------------------------------------------
+
+
+@pytest.fixture
+def issued(emulator: Emulator, token_path: Path) -> TokenSet:
+    """Tokens a login through the emulator saved: they record their issuer."""
+    tokens = TokenSet.from_response(emulator.issue_tokens(scope="users:read"))
+    tokens = attrs.evolve(tokens, token_url=emulator.token_url, api_url=emulator.api_url)
+    FileStore(token_path).save(tokens)
+    return tokens
+
+
+def test_login_refuses_an_unusable_store_before_showing_the_url(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import keyring.core
+    from keyring.backends import fail
+
+    monkeypatch.setattr(keyring.core, "_keyring_backend", fail.Keyring())
+    code, out = run_main(["login", "--no-browser", "--store", "keyring"], env)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "http" not in out  # no authorize URL was shown: nobody logged in for nothing
+    lines = err.splitlines()
+    assert lines[0].startswith("pleo-auth: error: keyring found no usable backend on this machine")
+    assert lines[1].startswith("  Use a file (--store file:PATH")
+    assert len(lines) == 2
+
+
+def test_status_and_refresh_need_no_urls_for_tokens_that_recorded_their_issuer(
+    env: dict[str, str], emulator: Emulator, token_path: Path, issued: TokenSet
+) -> None:
+    code, out = run_main(["status", "--store", f"file:{token_path}"], env)
+    assert code == 0
+    assert f"issued by: {emulator.token_url} (API {emulator.api_url})" in out
+    code, out = run_main(["refresh", "--store", f"file:{token_path}"], env)
+    assert code == 0, out
+    assert emulator.counters.refresh_grants == 1
+    new = FileStore(token_path).load()
+    assert new is not None
+    assert (new.token_url, new.api_url) == (emulator.token_url, emulator.api_url)
+
+
+def test_settings_naming_another_issuer_are_a_clear_error(
+    env: dict[str, str],
+    emulator: Emulator,
+    token_path: Path,
+    issued: TokenSet,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _ = run_main(
+        ["refresh", "--store", f"file:{token_path}", "--environment", "staging"], env
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"were issued by {emulator.token_url}" in err
+    assert "https://auth.staging.pleo.io/oauth/token" in err
+    assert emulator.counters.token_requests == 0
+
+
+def test_a_refresh_that_cannot_connect_names_the_url_it_tried(
+    env: dict[str, str], token_path: Path, stored: TokenSet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/oauth/token"
+    code, _ = run_main(
+        ["refresh", "--store", f"file:{token_path}", "--token-url", nowhere],
+        {**env, "PLEO_MAX_REFRESH_ATTEMPTS": "1"},
+    )
+    err = capsys.readouterr().err
+    assert code == 3
+    assert f"token endpoint tried: {nowhere}" in err
+
+
+@pytest.mark.parametrize("name", ["status", "refresh", "logout"])
+def test_every_settings_command_has_a_description_in_its_help(name: str) -> None:
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr]
+    assert sub.description
+    assert len(sub.description) > 40
+
+
+def test_the_emulators_help_shows_its_defaults_and_the_top_help_the_exit_codes() -> None:
+    parser = build_parser()
+    emulator = parser._subparsers._group_actions[0].choices["emulator"]  # type: ignore[union-attr]
+    text = emulator.format_help()
+    assert "(default: 3600.0)" in text
+    assert "(default: pleo-auth-demo)" in text
+    top = parser.format_help()
+    assert "exit status:" in top
+    for code in ("0 ", "1 ", "2 ", "3 ", "130"):
+        assert f"  {code}" in top
+
+
+def test_emulator_verbose_logs_each_request_and_ctrl_c_prints_the_counts() -> None:
+    proc = subprocess.Popen(
+        [*command(), "emulator", "-v", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline()]
+        url = re.search(r"http://127\.0\.0\.1:\d+", lines[0])
+        assert url is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "Ctrl-C" in line:
+                break
+        response = requests.get(
+            url.group(0) + "/v2/employees?token=not-logged", timeout=10, headers={}
+        )
+        assert response.status_code == 401
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "GET /v2/employees -> 401" in err
+    assert "not-logged" not in err  # the path only: never a query string
+    assert "Stopped. What the emulator saw:" in out
+    assert "  unauthorized: 1" in out

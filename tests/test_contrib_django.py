@@ -263,3 +263,44 @@ def test_importing_pleo_auth_does_not_import_django() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_manage_py_check_reports_a_mistyped_store() -> None:
+    from django.core import checks
+    from django.test import override_settings
+
+    with override_settings(PLEO_AUTH={"CLIENT_ID": "c", "STORE": "fiel:/tmp/x.json"}):
+        errors = checks.run_checks(tags=["pleo_auth"])
+    assert [error.id for error in errors] == ["pleo_auth.E001"]
+    assert "unknown token store 'fiel:/tmp/x.json'" in errors[0].msg
+
+
+def test_manage_py_check_passes_good_settings(pleo_settings: dict[str, Any]) -> None:
+    from django.core import checks
+
+    assert checks.run_checks(tags=["pleo_auth"]) == []
+
+
+def test_the_middleware_refuses_bad_settings_when_the_app_starts() -> None:
+    from django.test import override_settings
+
+    from pleo_auth.contrib.django import PleoAuthMiddleware
+
+    with (
+        override_settings(PLEO_AUTH={"CLIENT_ID": "c", "STORE": "fiel:/tmp/x.json"}),
+        pytest.raises(ConfigurationError, match="unknown token store"),
+    ):
+        PleoAuthMiddleware(lambda request: None)  # Django builds it once, at start-up
+
+
+def test_a_dead_grant_names_the_connect_view(
+    pleo_settings: dict[str, Any], emulator: Emulator
+) -> None:
+    from pleo_auth import ReauthenticationRequired
+    from pleo_auth.contrib.django import get_session
+
+    with pytest.raises(ReauthenticationRequired) as caught:
+        get_session().get("/v2/employees")
+    assert caught.value.login is not None
+    assert caught.value.login.view == "/pleo/connect/"
+    assert str(caught.value).endswith("Log in at /pleo/connect/.")

@@ -238,3 +238,19 @@ def test_importing_pleo_auth_does_not_import_flask() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_mistyped_store_stops_the_app_at_init(tmp_path: Path) -> None:
+    app = Flask(__name__)
+    app.config.update(PLEO_CLIENT_ID="c", PLEO_STORE=f"fiel:{tmp_path}/tokens.json")
+    with pytest.raises(ConfigurationError, match=r"app\.config: PLEO_STORE: unknown token store"):
+        PleoAuth(app)
+
+
+def test_a_dead_grant_names_the_connect_view(app: Flask) -> None:
+    from pleo_auth import ReauthenticationRequired
+
+    with app.app_context(), pytest.raises(ReauthenticationRequired) as caught:
+        get_session().get("/v2/employees")
+    assert caught.value.login is not None
+    assert caught.value.login.view == "/pleo/connect"

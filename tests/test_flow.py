@@ -392,3 +392,43 @@ def test_a_login_replaces_unreadable_leftovers_in_the_store(
     pending = flow.start()
     tokens = flow.finish(pending, approve(pending.url))
     assert store.load() == tokens
+
+
+# -- issue 11 ----------------------------------------------------------------------------
+
+
+def test_a_wrong_client_secret_at_login_says_so_not_the_code(
+    emulator: Emulator, store: MemoryStore
+) -> None:
+    flow = AuthorizationFlow(
+        emulator.client_id,
+        "not-the-secret",
+        redirect_uri=REDIRECT_URI,
+        store=store,
+        token_url=emulator.token_url,
+    )
+    pending = flow.start()
+    with pytest.raises(AuthorizationError) as caught:
+        flow.finish(pending, approve(pending.url))
+    message = str(caught.value)
+    assert "client secret is wrong" in message
+    assert "authorization code" not in message
+    assert caught.value.error == "invalid_client"
+    assert "not-the-secret" not in message
+    assert store.load() is None
+
+
+def test_a_login_records_the_token_endpoint_and_api_that_issued_the_tokens(
+    flow: AuthorizationFlow, store: MemoryStore, emulator: Emulator
+) -> None:
+    pending = flow.start()
+    flow.finish(pending, approve(pending.url))
+    saved = store.load()
+    assert saved is not None
+    assert saved.token_url == emulator.token_url
+    assert saved.api_url == "https://external.pleo.io"  # the flow was given no api_url
+
+
+def test_a_flows_repr_names_its_urls_when_they_are_overridden(flow: AuthorizationFlow) -> None:
+    assert "production" not in repr(flow)
+    assert flow.token_url in repr(flow)

@@ -93,4 +93,4 @@ class MemoryStore(TokenStore):
         return super().lock(timeout=timeout, lease=lease)
 
     def describe(self) -> str:
-        return "in memory"
+        return "memory"  # "tokens in memory", never "in in memory"
