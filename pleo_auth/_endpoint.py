@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import functools
-import http.client
 import json
 import logging
-import math
 import random
 import urllib.parse
 from collections.abc import Callable, Generator, Mapping
 from typing import Any, Literal, cast
 
 import requests
-import urllib3.exceptions
 
 from ._checks import check_attempts, check_seconds
 from ._clock import SYSTEM_CLOCK, Clock
+from ._failures import MAX_RETRY_AFTER as MAX_RETRY_AFTER  # where callers found it in 0.1
+from ._failures import (
+    _not_sent,
+    _retry_after,
+    _Transient,
+    _transport_failure,
+)
+from ._network import SharedNetwork
 from ._urls import check_secure_url
 from .errors import AuthorizationError, ConfigurationError, ReauthenticationRequired, RefreshError
 from .tokens import TokenSet
@@ -32,10 +37,6 @@ TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 DEAD_GRANT_ERRORS = frozenset({"invalid_grant", "invalid_token", "expired_token"})
 
 
-#: The longest Retry-After honoured, in seconds: a server that asks for more (or
-#: for infinity) must not stop this process from ever refreshing again.
-MAX_RETRY_AFTER = 3600.0
-
 # Appended to every "200 but unusable" error: by the time a 200 arrives, Pleo has
 # probably rotated the tokens, so the refresh token that was sent is spent.
 _SPENT = (
@@ -44,62 +45,8 @@ _SPENT = (
 )
 
 
-class _Transient(Exception):
-    """A failure worth retrying. Internal: it never leaves this module.
-
-    Attributes:
-        unanswered: The request may have reached the server, but no reply reached
-            us (a read timeout, a connection lost after sending, a gateway's 502
-            or 504). If the server handled it, it rotated the tokens.
-        stopped_by: Why the retries stopped here, when they did (set by the loop).
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        status_code: int | None = None,
-        retry_after: float | None = None,
-        response: requests.Response | None = None,
-        unanswered: bool = False,
-    ):
-        super().__init__(reason)
-        self.reason = reason
-        self.status_code = status_code
-        self.retry_after = retry_after
-        self.response = response
-        self.unanswered = unanswered
-        self.stopped_by: str | None = None
-
-
 class _LeaseExpired(Exception):
     """The lease on the refresh lock would run out before another attempt could finish."""
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    seconds: float | None
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = _retry_after_date(value)
-    if seconds is None or math.isnan(seconds):
-        return None
-    return min(max(0.0, seconds), MAX_RETRY_AFTER)
-
-
-def _retry_after_date(value: str) -> float | None:
-    import datetime
-    import email.utils  # deferred: only a Retry-After given as a date needs it
-
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        now = datetime.datetime.now(tz=when.tzinfo or datetime.UTC)
-        return (when - now).total_seconds()
-    except (TypeError, ValueError, OverflowError, IndexError):
-        return None
 
 
 def _scrub(text: str, secrets: tuple[str, ...], limit: int) -> str:
@@ -155,47 +102,6 @@ def _not_a_token_reply(response: requests.Response, secrets: tuple[str, ...]) ->
     return f"a body that is not valid JSON ({media}, {len(response.content)} bytes: truncated?)"
 
 
-def _chain(exc: BaseException) -> list[object]:
-    """``exc`` and what it wraps: causes, contexts, urllib3 reasons and arguments."""
-    seen: list[object] = []
-    pending: list[object] = [exc]
-    while pending and len(seen) < 32:
-        item = pending.pop()
-        if any(item is known for known in seen):
-            continue
-        seen.append(item)
-        if isinstance(item, BaseException):
-            pending.extend(arg for arg in item.args if isinstance(arg, BaseException))
-            for link in (item.__cause__, item.__context__, getattr(item, "reason", None)):
-                if isinstance(link, BaseException):
-                    pending.append(link)
-    return seen
-
-
-def _transport_failure(exc: requests.RequestException) -> _Transient | None:
-    """The transient failure a transport error stands for, or None if it is not one."""
-    chain = _chain(exc)
-
-    def has(*kinds: type[BaseException]) -> bool:
-        return any(isinstance(item, kinds) for item in chain)
-
-    if isinstance(exc, requests.ConnectTimeout):
-        return _Transient("connecting timed out")
-    if isinstance(exc, requests.ConnectionError) and has(urllib3.exceptions.NewConnectionError):
-        return _Transient("connection refused" if has(ConnectionRefusedError) else "cannot connect")
-    if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
-        if has(urllib3.exceptions.ReadTimeoutError):
-            return _Transient("timed out waiting for the reply", unanswered=True)
-        if has(http.client.RemoteDisconnected):  # a subclass of ConnectionResetError
-            return _Transient("connection closed without a reply", unanswered=True)
-        if has(ConnectionResetError):
-            return _Transient("connection reset before the reply was complete", unanswered=True)
-        return _Transient("connection closed before the reply was complete", unanswered=True)
-    if isinstance(exc, requests.Timeout):
-        return _Transient("timed out waiting for the reply", unanswered=True)
-    return None
-
-
 def _wait_generator(
     factor: float, cap: float, remaining: Callable[[], float] | None = None
 ) -> Generator[float, Any, None]:
@@ -237,7 +143,10 @@ class TokenEndpoint:
     """Talks to the token endpoint through its own private ``requests.Session``.
 
     Never through the user's session: that would recurse into the user's auth and
-    run the user's mounted adapters and hooks on secret-bearing requests.
+    run the user's mounted adapters and hooks on secret-bearing requests. It takes
+    only the network settings (``verify``, ``proxies``, ``cert``, ``trust_env``) of
+    the sessions it serves (:meth:`serve`), read at every attempt; see
+    :mod:`pleo_auth._network` for the rule when they disagree.
 
     Thread safety:
         Calls may run from several threads at once; each call keeps its state in locals.
@@ -274,8 +183,7 @@ class TokenEndpoint:
         self.backoff_factor = backoff_factor
         self.backoff_max = backoff_max
         self._clock = clock
-        self._http = requests.Session()
-        self._http.headers["Accept"] = "application/json"
+        self._network = SharedNetwork(token_url)
 
     @property
     def budget(self) -> float:
@@ -286,13 +194,24 @@ class TokenEndpoint:
         """
         return self.max_time + self.timeout + self.backoff_max
 
+    def serve(self, session: requests.Session) -> None:
+        """Send with ``session``'s network settings, while it is open.
+
+        Only ``verify``, ``proxies``, ``cert`` and ``trust_env``: never its adapters,
+        hooks, auth, headers or cookies.
+        """
+        self._network.serve(session)
+
+    def forget(self, session: requests.Session) -> None:
+        """Stop taking network settings from ``session`` (it was closed)."""
+        self._network.forget(session)
+
     def reset_connections(self) -> None:
         """Forget pooled connections: a forked child must not share its parent's sockets."""
-        self._http = requests.Session()
-        self._http.headers["Accept"] = "application/json"
+        self._network.reset_connections()
 
     def close(self) -> None:
-        self._http.close()
+        self._network.close()
 
     def refresh(self, refresh_token: str, *, deadline: float | None = None) -> TokenSet:
         """Spend ``refresh_token`` for a new :class:`TokenSet`.
@@ -498,18 +417,25 @@ class TokenEndpoint:
             data["client_id"] = self.client_id
             if self._client_secret is not None:
                 data["client_secret"] = self._client_secret
+        network = self._network.settings()  # read now: a user may have changed them
+        http = self._network.session(network)
         sent_at = self._clock.time()
         try:
             # Never follow a redirect: a 307 would re-send the refresh token and
             # the client secret in the body to wherever the Location points.
-            response = self._http.post(
-                self.token_url, data=data, auth=auth, timeout=self.timeout, allow_redirects=False
+            response = http.post(
+                self.token_url,
+                data=data,
+                auth=auth,
+                timeout=self.timeout,
+                allow_redirects=False,
+                **network.request_arguments(),
             )
         except requests.RequestException as exc:
             transient = _transport_failure(exc)
             if transient is not None:
                 raise transient from exc
-            raise RefreshError(f"cannot call the token endpoint: {type(exc).__name__}") from exc
+            raise RefreshError(_not_sent(exc)) from exc
         except Exception as exc:  # a foreign error from deep in the HTTP stack
             raise RefreshError(f"cannot call the token endpoint: {type(exc).__name__}") from exc
         # Errors carry the response; its request must not carry the refresh token

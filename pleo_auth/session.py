@@ -263,6 +263,9 @@ class PleoSession(requests.Session):
             self, REGISTRY.release_later, key, self._coordinator, handle
         )
         _LIVE_SESSIONS.add(self)
+        # Refreshes take this session's verify, proxies, cert and trust_env (read at
+        # each attempt), never its adapters or hooks: see pleo_auth._network.
+        self._coordinator.endpoint.serve(self)
         if tokens is not None:
             self._coordinator.seed(tokens)
         self._coordinator.ensure_timer()
@@ -293,6 +296,7 @@ class PleoSession(requests.Session):
         if released is not None:
             _session, _release_later, (key, coordinator, handle), _kwargs = released
             REGISTRY.detach(key, coordinator, handle)
+        self._coordinator.endpoint.forget(self)
         super().close()
 
     def request(
