@@ -248,9 +248,7 @@ class Worker:
         else:
             from pleo_auth.stores.redis import RedisStore
 
-            inner = RedisStore(
-                config["redis_url"], key=config["redis_key"], clock=self.clock.monotonic
-            )
+            inner = RedisStore(config["redis_url"], key=config["redis_key"], clock=self.clock)
         self.store = FaultyStore(inner)
 
     def do_close_all(self) -> None:

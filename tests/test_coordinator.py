@@ -35,7 +35,7 @@ from pleo_auth import (
     TokenStoreError,
 )
 from pleo_auth._clock import FakeClock
-from pleo_auth.testing import Emulator
+from pleo_auth.testing import Emulator, Fault
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -342,7 +342,7 @@ def test_refresh_failure_is_handed_to_every_waiting_request_without_another_atte
     store = GatedStore()
     session = make_session(emu, store, tokens=issued(emu, timerless), clock=timerless)
     timerless.advance(150)
-    emu.inject_fault(error="invalid_client")
+    emu.inject_fault(Fault(error="invalid_client"))
     store.armed = True
     calls = [Background(lambda: session.get("/v2/employees"))]
     assert store.locked.wait(30)

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, quote_plus, urlencode, urlsplit
 import pytest
 import requests
 
-from pleo_auth.testing import Emulator, EmulatorCounters, FakeClock
+from pleo_auth.testing import Emulator, EmulatorCounters, FakeClock, Fault
 
 REDIRECT_URI = "http://127.0.0.1:8765/callback"
 
@@ -628,7 +628,7 @@ def test_injected_503_with_retry_after_does_not_consume_the_refresh_token(
     emu: Emulator, http: requests.Session
 ) -> None:
     tokens = emu.issue_tokens()
-    emu.inject_fault(status=503, retry_after=2)
+    emu.inject_fault(Fault(status=503, retry_after=2))
 
     faulted = refresh(http, emu, tokens["refresh_token"])
     retried = refresh(http, emu, tokens["refresh_token"])
@@ -644,7 +644,7 @@ def test_injected_drop_is_a_connection_error_and_keeps_the_token(
     emu: Emulator, http: requests.Session
 ) -> None:
     tokens = emu.issue_tokens()
-    emu.inject_fault(drop=True)
+    emu.inject_fault(Fault(drop=True))
 
     with pytest.raises(requests.ConnectionError):
         refresh(http, emu, tokens["refresh_token"])
@@ -655,7 +655,7 @@ def test_injected_drop_is_a_connection_error_and_keeps_the_token(
 
 def test_injected_delay_then_normal_handling(emu: Emulator, http: requests.Session) -> None:
     tokens = emu.issue_tokens()
-    emu.inject_fault(delay=0.1)
+    emu.inject_fault(Fault(delay=0.1))
 
     started = time.monotonic()
     response = refresh(http, emu, tokens["refresh_token"])
@@ -668,7 +668,7 @@ def test_injected_delay_then_normal_handling(emu: Emulator, http: requests.Sessi
 def test_injected_delay_is_a_timeout_for_an_impatient_client(
     emu: Emulator, http: requests.Session
 ) -> None:
-    emu.inject_fault(delay=0.3, status=503)
+    emu.inject_fault(Fault(delay=0.3, status=503))
 
     with pytest.raises(requests.Timeout):
         refresh(http, emu, emu.issue_tokens()["refresh_token"], timeout=0.05)
@@ -678,7 +678,7 @@ def test_injected_invalid_grant_looks_real_but_keeps_the_grant(
     emu: Emulator, http: requests.Session
 ) -> None:
     tokens = emu.issue_tokens()
-    emu.inject_fault(error="invalid_grant")
+    emu.inject_fault(Fault(error="invalid_grant"))
 
     faulted = refresh(http, emu, tokens["refresh_token"])
 
@@ -692,8 +692,8 @@ def test_faults_are_consumed_in_order_one_per_request(
     emu: Emulator, http: requests.Session
 ) -> None:
     tokens = emu.issue_tokens()
-    emu.inject_fault(status=500, count=2)
-    emu.inject_fault(error="invalid_client")
+    emu.inject_fault(Fault(status=500), count=2)
+    emu.inject_fault(Fault(error="invalid_client"))
     assert emu.pending_faults == 3
 
     statuses = [refresh(http, emu, tokens["refresh_token"]).status_code for _ in range(4)]
@@ -705,7 +705,7 @@ def test_faults_are_consumed_in_order_one_per_request(
 
 def test_faults_do_not_apply_to_the_api(emu: Emulator, http: requests.Session) -> None:
     tokens = emu.issue_tokens()
-    emu.inject_fault(status=503)
+    emu.inject_fault(Fault(status=503))
 
     assert api(http, emu, tokens["access_token"]).status_code == 200
     assert emu.pending_faults == 1
@@ -715,9 +715,9 @@ def test_inject_fault_rejects_a_fault_that_does_nothing(emu: Emulator) -> None:
     with pytest.raises(ValueError):
         emu.inject_fault()
     with pytest.raises(ValueError):
-        emu.inject_fault(status=200)
+        emu.inject_fault(Fault(status=200))
     with pytest.raises(ValueError):
-        emu.inject_fault(status=503, count=0)
+        emu.inject_fault(Fault(status=503), count=0)
 
 
 def raw_refresh(emu: Emulator, refresh_token: str) -> tuple[bytes, BaseException | None]:
@@ -746,7 +746,7 @@ def raw_refresh(emu: Emulator, refresh_token: str) -> tuple[bytes, BaseException
 
 def test_reset_sends_part_of_the_reply_then_an_rst_and_keeps_the_token(emu: Emulator) -> None:
     tokens = emu.issue_tokens()
-    emu.inject_fault(reset=True, reset_after=20)
+    emu.inject_fault(Fault(reset=True, reset_after=20))
 
     received, ending = raw_refresh(emu, tokens["refresh_token"])
 
@@ -760,13 +760,13 @@ def test_reset_by_default_cuts_after_the_status_line_and_is_a_connection_error(
     emu: Emulator, http: requests.Session
 ) -> None:
     tokens = emu.issue_tokens()
-    emu.inject_fault(reset=True)
+    emu.inject_fault(Fault(reset=True))
     received, ending = raw_refresh(emu, tokens["refresh_token"])
     assert isinstance(ending, ConnectionResetError)
     assert received.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert not received.endswith(b"}")
 
-    emu.inject_fault(reset=True, reset_after=10_000)  # past the end: all but the last byte
+    emu.inject_fault(Fault(reset=True, reset_after=10_000))  # past the end: all but the last byte
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
         refresh(http, emu, tokens["refresh_token"])
     assert refresh(http, emu, tokens["refresh_token"]).status_code == 200
@@ -774,7 +774,7 @@ def test_reset_by_default_cuts_after_the_status_line_and_is_a_connection_error(
 
 def test_drop_closes_without_a_byte(emu: Emulator) -> None:
     tokens = emu.issue_tokens()
-    emu.inject_fault(drop=True)
+    emu.inject_fault(Fault(drop=True))
     assert raw_refresh(emu, tokens["refresh_token"]) == (b"", None)
 
 
@@ -783,8 +783,10 @@ def test_body_and_content_type_replace_the_reply_without_spending_the_token(
 ) -> None:
     tokens = emu.issue_tokens()
     page = "<!doctype html><h1>502 Bad Gateway</h1>"
-    emu.inject_fault(status=502, body=page, content_type="text/html")
-    emu.inject_fault(body=b"<html>Sign in to the hotel Wi-Fi</html>", content_type="text/html")
+    emu.inject_fault(Fault(status=502, body=page, content_type="text/html"))
+    emu.inject_fault(
+        Fault(body=b"<html>Sign in to the hotel Wi-Fi</html>", content_type="text/html")
+    )
 
     gateway = refresh(http, emu, tokens["refresh_token"])
     portal = refresh(http, emu, tokens["refresh_token"])
@@ -802,7 +804,7 @@ def test_body_and_content_type_replace_the_reply_without_spending_the_token(
 def test_truncate_before_the_grant_cuts_an_error_body(
     emu: Emulator, http: requests.Session
 ) -> None:
-    emu.inject_fault(truncate=5)
+    emu.inject_fault(Fault(truncate=5))
     response = refresh(http, emu, emu.issue_tokens()["refresh_token"])
     assert (response.status_code, response.content) == (503, b'{"err')
 
@@ -811,7 +813,7 @@ def test_after_grant_truncate_rotates_and_sends_a_cut_but_well_framed_reply(
     emu: Emulator, http: requests.Session
 ) -> None:
     tokens = emu.issue_tokens()
-    emu.inject_fault(after_grant=True, truncate=30)
+    emu.inject_fault(Fault(after_grant=True, truncate=30))
 
     response = refresh(http, emu, tokens["refresh_token"])
 
@@ -839,7 +841,7 @@ def test_after_grant_the_reply_is_lost_but_the_tokens_rotated(
     failure: type[Exception],
 ) -> None:
     tokens = emu.issue_tokens()
-    emu.inject_fault(after_grant=True, **fault)
+    emu.inject_fault(Fault(after_grant=True, **fault))
 
     with pytest.raises(failure):
         refresh(http, emu, tokens["refresh_token"], timeout=0.2)
@@ -860,8 +862,8 @@ def test_after_grant_a_body_function_edits_the_real_reply(
         seen.append(reply)
         return json.dumps({**reply, "expires_in": "soon"})
 
-    emu.inject_fault(after_grant=True, body=odd_expiry)
-    emu.inject_fault(after_grant=True, body=lambda reply: "<html>gateway</html>", status=502)
+    emu.inject_fault(Fault(after_grant=True, body=odd_expiry))
+    emu.inject_fault(Fault(after_grant=True, body=lambda reply: "<html>gateway</html>", status=502))
 
     edited = refresh(http, emu, tokens["refresh_token"]).json()
     gateway = refresh(http, emu, edited["refresh_token"])
@@ -877,7 +879,7 @@ def test_after_grant_status_alone_is_a_gateway_error_after_the_rotation(
     emu: Emulator, http: requests.Session
 ) -> None:
     tokens = emu.issue_tokens()
-    emu.inject_fault(after_grant=True, status=504)
+    emu.inject_fault(Fault(after_grant=True, status=504))
     assert refresh(http, emu, tokens["refresh_token"]).json()["error"] == "server_error"
     assert emu.counters.refresh_grants == 1
 
@@ -890,8 +892,6 @@ def test_after_grant_status_alone_is_a_gateway_error_after_the_rotation(
         {"status": 302},
         {"status": 600},
         {"status": True},
-        {"status": 503, "count": 0},
-        {"status": 503, "count": 1.5},
         {"delay": -1},
         {"delay": math.inf},
         {"retry_after": math.nan},
@@ -910,11 +910,85 @@ def test_after_grant_status_alone_is_a_gateway_error_after_the_rotation(
         {"after_grant": True},
     ],
 )
-def test_inject_fault_rejects_bad_or_contradictory_arguments(
+def test_a_fault_with_bad_or_contradictory_fields_is_refused_when_made(
     emu: Emulator, kwargs: dict[str, Any]
 ) -> None:
     with pytest.raises(ValueError):
-        emu.inject_fault(**kwargs)
+        Fault(**kwargs)
+    assert emu.pending_faults == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"drop": True, "reset": True}, "drop, reset and truncate .* pick one"),
+        ({"body": "x", "error": "invalid_grant"}, "error .* or body, not both"),
+        ({"body": lambda reply: "x"}, "body function needs after_grant=True"),
+        ({"reset_after": 3}, "reset_after needs reset=True"),
+        ({"status": 302}, "status 302 needs a body"),
+        ({}, "the fault does nothing"),
+    ],
+)
+def test_a_bad_combination_is_refused_with_a_message_naming_the_fields(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Fault(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({"error": "invalid_grant"}, 400),
+        ({"error": "invalid_client"}, 401),
+        ({"retry_after": 2}, 503),
+        ({"reset": True}, 503),
+        ({"truncate": 5}, 503),
+        ({"after_grant": True, "truncate": 5}, None),  # the real reply's status
+        ({"body": "x"}, None),  # 200, or the real reply's
+        ({"delay": 0.1}, None),  # a delay alone: the grant answers
+    ],
+)
+def test_a_fault_fills_in_its_status_when_it_answers_with_an_error(
+    kwargs: dict[str, Any], status: int | None
+) -> None:
+    assert Fault(**kwargs).status == status
+
+
+def test_a_fault_is_an_immutable_value() -> None:
+    fault = Fault(status=503, retry_after=2)
+    assert fault == Fault(status=503, retry_after=2.0)
+    with pytest.raises(AttributeError):
+        fault.status = 500  # type: ignore[misc]
+
+
+def test_the_keyword_form_of_inject_fault_still_works_with_a_deprecation_warning(
+    emu: Emulator, http: requests.Session
+) -> None:
+    tokens = emu.issue_tokens()
+    with pytest.warns(DeprecationWarning, match=r"inject_fault\(status=\.\.\., \.\.\.\) is deprec"):
+        emu.inject_fault(status=503, retry_after=2, count=2)
+    assert emu.pending_faults == 2
+    assert refresh(http, emu, tokens["refresh_token"]).status_code == 503
+    with (
+        pytest.warns(DeprecationWarning, match="deprecated"),
+        pytest.raises(ValueError, match="pick one"),
+    ):
+        emu.inject_fault(drop=True, reset=True)
+
+
+@pytest.mark.parametrize("count", [0, 1.5, True])
+def test_inject_fault_refuses_a_count_that_is_not_a_positive_integer(
+    emu: Emulator, count: Any
+) -> None:
+    with pytest.raises(ValueError, match="count must be an integer >= 1"):
+        emu.inject_fault(Fault(status=503), count=count)
+    assert emu.pending_faults == 0
+
+
+def test_inject_fault_takes_a_fault_or_its_fields_not_both(emu: Emulator) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        emu.inject_fault(Fault(status=503), status=500)
     assert emu.pending_faults == 0
 
 
@@ -924,7 +998,7 @@ def test_the_token_request_hook_sees_every_request_before_its_fault(
     tokens = emu.issue_tokens()
     seen: list[tuple[str | None, int]] = []
     emu.set_token_request_hook(lambda grant_type: seen.append((grant_type, emu.pending_faults)))
-    emu.inject_fault(status=503)
+    emu.inject_fault(Fault(status=503))
 
     refresh(http, emu, tokens["refresh_token"])
     refresh(http, emu, tokens["refresh_token"])
@@ -968,7 +1042,7 @@ def test_counters_are_exact_and_reset(emu: Emulator, http: requests.Session) -> 
     rotated = refresh(http, emu, tokens["refresh_token"]).json()
     api(http, emu, rotated["access_token"])
     api(http, emu, tokens["access_token"])
-    emu.inject_fault(status=502)
+    emu.inject_fault(Fault(status=502))
     refresh(http, emu, rotated["refresh_token"])
 
     assert emu.counters == EmulatorCounters(

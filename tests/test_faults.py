@@ -56,6 +56,7 @@ from pleo_auth._clock import FakeClock
 from pleo_auth.stores.base import Lease
 from pleo_auth.stores.redis import RedisStore
 from pleo_auth.testing import Emulator, free_port
+from pleo_auth.testing import Fault as EndpointFault
 from pleo_auth.tokens import DEFAULT_EXPIRES_IN, MAX_EXPIRES_IN
 
 ATTEMPTS = 3  # max_refresh_attempts
@@ -241,7 +242,7 @@ FAILURES = {**TRANSIENT, **UNUSABLE_200}
 
 def inject(emu: Emulator, fault: Fault, count: int) -> None:
     if not fault.refused:
-        emu.inject_fault(**fault.inject, count=count)
+        emu.inject_fault(EndpointFault(**fault.inject), count=count)
 
 
 def make_for(
@@ -316,7 +317,7 @@ def test_read_timeouts_stop_at_max_refresh_time_when_attempts_would_go_on(
     # either side absorbs scheduling delays, so the count is exact.
     max_time = 2.25
     before = issued(emulator)
-    emulator.inject_fault(delay=SLOW, status=503, count=100)
+    emulator.inject_fault(EndpointFault(delay=SLOW, status=503), count=100)
     session = session_for(
         make_session,
         emulator,
@@ -414,7 +415,7 @@ def test_a_request_with_an_expired_token_raises_the_retryable_error_when_retries
 ) -> None:
     store = MemoryStore()
     before = expired(emulator)
-    emulator.inject_fault(status=503, count=ATTEMPTS)
+    emulator.inject_fault(EndpointFault(status=503), count=ATTEMPTS)
     session = session_for(make_session, emulator, store, before)
 
     with pytest.raises(RefreshError, match="HTTP 503") as caught:
@@ -437,7 +438,7 @@ def test_a_request_inside_the_margin_still_goes_out_when_the_refresh_fails(
     before = TokenSet(
         reply["access_token"], reply["refresh_token"], expires_at=now + 30, issued_at=now - 3570
     )
-    emulator.inject_fault(status=503, count=ATTEMPTS)
+    emulator.inject_fault(EndpointFault(status=503), count=ATTEMPTS)
     session = session_for(make_session, emulator, store, before)
 
     response = session.get("/v2/employees")
@@ -474,7 +475,7 @@ def test_an_odd_expires_in_keeps_the_new_pair_with_a_sane_lifetime(
     warning: str | None,
 ) -> None:
     before = issued(emulator)
-    emulator.inject_fault(after_grant=True, body=body)
+    emulator.inject_fault(EndpointFault(after_grant=True, body=body))
     session = session_for(make_session, emulator, store, before)
 
     with caplog.at_level(logging.WARNING, logger="pleo_auth.tokens"):
@@ -510,7 +511,7 @@ def test_after_an_unusable_200_the_next_refresh_presents_the_spent_token_and_is_
     fault = UNUSABLE_200[name]
     before = issued(emulator)
     asked: list[int] = []
-    emulator.inject_fault(**fault.inject)
+    emulator.inject_fault(EndpointFault(**fault.inject))
     session = session_for(
         make_session, emulator, store, before, on_reauthentication_required=lambda: asked.append(1)
     )
@@ -578,7 +579,7 @@ def test_a_lost_reply_ends_in_one_request_to_log_in_that_says_why(
     emulator.set_token_request_hook(
         lambda grant_type: holders.append(flock_holder(store.lock_path))
     )
-    emulator.inject_fault(after_grant=True, **fault)
+    emulator.inject_fault(EndpointFault(after_grant=True, **fault))
     session = session_for(
         make_session, emulator, store, before, on_reauthentication_required=lambda: asked.append(1)
     )
@@ -618,7 +619,7 @@ def test_threads_waiting_on_a_refresh_whose_reply_was_lost_all_get_the_same_reas
 ) -> None:
     before = expired(emulator)
     asked: list[int] = []
-    emulator.inject_fault(after_grant=True, drop=True)
+    emulator.inject_fault(EndpointFault(after_grant=True, drop=True))
     session = session_for(
         make_session,
         emulator,
@@ -828,7 +829,7 @@ def test_a_process_waiting_on_the_lock_never_refreshes_during_a_lost_reply_and_i
                 blocked.append(other.line())
 
         emulator.set_token_request_hook(hook)
-        emulator.inject_fault(after_grant=True, reset=True)
+        emulator.inject_fault(EndpointFault(after_grant=True, reset=True))
         # A long timeout: the first request waits in the hook for the other process.
         session = session_for(make_session, emulator, store, before, refresh_timeout=30.0)
 
@@ -885,7 +886,7 @@ def test_no_retry_starts_when_the_redis_lease_would_run_out_first(
         clock.advance(deadline - clock.monotonic() - TIMEOUT / 2)
 
     emulator.set_token_request_hook(late)
-    emulator.inject_fault(status=503, count=ATTEMPTS)
+    emulator.inject_fault(EndpointFault(status=503), count=ATTEMPTS)
     session = session_for(make_session, emulator, store, before, clock=clock)
 
     with pytest.raises(RefreshError, match="lease runs out before another attempt") as caught:

@@ -129,7 +129,7 @@ from model_worker import SESSION_SETTINGS, TIMEOUT_DELAY, ModelClock, Outcome
 
 from pleo_auth import FileStore, TokenSet
 from pleo_auth.stores.base import TokenStore
-from pleo_auth.testing import Emulator, redis_server
+from pleo_auth.testing import Emulator, Fault, redis_server
 
 #: Real seconds one command may take. The longest legitimate one waits out a
 #: token-endpoint timeout twice and a store lock; only a hang comes near this.
@@ -582,7 +582,7 @@ class SessionsModel(RuleBasedStateMachine):
     def start(self, kind: str) -> None:
         EXPLORED.examples += 1
         CLOCK.advance(10_000.0)
-        self.emu = RecordingEmulator(access_token_lifetime=LIFETIME, clock=CLOCK.monotonic)
+        self.emu = RecordingEmulator(access_token_lifetime=LIFETIME, clock=CLOCK)
         self.emu.start()
         self.tmp = tempfile.mkdtemp(prefix="pleo-model-")
         url = redis_url() if kind == "redis" else None
@@ -598,7 +598,7 @@ class SessionsModel(RuleBasedStateMachine):
             from pleo_auth.stores.redis import RedisStore
 
             config.update(store="redis", redis_url=url, redis_key=f"model:{uuid.uuid4().hex}")
-            self.store = RedisStore(url, key=config["redis_key"], clock=CLOCK.monotonic)
+            self.store = RedisStore(url, key=config["redis_key"], clock=CLOCK)
         self.config = config
         self.login()
         for name in PROCESSES:
@@ -1021,7 +1021,9 @@ class SessionsModel(RuleBasedStateMachine):
         assert self.emu is not None
         self.faulted = True
         EXPLORED.faults += 1
-        self.emu.inject_fault(**ENDPOINT_FAULTS[kind])
+        fault = dict(ENDPOINT_FAULTS[kind])
+        count = fault.pop("count", 1)
+        self.emu.inject_fault(Fault(**fault), count=count)
 
     @precondition(on("store_fault"))
     @rule(

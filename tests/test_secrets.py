@@ -52,7 +52,7 @@ from pleo_auth._endpoint import TokenEndpoint
 from pleo_auth._urls import ApiScope
 from pleo_auth.cli import main
 from pleo_auth.session import _Bearer
-from pleo_auth.testing import Emulator
+from pleo_auth.testing import Emulator, Fault
 
 TESTS = Path(__file__).parent
 
@@ -304,7 +304,7 @@ def test_the_emulator_hides_its_client_secret() -> None:
 
 def test_refresh_error_with_a_response_hides_what_was_sent(emulator: Emulator) -> None:
     tokens = TokenSet.from_response(emulator.issue_tokens())
-    emulator.inject_fault(status=400, error="invalid_request")
+    emulator.inject_fault(Fault(status=400, error="invalid_request"))
     endpoint = TokenEndpoint(emulator.token_url, emulator.client_id, emulator.client_secret)
     with pytest.raises(RefreshError) as caught:
         endpoint.refresh(tokens.refresh_token)

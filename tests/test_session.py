@@ -31,7 +31,7 @@ from pleo_auth import (
     TokenSet,
 )
 from pleo_auth._clock import FakeClock
-from pleo_auth.testing import Emulator
+from pleo_auth.testing import Emulator, Fault
 
 # -- helpers ---------------------------------------------------------------------
 
@@ -755,7 +755,7 @@ def test_dead_grant_answers_are_not_retried_and_clear_the_store(
 ) -> None:
     store = MemoryStore()
     session = make_session(emulator, store, tokens=issued(emulator))
-    emulator.inject_fault(status=400, error=error, count=3)
+    emulator.inject_fault(Fault(status=400, error=error), count=3)
     with pytest.raises(ReauthenticationRequired):
         session.refresh()
     assert emulator.counters.token_requests == 1
@@ -812,7 +812,7 @@ def test_request_with_an_expired_token_raises_the_refresh_error_when_the_refresh
         timerless_emulator, tokens=issued(timerless_emulator, timerless), clock=timerless
     )
     timerless.advance(150)
-    timerless_emulator.inject_fault(error="invalid_client")
+    timerless_emulator.inject_fault(Fault(error="invalid_client"))
     with pytest.raises(RefreshError) as caught:
         session.get("/v2/employees")
     assert caught.value.error == "invalid_client"
@@ -825,7 +825,7 @@ def test_request_inside_the_margin_still_goes_out_when_the_refresh_is_refused(
     old = issued(timerless_emulator, timerless)
     session = make_session(timerless_emulator, tokens=old, refresh_margin=10, clock=timerless)
     timerless.advance(95)
-    timerless_emulator.inject_fault(error="invalid_client")
+    timerless_emulator.inject_fault(Fault(error="invalid_client"))
     response = session.get("/v2/employees")
     assert response.status_code == 200
     assert bearer(response) == f"Bearer {old.access_token}"
@@ -841,7 +841,7 @@ def test_transient_token_endpoint_statuses_are_retried_until_the_refresh_succeed
 ) -> None:
     session = make_session(emulator, tokens=issued(emulator))
     fast_backoff(session)
-    emulator.inject_fault(status=status, count=2)
+    emulator.inject_fault(Fault(status=status), count=2)
     session.refresh()
     counters = emulator.counters
     assert counters.token_requests == 3
@@ -854,7 +854,7 @@ def test_dropped_connections_to_the_token_endpoint_are_retried(
 ) -> None:
     session = make_session(emulator, tokens=issued(emulator))
     fast_backoff(session)
-    emulator.inject_fault(drop=True, count=2)
+    emulator.inject_fault(Fault(drop=True), count=2)
     session.refresh()
     assert emulator.counters.token_requests == 3
     assert emulator.counters.refresh_grants == 1
@@ -865,7 +865,7 @@ def test_retry_after_answer_is_retried_until_the_refresh_succeeds(
 ) -> None:
     session = make_session(emulator, tokens=issued(emulator))
     fast_backoff(session)
-    emulator.inject_fault(status=429, retry_after=0.05)
+    emulator.inject_fault(Fault(status=429, retry_after=0.05))
     session.refresh()
     assert emulator.counters.token_requests == 2
     assert emulator.counters.refresh_grants == 1
@@ -879,7 +879,7 @@ def test_retry_after_is_honoured_across_refresh_attempts(
     session = make_session(emu, tokens=old, refresh_margin=10, clock=timerless)
     fast_backoff(session)
     timerless.advance(91)  # inside the margin: a refresh is due, the token still works
-    emu.inject_fault(status=503, retry_after=3600, count=50)
+    emu.inject_fault(Fault(status=503, retry_after=3600), count=50)
     assert session.get("/v2/employees").status_code == 200
     timerless.advance(8)  # far less than the hour the server asked for
     assert session.get("/v2/employees").status_code == 200
@@ -893,7 +893,7 @@ def test_transient_failures_stop_after_max_refresh_attempts_and_keep_the_tokens(
     store = MemoryStore()
     session = make_session(emulator, store, tokens=tokens, max_refresh_attempts=3)
     fast_backoff(session)
-    emulator.inject_fault(status=503, count=3)
+    emulator.inject_fault(Fault(status=503), count=3)
     with pytest.raises(RefreshError) as caught:
         session.refresh()
     assert caught.value.retryable is True
@@ -913,7 +913,7 @@ def test_transient_failures_stop_after_max_refresh_time(
         emulator, tokens=issued(emulator), max_refresh_attempts=1000, max_refresh_time=0.3
     )
     fast_backoff(session, backoff_max=0.05)
-    emulator.inject_fault(status=503, retry_after=0.1, count=1000)
+    emulator.inject_fault(Fault(status=503, retry_after=0.1), count=1000)
     with pytest.raises(RefreshError) as caught:
         session.refresh()
     assert caught.value.retryable is True
@@ -1015,10 +1015,10 @@ def test_logs_never_contain_a_token_or_the_client_secret(
     clock.advance(store.saves[-1].expires_at - 10 - clock.time())
     assert store.wait_for_saves(3)  # the timer's refresh
     assert session.tokens == store.saves[-1]  # ...published, so the next refresh is our own
-    emu.inject_fault(status=503)
-    emu.inject_fault(drop=True)
+    emu.inject_fault(Fault(status=503))
+    emu.inject_fault(Fault(drop=True))
     session.refresh()  # retried
-    emu.inject_fault(error="invalid_client")
+    emu.inject_fault(Fault(error="invalid_client"))
     with pytest.raises(RefreshError) as refused:
         session.refresh()
     emu.revoke_all()
@@ -1052,9 +1052,9 @@ def test_failure_messages_never_contain_a_token_or_the_client_secret(
     session = make_session(emulator, tokens=tokens, max_refresh_attempts=2)
     fast_backoff(session)
     failures: list[PleoAuthError] = []
-    emulator.inject_fault(status=503, count=2)
-    emulator.inject_fault(status=400, error="invalid_request")
-    emulator.inject_fault(error="invalid_grant")
+    emulator.inject_fault(Fault(status=503), count=2)
+    emulator.inject_fault(Fault(status=400, error="invalid_request"))
+    emulator.inject_fault(Fault(error="invalid_grant"))
     for _ in range(3):
         with pytest.raises(PleoAuthError) as caught:
             session.refresh()

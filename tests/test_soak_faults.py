@@ -51,7 +51,7 @@ import pytest
 
 from pleo_auth import FileStore, TokenSet
 from pleo_auth._endpoint import TokenEndpoint
-from pleo_auth.testing import Emulator
+from pleo_auth.testing import Emulator, Fault
 from pleo_auth.testing._workload import (
     ResourceSample,
     WorkloadProgress,
@@ -212,7 +212,7 @@ class FaultDriver(threading.Thread):
             size = self.rng.choices(list(BURST_WEIGHTS), weights=list(BURST_WEIGHTS.values()))[0]
             kinds = [self._next_kind() for _ in range(size)]
         for kind in kinds:
-            self.emulator.inject_fault(**self._fault(kind))
+            self.emulator.inject_fault(Fault(**self._fault(kind)))
             self.injected.append(kind)
         self.bursts += 1
 

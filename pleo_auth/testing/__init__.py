@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from .._clock import FakeClock
 from .._lazy import lazy_attributes
 from ._emulator import Emulator, EmulatorCounters
+from ._fault import Fault
 from ._redis import free_port, redis_server
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ __all__ = [
     "Emulator",
     "EmulatorCounters",
     "FakeClock",
+    "Fault",
     "FaultyStore",
     "MakeStore",
     "ResourceSample",

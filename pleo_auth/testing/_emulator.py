@@ -1,285 +1,52 @@
-"""A local emulator of Pleo's OAuth 2.0 server and API, for tests and demos."""
+"""A local emulator of Pleo's OAuth 2.0 server and API, for tests and demos: its
+HTTP endpoints. Pleo's token rules are in :mod:`._grants`, what it remembers in
+:mod:`._state`, its wire format in :mod:`._wire`, its faults in :mod:`._fault`."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import hashlib
 import hmac
-import html
-import json
-import math
-import re
 import secrets
 import threading
 import time
+import warnings
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from .._clock import Clock, as_clock
+from ._fault import Fault, FaultBody
+from ._grants import _TokenRules
 from ._server import _Request, _Response, _Running
+from ._state import EmulatorCounters, _check_lifetime, _Code, _Grant, _Tally
+from ._wire import (
+    _EMPLOYEES_BODY,
+    _INDEX_BODY,
+    _NO_STORE,
+    _UNAUTHORIZED,
+    _authenticate,
+    _authorize_refusal,
+    _dumps,
+    _FormError,
+    _grant_type,
+    _oauth_error,
+    _page,
+    _parse_form,
+    _single_values,
+    _valid_redirect_uri,
+    _with_query,
+)
+
+__all__ = ["CODE_LIFETIME", "Emulator", "EmulatorCounters", "Fault", "FaultBody"]
 
 #: Seconds an authorization code stays redeemable, on the emulator's clock.
 CODE_LIFETIME = 60.0
 
-_VERIFIER_RE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
-# BASE64URL(SHA256(verifier)) without padding is always 43 characters.
-_CHALLENGE_RE = re.compile(r"[A-Za-z0-9_-]{43}")
-
-_JSON = "application/json"
-_NO_STORE = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
 _API_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 
 
-def _dumps(payload: object) -> bytes:
-    return json.dumps(payload, separators=(",", ":")).encode()
-
-
-_EMPLOYEES_BODY = _dumps(
-    {
-        "data": [
-            {
-                "id": "0b6c2f4e-6d1a-4c53-9a51-2d8f0d6c1a01",
-                "firstName": "Ada",
-                "lastName": "Lovelace",
-                "email": "ada@example.com",
-            },
-            {
-                "id": "5e1f3b7a-2c4d-4e8f-8a9b-0c1d2e3f4a02",
-                "firstName": "Grace",
-                "lastName": "Hopper",
-                "email": "grace@example.com",
-            },
-            {
-                "id": "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c03",
-                "firstName": "Alan",
-                "lastName": "Turing",
-                "email": "alan@example.com",
-            },
-        ],
-        "pagination": {
-            "hasPreviousPage": False,
-            "hasNextPage": False,
-            "startCursor": None,
-            "endCursor": None,
-            "total": 3,
-        },
-    }
-)
-
-_INDEX_BODY = _dumps(
-    {
-        "name": "pleo_auth emulator of Pleo's OAuth 2.0 server",
-        "endpoints": {
-            "GET /oauth/authorize": "authorization code + PKCE (S256); auto-approves",
-            "POST /oauth/token": "grant_type=authorization_code or refresh_token",
-            "POST /oauth/token/introspect": "RFC 7662 introspection (form field token)",
-            "GET /v2/employees": "a small fixed list; needs a Bearer access token",
-            "/v...": "any other API path; needs a Bearer access token; echoes the request",
-        },
-    }
-)
-
-_UNAUTHORIZED = _Response(
-    401,
-    _dumps({"error": "invalid_token"}),
-    headers=(("WWW-Authenticate", 'Bearer error="invalid_token"'),),
-)
-
-
-@dataclass(frozen=True)
-class EmulatorCounters:
-    """A snapshot of what an :class:`Emulator` has seen since its last reset.
-
-    Attributes:
-        refresh_grants: Successful ``refresh_token`` grants.
-        code_exchanges: Successful ``authorization_code`` grants.
-        rejected_refreshes: ``refresh_token`` grant requests refused for any
-            reason: unknown, spent or revoked refresh token, bad client
-            credentials, missing parameters. Injected faults are not counted.
-        reuse_detections: Spent refresh tokens presented while their grant was
-            still live, each of which revoked that grant. At most one per
-            grant: later attempts on the revoked grant count only as
-            ``rejected_refreshes``.
-        api_requests: Requests to API paths (``/v...``), answered or not.
-        unauthorized: API requests answered 401.
-        token_requests: Requests to ``/oauth/token``, injected faults included.
-        faults_served: Injected faults consumed.
-    """
-
-    refresh_grants: int = 0
-    code_exchanges: int = 0
-    rejected_refreshes: int = 0
-    reuse_detections: int = 0
-    api_requests: int = 0
-    unauthorized: int = 0
-    token_requests: int = 0
-    faults_served: int = 0
-
-
-@dataclass
-class _Tally:
-    """The mutable twin of :class:`EmulatorCounters`, guarded by the lock."""
-
-    refresh_grants: int = 0
-    code_exchanges: int = 0
-    rejected_refreshes: int = 0
-    reuse_detections: int = 0
-    api_requests: int = 0
-    unauthorized: int = 0
-    token_requests: int = 0
-    faults_served: int = 0
-
-
-@dataclass(eq=False)
-class _Grant:
-    """One authorisation: a chain of rotated tokens, live until revoked."""
-
-    scope: str
-    subject: str | None
-    access_token: str
-    access_expires_at: float  # on the emulator's clock
-    refresh_token: str
-    revoked: bool = False
-
-
-@dataclass(frozen=True)
-class _Code:
-    redirect_uri: str
-    challenge: str | None
-    scope: str
-    subject: str | None
-    expires_at: float  # on the emulator's clock
-
-
-#: What a fault's ``body`` may be: the bytes to send, text (sent as UTF-8), or,
-#: with ``after_grant=True``, a function of the real reply's JSON object.
-FaultBody = bytes | str | Callable[[dict[str, Any]], bytes | str]
-
-
-@dataclass(frozen=True)
-class _Fault:
-    status: int | None
-    delay: float
-    drop: bool
-    retry_after: float | None
-    error: str | None
-    body: FaultBody | None = None
-    content_type: str | None = None
-    truncate: int | None = None
-    reset: bool = False
-    reset_after: int | None = None
-    after_grant: bool = False
-
-    @property
-    def replaces_reply(self) -> bool:
-        """Whether it answers in place of the grant (anything beyond a delay)."""
-        return (
-            self.status is not None
-            or self.body is not None
-            or self.drop
-            or self.reset
-            or self.truncate is not None
-        )
-
-
-# CR, LF and other controls would split or corrupt a header line.
-_UNSAFE_HEADER = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _grant_type(request: _Request) -> str | None:
-    """The form's grant_type, read leniently (for hooks; the grant reads it strictly)."""
-    try:
-        values = parse_qs(request.body.decode("utf-8")).get("grant_type")
-    except UnicodeDecodeError:
-        return None
-    return values[0] if values else None
-
-
-class _FormError(Exception):
-    """A request that cannot be read as a token-endpoint form."""
-
-
-def _number(value: float) -> int | float:
-    """Report an integral value as an int, anything else as a float."""
-    return int(value) if float(value).is_integer() else float(value)
-
-
-def _check_lifetime(seconds: float) -> float:
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("access_token_lifetime must be a finite number of seconds >= 0")
-    return float(seconds)
-
-
-def _s256(verifier: str) -> str:
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-def _single_values(query: str) -> tuple[dict[str, str], set[str]]:
-    """Parse a query or form body.
-
-    Returns:
-        The parameters, and the names that were repeated. Parameters without
-        a value count as omitted (RFC 6749 section 3.1).
-    """
-    parsed = parse_qs(query, keep_blank_values=False)
-    repeated = {name for name, values in parsed.items() if len(values) > 1}
-    return {name: values[0] for name, values in parsed.items()}, repeated
-
-
-def _parse_form(request: _Request) -> dict[str, str]:
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
-        raise _FormError("expected Content-Type application/x-www-form-urlencoded")
-    try:
-        text = request.body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _FormError("the form is not UTF-8") from None
-    form, repeated = _single_values(text)
-    if repeated:
-        raise _FormError("repeated parameter: " + ", ".join(sorted(repeated)))
-    return form
-
-
-def _oauth_error(
-    status: int, error: str, description: str, headers: tuple[tuple[str, str], ...] = ()
-) -> _Response:
-    body = _dumps({"error": error, "error_description": description})
-    return _Response(status, body, headers=_NO_STORE + headers)
-
-
-def _invalid_client(description: str) -> _Response:
-    return _oauth_error(401, "invalid_client", description, (("WWW-Authenticate", "Basic"),))
-
-
-def _valid_redirect_uri(uri: str) -> bool:
-    try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.fragment
-
-
-def _with_query(uri: str, params: Mapping[str, str]) -> str:
-    parts = urlsplit(uri)
-    extra = urlencode(params)
-    query = f"{parts.query}&{extra}" if parts.query else extra
-    return urlunsplit(parts._replace(query=query))
-
-
-def _page(status: int, message: str) -> _Response:
-    text = f"<!doctype html><title>Error</title><h1>{status}</h1><p>{html.escape(message)}</p>"
-    return _Response(status, text.encode(), content_type="text/html; charset=utf-8")
-
-
-class Emulator:
+class Emulator(_TokenRules):
     """A local, in-process emulator of Pleo's OAuth 2.0 server and API.
 
     It is a real HTTP/1.1 server (keep-alive) on a loopback port, served from
@@ -370,7 +137,7 @@ class Emulator:
         self._pairs: dict[str, str] = {}  # every refresh token issued -> its access token
         self._live_grants: set[_Grant] = set()
         self._codes: dict[str, _Code] = {}
-        self._faults: deque[_Fault] = deque()
+        self._faults: deque[Fault] = deque()
         self._token_hook: Callable[[str | None], object] | None = None
         self._tally = _Tally()
 
@@ -541,152 +308,46 @@ class Emulator:
         with self._lock:
             self._tally = _Tally()
 
-    def inject_fault(
-        self,
-        *,
-        status: int | None = None,
-        delay: float = 0.0,
-        drop: bool = False,
-        retry_after: float | None = None,
-        error: str | None = None,
-        count: int = 1,
-        body: FaultBody | None = None,
-        content_type: str | None = None,
-        truncate: int | None = None,
-        reset: bool = False,
-        reset_after: int | None = None,
-        after_grant: bool = False,
-    ) -> None:
-        """Queue a fault for the next ``count`` requests to ``/oauth/token``.
+    def inject_fault(self, fault: Fault | None = None, *, count: int = 1, **options: Any) -> None:
+        """Queue ``fault`` for the next ``count`` requests to ``/oauth/token``.
 
         Faults are consumed first in, first out, one per request, and apply to
-        ``/oauth/token`` only.
+        ``/oauth/token`` only. See :class:`~pleo_auth.testing.Fault` for what
+        each can do, before or after the grant::
 
-        **Before or after the grant.** By default a fault answers *instead of*
-        the grant: the request never touches grant state, so a refresh token
-        sent with it is not spent (a delay alone delays the request, which is
-        then handled as usual). With ``after_grant=True`` the request is handled
-        first, so a refresh token *is* spent and the tokens rotated, and the
-        fault then spoils the reply: the reply is lost (``drop``, ``reset``, or a
-        ``delay`` longer than the client waits), cut (``truncate``), replaced
-        (``status``, ``body``) or edited (``body`` as a function). That is how a
-        reply gets lost after the server rotated.
+            emu.inject_fault(Fault(status=503, retry_after=2))      # nothing spent
+            emu.inject_fault(Fault(after_grant=True, drop=True))    # rotated, reply lost
+            emu.inject_fault(Fault(error="invalid_grant"), count=3)
 
-        Examples::
-
-            emu.inject_fault(status=503, retry_after=2)           # nothing spent
-            emu.inject_fault(reset=True)                          # a cut reply, then RST
-            emu.inject_fault(body="<h1>Bad gateway</h1>", status=502, content_type="text/html")
-            emu.inject_fault(after_grant=True, drop=True)         # rotated, reply lost
-            emu.inject_fault(after_grant=True, truncate=40)       # rotated, JSON cut
-            emu.inject_fault(after_grant=True,                    # rotated, odd expires_in
-                             body=lambda reply: json.dumps({**reply, "expires_in": "soon"}))
+        The keyword form of pleo-auth 0.1, ``inject_fault(status=503, ...)``, still
+        works (the keywords are :class:`~pleo_auth.testing.Fault`'s fields) with a
+        DeprecationWarning.
 
         Args:
-            status: The HTTP status of the reply (200-599). Without ``body`` the
-                reply is a JSON OAuth error, so the status must be 400-599; it
-                defaults to 400 when ``error`` is given (401 for
-                ``"invalid_client"``) and to 503 when only ``retry_after``, or
-                only ``truncate`` or ``reset`` before the grant, is. With ``body``
-                it defaults to 200 (before the grant) or the real reply's status.
-            delay: Sleep this many real seconds before answering: before the
-                grant, or with ``after_grant`` after it (a client that gives up
-                sooner never sees the reply the server made).
-            drop: Close the connection without a reply (a FIN, no bytes). Wins
-                over ``status``.
-            retry_after: Add a ``Retry-After`` header with this many seconds.
-                A fractional value is sent as written (not standard, but it
-                keeps tests fast).
-            error: The OAuth error code of a JSON error body, e.g.
-                ``"invalid_grant"``. Defaults to ``"temporarily_unavailable"``
-                for 429 and 503, ``"server_error"`` for other 5xx,
-                ``"invalid_client"`` for 401, and ``"invalid_request"`` for
-                other 4xx. Not with ``body``.
-            count: How many requests this fault applies to.
-            body: The reply body instead of the usual one: bytes, or text sent
-                as UTF-8 (an HTML error page, a captive portal, JSON without
-                ``access_token``). With ``after_grant`` it may be a function
-                that takes the real reply's JSON object (new tokens included)
-                and returns the body to send.
-            content_type: The ``Content-Type`` of the reply (default
-                ``application/json``), e.g. ``"text/html; charset=utf-8"``.
-            truncate: Send only the first ``truncate`` bytes of the body, with a
-                matching ``Content-Length``: a well-framed reply whose JSON is
-                cut mid-document.
-            reset: Send the start of the reply (the status line and about half
-                of the rest, so the cut falls in the headers or the body), then
-                abort the connection with a TCP RST (``SO_LINGER`` 0).
-            reset_after: With ``reset``: how many bytes of the raw reply, status
-                line and headers included, to send first (never all of them).
-            after_grant: Handle the request first, then apply the fault to its
-                reply (see above).
+            fault: The fault.
+            count: How many requests it applies to.
+            options: Deprecated: the fields of a :class:`~pleo_auth.testing.Fault`.
 
         Raises:
-            ValueError: An argument is out of range or of the wrong type, two
-                arguments contradict each other, or the fault would do nothing.
+            ValueError: ``count`` is not an integer of at least 1, no fault or both
+                forms were given, or (keyword form) the fault is invalid.
         """
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError("count must be an integer >= 1")
-        if not isinstance(delay, int | float) or not math.isfinite(delay) or delay < 0:
-            raise ValueError("delay must be a finite number of seconds >= 0")
-        if retry_after is not None and (
-            not isinstance(retry_after, int | float)
-            or not math.isfinite(retry_after)
-            or retry_after < 0
-        ):
-            raise ValueError("retry_after must be a finite number of seconds >= 0")
-        if status is not None and (
-            isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599
-        ):
-            raise ValueError("status must be an HTTP status, 200-599")
-        if body is not None and not isinstance(body, bytes | str) and not callable(body):
-            raise ValueError("body must be bytes, text, or a function of the reply")
-        if callable(body) and not after_grant:
-            raise ValueError("a body function needs after_grant=True: it edits the real reply")
-        if body is not None and error is not None:
-            raise ValueError("give error (for a JSON error body) or body, not both")
-        if error is not None and (not isinstance(error, str) or not error):
-            raise ValueError("error must be a non-empty OAuth error code")
-        if content_type is not None and (
-            not isinstance(content_type, str)
-            or not content_type
-            or _UNSAFE_HEADER.search(content_type)
-        ):
-            raise ValueError("content_type must be a non-empty header value on one line")
-        for name, value in (("truncate", truncate), ("reset_after", reset_after)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 0
-            ):
-                raise ValueError(f"{name} must be an integer number of bytes >= 0")
-        if reset_after is not None and not reset:
-            raise ValueError("reset_after needs reset=True")
-        if sum((bool(drop), bool(reset), truncate is not None)) > 1:
-            raise ValueError("drop, reset and truncate each end the reply differently: pick one")
-        if status is None and body is None:
-            if error is not None:
-                status = 401 if error == "invalid_client" else 400
-            elif retry_after is not None or (not after_grant and (reset or truncate is not None)):
-                status = 503
-        if content_type is not None and not after_grant and status is None and body is None:
-            raise ValueError("content_type needs a status or body, or after_grant=True")
-        if status is not None and status < 400 and body is None:
-            raise ValueError(f"status {status} needs a body: without one the reply is an error")
-        fault = _Fault(
-            status,
-            float(delay),
-            bool(drop),
-            retry_after,
-            error,
-            body=body,
-            content_type=content_type,
-            truncate=truncate,
-            reset=bool(reset),
-            reset_after=reset_after,
-            after_grant=bool(after_grant),
-        )
-        if not fault.replaces_reply and content_type is None and delay == 0:
+        if options:
+            if fault is not None:
+                raise ValueError("give a Fault or its fields as keywords, not both")
+            warnings.warn(
+                "Emulator.inject_fault(status=..., ...) is deprecated: pass a value, "
+                "inject_fault(pleo_auth.testing.Fault(status=..., ...), count=...)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            fault = Fault(**options)
+        if not isinstance(fault, Fault):
             raise ValueError(
-                "the fault does nothing: give status, error, body, delay, drop, reset or truncate"
+                "inject_fault needs a pleo_auth.testing.Fault, "
+                f"not {type(fault).__name__}; a fault that does nothing is refused"
             )
         with self._lock:
             self._faults.extend([fault] * count)
@@ -734,35 +395,6 @@ class Emulator:
         with self._lock:
             return len(self._faults)
 
-    # -- state changes; the caller holds self._lock ------------------------
-
-    def _new_grant(self, scope: str, subject: str | None) -> dict[str, Any]:
-        grant = _Grant(scope, subject, "", 0.0, "")
-        self._live_grants.add(grant)
-        return self._rotate(grant)
-
-    def _rotate(self, grant: _Grant) -> dict[str, Any]:
-        """Give the grant a new token pair; the old pair dies."""
-        self._grants_by_access.pop(grant.access_token, None)
-        grant.access_token = "at_" + secrets.token_urlsafe(32)
-        grant.refresh_token = "rt_" + secrets.token_urlsafe(32)
-        grant.access_expires_at = self._clock.monotonic() + self._lifetime
-        self._grants_by_access[grant.access_token] = grant
-        self._grants_by_refresh[grant.refresh_token] = grant
-        self._pairs[grant.refresh_token] = grant.access_token
-        return {
-            "access_token": grant.access_token,
-            "refresh_token": grant.refresh_token,
-            "expires_in": _number(self._lifetime),
-            "token_type": "Bearer",
-            "scope": grant.scope,
-        }
-
-    def _revoke(self, grant: _Grant) -> None:
-        grant.revoked = True
-        self._grants_by_access.pop(grant.access_token, None)
-        self._live_grants.discard(grant)
-
     # -- HTTP --------------------------------------------------------------
 
     def _handle(self, request: _Request) -> _Response:
@@ -780,45 +412,6 @@ class Emulator:
             return _Response(200, _INDEX_BODY)
         return _Response(404, _dumps({"error": "not_found", "path": path}))
 
-    def _authenticate(self, request: _Request, form: Mapping[str, str]) -> _Response | None:
-        """Check client credentials (Basic, or in the form body).
-
-        Returns:
-            An error response, or None when the client is authenticated.
-        """
-        authorization = request.headers.get("authorization")
-        if authorization is not None:
-            scheme, _, encoded = authorization.partition(" ")
-            if scheme.lower() != "basic":
-                return _invalid_client("use HTTP Basic client authentication")
-            try:
-                decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                return _invalid_client("malformed Basic credentials")
-            raw_id, colon, raw_secret = decoded.partition(":")
-            if not colon:
-                return _invalid_client("malformed Basic credentials")
-            if "client_secret" in form:
-                return _oauth_error(
-                    400, "invalid_request", "use one client authentication method, not two"
-                )
-            client_id: str | None = unquote_plus(raw_id)
-            secret: str | None = unquote_plus(raw_secret)
-            if "client_id" in form and form["client_id"] != client_id:
-                return _invalid_client("client_id in the body differs from Basic")
-        else:
-            client_id = form.get("client_id")
-            secret = form.get("client_secret")
-        if client_id is None:
-            return _invalid_client("client authentication required")
-        ok = hmac.compare_digest(client_id.encode(), self._client_id.encode())
-        if self._client_secret is None:
-            ok = ok and not secret
-        else:
-            expected = self._client_secret.encode()
-            ok = ok and secret is not None and hmac.compare_digest(secret.encode(), expected)
-        return None if ok else _invalid_client("unknown client or wrong secret")
-
     def _token_endpoint(self, request: _Request) -> _Response:
         with self._lock:
             hook = self._token_hook
@@ -835,58 +428,12 @@ class Emulator:
             reply = self._token_grant(request)
             if fault.delay:
                 time.sleep(fault.delay)
-            return self._spoil(fault, reply)
+            return fault._spoil(reply)
         if fault.delay:
             time.sleep(fault.delay)
         if not fault.replaces_reply:
             return self._token_grant(request)
-        return self._spoil(fault, None)
-
-    def _spoil(self, fault: _Fault, reply: _Response | None) -> _Response:
-        """The reply ``fault`` makes of the real ``reply`` (None: no grant was made)."""
-        if fault.drop:
-            return _Response(0, drop=True)
-        if fault.body is not None:
-            content = fault.body
-            if callable(content):
-                assert reply is not None  # inject_fault allows a function only after the grant
-                content = content(json.loads(reply.body))
-            if isinstance(content, str):
-                content = content.encode("utf-8")
-            status = fault.status or (reply.status if reply is not None else 200)
-            headers = reply.headers if reply is not None else _NO_STORE
-            if fault.retry_after is not None:
-                headers += (("Retry-After", str(_number(fault.retry_after))),)
-            reply = _Response(status, content, headers=headers)
-        elif fault.status is not None:
-            reply = self._fault_response(fault.status, fault.error, fault.retry_after)
-        assert reply is not None  # without a grant, inject_fault always sets a status or body
-        body = reply.body if fault.truncate is None else reply.body[: fault.truncate]
-        return dataclasses.replace(
-            reply,
-            body=body,
-            content_type=fault.content_type or reply.content_type,
-            reset=fault.reset,
-            reset_after=fault.reset_after,
-        )
-
-    @staticmethod
-    def _fault_response(status: int, error: str | None, retry_after: float | None) -> _Response:
-        if error is None:
-            if status in (429, 503):
-                error = "temporarily_unavailable"
-            elif status >= 500:
-                error = "server_error"
-            elif status == 401:
-                error = "invalid_client"
-            else:
-                error = "invalid_request"
-        headers: tuple[tuple[str, str], ...] = ()
-        if retry_after is not None:
-            headers += (("Retry-After", str(_number(retry_after))),)
-        if status == 401:
-            headers += (("WWW-Authenticate", "Basic"),)
-        return _oauth_error(status, error, "injected fault", headers)
+        return fault._spoil(None)
 
     def _token_grant(self, request: _Request) -> _Response:
         if request.method != "POST":
@@ -896,7 +443,7 @@ class Emulator:
         except _FormError as exc:
             return _oauth_error(400, "invalid_request", str(exc))
         grant_type = form.get("grant_type")
-        response = self._authenticate(request, form)
+        response = _authenticate(request, form, self._client_id, self._client_secret)
         if response is None:
             if grant_type == "refresh_token":
                 response = self._refresh(form)
@@ -912,54 +459,6 @@ class Emulator:
             with self._lock:
                 self._tally.rejected_refreshes += 1
         return response
-
-    def _refresh(self, form: Mapping[str, str]) -> _Response:
-        token = form.get("refresh_token")
-        if token is None:
-            return _oauth_error(400, "invalid_request", "refresh_token is required")
-        with self._lock:
-            grant = self._grants_by_refresh.get(token)
-            if grant is None or grant.revoked:
-                return _oauth_error(400, "invalid_grant", "unknown or revoked refresh token")
-            if token != grant.refresh_token:
-                self._revoke(grant)
-                self._tally.reuse_detections += 1
-                return _oauth_error(
-                    400,
-                    "invalid_grant",
-                    "refresh token already used; the authorisation has been revoked",
-                )
-            reply = self._rotate(grant)
-            self._tally.refresh_grants += 1
-        return _Response(200, _dumps(reply), headers=_NO_STORE)
-
-    def _exchange_code(self, form: Mapping[str, str]) -> _Response:
-        code = form.get("code")
-        redirect_uri = form.get("redirect_uri")
-        verifier = form.get("code_verifier")
-        if code is None or redirect_uri is None:
-            return _oauth_error(400, "invalid_request", "code and redirect_uri are required")
-        with self._lock:
-            entry = self._codes.get(code)
-            if entry is not None and entry.challenge is not None and verifier is None:
-                return _oauth_error(400, "invalid_request", "code_verifier is required")
-            # Any attempt burns the code, so a wrong verifier cannot be retried.
-            self._codes.pop(code, None)
-            if entry is None:
-                return _oauth_error(400, "invalid_grant", "unknown or already used code")
-            if self._clock.monotonic() >= entry.expires_at:
-                return _oauth_error(400, "invalid_grant", "the code has expired")
-            if redirect_uri != entry.redirect_uri:
-                return _oauth_error(400, "invalid_grant", "redirect_uri does not match")
-            if entry.challenge is not None and not (
-                verifier is not None
-                and _VERIFIER_RE.fullmatch(verifier)
-                and hmac.compare_digest(_s256(verifier), entry.challenge)
-            ):
-                return _oauth_error(400, "invalid_grant", "PKCE verification failed")
-            reply = self._new_grant(entry.scope, entry.subject)
-            self._tally.code_exchanges += 1
-        return _Response(200, _dumps(reply), headers=_NO_STORE)
 
     def _authorize(self, request: _Request) -> _Response:
         if request.method != "GET":
@@ -987,27 +486,11 @@ class Emulator:
         def refuse(error: str, description: str) -> _Response:
             return redirect({"error": error, "error_description": description})
 
-        if repeated:
-            return refuse("invalid_request", "repeated parameter: " + ", ".join(sorted(repeated)))
-        response_type = params.get("response_type")
-        if response_type is None:
-            return refuse("invalid_request", "response_type is required")
-        if response_type != "code":
-            return refuse("unsupported_response_type", "only response_type=code is supported")
-        challenge = params.get("code_challenge")
-        method = params.get("code_challenge_method")
-        if challenge is None:
-            if self._pkce_required:
-                return refuse("invalid_request", "code_challenge is required (PKCE, S256)")
-            if method is not None:
-                return refuse("invalid_request", "code_challenge_method without code_challenge")
-        else:
-            # RFC 7636: an absent method means "plain", which Pleo refuses.
-            if (method or "plain") != "S256":
-                return refuse("invalid_request", "code_challenge_method must be S256")
-            if not _CHALLENGE_RE.fullmatch(challenge):
-                return refuse("invalid_request", "malformed code_challenge")
+        refused = _authorize_refusal(params, repeated, pkce_required=self._pkce_required)
+        if refused is not None:
+            return refuse(*refused)
 
+        challenge = params.get("code_challenge")
         code = "ac_" + secrets.token_urlsafe(32)
         entry = _Code(
             redirect_uri=redirect_uri,
@@ -1030,7 +513,7 @@ class Emulator:
             form = _parse_form(request)
         except _FormError as exc:
             return _oauth_error(400, "invalid_request", str(exc))
-        error = self._authenticate(request, form)
+        error = _authenticate(request, form, self._client_id, self._client_secret)
         if error is not None:
             return error
         token = form.get("token")
