@@ -33,7 +33,8 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
         parser = build_parser()
     parts = [_block(_help(parser))]
     for name, summary, subparser in _commands(parser):
-        parts.append(f"## {parser.prog} {name}\n\n{_sentence(summary)}\n\n{_block(_help(subparser))}")
+        heading = f"## {parser.prog} {name}"
+        parts.append(f"{heading}\n\n{_sentence(summary)}\n\n{_block(_help(subparser))}")
     return "\n\n".join(parts) + "\n"
 
 
