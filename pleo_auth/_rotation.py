@@ -1,0 +1,201 @@
+"""The store-side half of the coordination protocol: what the single flight does
+under the store's lock. It re-reads the store; adopts tokens another process
+rotated, or spends the refresh token found in the store and saves the new pair
+before letting go of the lock; and writes back a pair a failed save left only in
+memory, before anything else is spent. See :mod:`pleo_auth._coordinator` for the
+whole protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Hashable
+from typing import NamedTuple
+
+from ._clock import Clock
+from ._endpoint import TokenEndpoint
+from ._schedule import RefreshSchedule
+from .errors import PleoAuthError, ReauthenticationRequired, TokenStoreError
+from .login_hint import LoginHint
+from .stores.base import Lease, TokenStore
+from .tokens import TokenSet
+
+logger = logging.getLogger("pleo_auth")
+
+#: Pauses between the attempts to save a pair whose parent was just spent.
+_SAVE_RETRY_PAUSES = (0.1, 0.4, 1.0)
+
+
+class _Outcome(NamedTuple):
+    tokens: TokenSet | None
+    version: Hashable
+    failure: PleoAuthError | None = None
+    grant_dead: bool = False
+    #: ``tokens`` are newer than the stored pair, which is spent: write them back
+    #: before anything else is spent.
+    unsaved: bool = False
+
+
+class _StoreProtocol:
+    """The coordinator's operations that run outside its Condition, as the single
+    flight, holding (or taking) the store's lock. Only the single flight replaces
+    ``_tokens`` and ``_unsaved``, so these read them without the Condition."""
+
+    store: TokenStore
+    endpoint: TokenEndpoint
+    schedule: RefreshSchedule
+    login_hint: str | LoginHint
+    _clock: Clock
+    _tokens: TokenSet | None
+    _unsaved: bool
+    _lock_timeout: float
+    _lease: float
+
+    def _sync(self) -> _Outcome:
+        version = self.store.version()
+        tokens = self.store.load()
+        held = self._tokens  # only the single flight, which this is, replaces it
+        if held is not None and self._owes_write_back(tokens):
+            # Our save of ``held`` failed: the store's pair is spent, or withdrawn.
+            # Keep ours; the timer writes it back before anything else is spent.
+            return _Outcome(tokens=held, version=version, unsaved=True)
+        if tokens is None and held is not None:
+            # Gone, or caught mid-write by a backend that is not atomic: writers
+            # hold the lock, so a read under it is the truth.
+            with self.store.lock(timeout=self._lock_timeout, lease=self._lease):
+                version = self.store.version()
+                tokens = self.store.load()
+        if tokens is not None:
+            logger.debug("loaded tokens %s from %s", tokens.fingerprint, self.store.describe())
+        return _Outcome(tokens=tokens, version=version, grant_dead=tokens is None)
+
+    def _refresh(self, basis: TokenSet | None, force: bool, *, after_401: bool = False) -> _Outcome:
+        store = self.store
+        with store.lock(timeout=self._lock_timeout, lease=self._lease) as lease:
+            version = store.version()
+            stored = store.load()
+            if self._owes_write_back(stored):
+                # The stored refresh token is spent: never present it. Save ours first.
+                held = self._tokens
+                assert held is not None
+                version, failure = self._write_back_locked(held, stored, version)
+                if failure is not None:
+                    return _Outcome(tokens=held, version=version, failure=failure, unsaved=True)
+                stored = held
+            if stored is None:
+                return _Outcome(tokens=None, version=version, grant_dead=True)
+            now = self._clock.time()
+            fresh = now < self.schedule.due_at(stored)
+            rotated_elsewhere = basis is None or stored.refresh_token != basis.refresh_token
+            if rotated_elsewhere and (force or fresh):
+                logger.debug("adopting tokens %s rotated elsewhere", stored.fingerprint)
+                return _Outcome(tokens=stored, version=version)
+            if after_401 and stored.after_401 and fresh:
+                logger.warning(
+                    "Pleo refused access token %s with 401, though it is fresh and still the "
+                    "stored one: a 401 already forced the refresh that issued it. Not refreshing "
+                    "again before it is due in %.0fs; a 401 that a refresh does not cure means "
+                    "the API refuses this grant for another reason (its scopes, or the path)",
+                    stored.fingerprint,
+                    self.schedule.due_at(stored) - now,
+                )
+                return _Outcome(tokens=self._tokens if self._tokens == stored else stored,
+                                version=version)  # fmt: skip
+            try:
+                new = self.endpoint.refresh(stored.refresh_token, deadline=lease.deadline)
+            except ReauthenticationRequired as exc:
+                exc = exc.with_login_hint(self.login_hint)
+                logger.warning("the grant is dead (%s); clearing %s", exc.error, store.describe())
+                store.clear(only=stored)
+                return _Outcome(tokens=None, version=store.version(), failure=exc, grant_dead=True)
+            new = new.succeeding(stored, after_401=after_401)
+            failure = self._save_spent_over(new, stored, lease)
+            if failure is not None:
+                # Keep the new pair in memory, and write it back before anything else
+                # is spent (see _write_back). Meanwhile no process may find the spent
+                # pair and refresh from it: a store that cannot be written can often
+                # still delete (a full disk, Redis out of memory).
+                logger.error("refreshed, but could not save the new tokens: %s", failure)
+                version = self._withdraw_spent(stored, version)
+                return _Outcome(tokens=new, version=version, failure=failure, unsaved=True)
+            logger.info(
+                "refreshed tokens %s -> %s; access expires in %.0fs",
+                stored.fingerprint,
+                new.fingerprint,
+                new.expires_at - self._clock.time(),
+            )
+            return _Outcome(tokens=new, version=store.version())
+
+    def _owes_write_back(self, stored: TokenSet | None) -> bool:
+        """Whether the tokens in memory are newer than ``stored``, which is then spent
+        (an ancestor of ours), or gone because a failed save withdrew it."""
+        held = self._tokens
+        if held is None:
+            return False
+        if stored is None:
+            return self._unsaved
+        return held.descends_from(stored)
+
+    def _withdraw_spent(self, spent: TokenSet, version: Hashable) -> Hashable:
+        """Delete ``spent`` from the store if it can, so no process refreshes from it
+        while the pair that replaced it waits to be written back."""
+        try:
+            self.store.clear(only=spent)
+            return self.store.version()
+        except TokenStoreError as exc:
+            logger.warning("could not withdraw the spent tokens either: %s", exc)
+            return version
+
+    def _save_spent_over(
+        self, new: TokenSet, stored: TokenSet, lease: Lease
+    ) -> TokenStoreError | None:
+        """Save ``new`` over ``stored``, whose refresh token was just spent, trying a few
+        times within a second or two: the lock is still held, so no other process can
+        spend the stored pair while a blip (a dropped connection, a moment of full disk)
+        passes. None once saved."""
+        pauses = iter(_SAVE_RETRY_PAUSES)
+        while True:
+            try:
+                self.store.save(new, replaces=stored)
+                return None
+            except TokenStoreError as exc:
+                pause = next(pauses, None)
+                if pause is None or (
+                    lease.deadline is not None and time.monotonic() + pause >= lease.deadline
+                ):
+                    return exc
+                logger.warning("could not save the new tokens (%s); trying again", exc)
+            time.sleep(pause)  # real time: the lock is held, and its lease runs in real time
+
+    def _write_back(self) -> _Outcome:
+        """Save the pair a failed save left only in memory, unless the store moved on."""
+        with self.store.lock(timeout=self._lock_timeout, lease=self._lease):
+            version = self.store.version()
+            stored = self.store.load()
+            held = self._tokens
+            if held is None or not self._owes_write_back(stored):
+                # A new login, or someone else's write-back: the store wins.
+                return _Outcome(tokens=stored, version=version, grant_dead=stored is None)
+            version, failure = self._write_back_locked(held, stored, version)
+            return _Outcome(tokens=held, version=version, failure=failure, unsaved=bool(failure))
+
+    def _write_back_locked(
+        self, held: TokenSet, stored: TokenSet | None, version: Hashable
+    ) -> tuple[Hashable, TokenStoreError | None]:
+        """Save ``held`` over its spent ancestor ``stored``; the caller holds the lock."""
+        try:
+            self.store.save(held, replaces=stored)
+        except TokenStoreError as exc:
+            logger.error(
+                "still cannot save tokens %s; %s holds spent ones: %s",
+                held.fingerprint,
+                self.store.describe(),
+                exc,
+            )
+            return version, exc
+        logger.warning(
+            "saved tokens %s, which an earlier failed save had left only in memory",
+            held.fingerprint,
+        )
+        return self.store.version(), None
