@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from pleo_auth import ConfigurationError, PleoSession, TokenSet, TokenStoreError
-from pleo_auth._store_spec import store_from_spec
 from pleo_auth.stores.locks import RedisRefreshLock
 from pleo_auth.stores.redis import RedisStore
+from pleo_auth.stores.spec import store_from_spec
 from pleo_auth.testing import Emulator, FakeClock, MakeStore, TokenStoreContract
 
 PASSWORD = "hunter2-" + secrets.token_hex(4)
