@@ -9,7 +9,7 @@ coordinator's own Condition returns early.
 Each test drives one attack with real parts: the emulator, a real full disk (a
 tmpfs of its own), a real redis-server that refuses writes (its ACL), real
 processes (subprocesses, and ``os.fork``). A test marked ``xfail(strict=True)``
-is a hole that is still open, listed under the README's Known limits: it fails
+is a hole that is still open, listed under Known limits in docs/reliability.md: it fails
 today, and its marker goes once the product is fixed. The others are attacks
 the product withstands (two of them fixed after this round: the forked child,
 and close() inside the Condition), kept as regression tests.
@@ -165,7 +165,7 @@ print(json.dumps({"outcome": outcome}))
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known limit (README): tokens= seeds an empty store, and a failed save "
+    reason="known limit (docs/reliability.md): tokens= seeds an empty store, and a failed save "
     "empties it on purpose: a "
     "process started with tokens=<first login reply> during the outage seeds the spent "
     "pair, its access token is refused with 401, and the refresh that follows presents "
@@ -222,7 +222,7 @@ print(json.dumps({"outcome": outcome}))
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known limit (README): when the withdrawal of the spent pair fails as "
+    reason="known limit (docs/reliability.md): when the withdrawal of the spent pair fails as "
     "well, the lock is released "
     "with the spent pair still stored, and the write-back waits out the failure "
     "cooldown: every other process's access token died with the rotation, so its very "

@@ -16,7 +16,7 @@ and no call hangs. Spelled out, after every step:
 At the end of each example every fault is cleared, time moves past every token's
 expiry, and each process must then get a 200: the grant still works.
 
-**Two documented exceptions, and nothing else.** The README's "Known limits" (the
+**Two documented exceptions, and nothing else.** docs/reliability.md, "Known limits" (the
 bullet beginning "If a refresh succeeds but the store cannot be written") documents
 what happens while a process owes a write-back. tests/test_adversarial_2.py pins
 the second below with a strict xfail,
