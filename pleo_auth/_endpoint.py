@@ -16,7 +16,6 @@ from ._checks import check_attempts, check_seconds
 from ._clock import SYSTEM_CLOCK, Clock
 from ._failures import MAX_RETRY_AFTER as MAX_RETRY_AFTER  # where callers found it in 0.1
 from ._failures import (
-    _not_sent,
     _retry_after,
     _Transient,
     _transport_failure,
@@ -435,7 +434,7 @@ class TokenEndpoint:
             transient = _transport_failure(exc)
             if transient is not None:
                 raise transient from exc
-            raise RefreshError(_not_sent(exc)) from exc
+            raise RefreshError(f"cannot call the token endpoint: {type(exc).__name__}") from exc
         except Exception as exc:  # a foreign error from deep in the HTTP stack
             raise RefreshError(f"cannot call the token endpoint: {type(exc).__name__}") from exc
         # Errors carry the response; its request must not carry the refresh token

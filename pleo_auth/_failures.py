@@ -96,7 +96,13 @@ def _transport_failure(exc: requests.RequestException) -> _Transient | None:
     if isinstance(exc, requests.ConnectTimeout):
         return _Transient("connecting timed out")
     if has(ssl.SSLCertVerificationError):
-        return None  # never sent, and retrying cannot help: see _attempt
+        # Refused in the handshake, so nothing was sent and nothing spent. Retried:
+        # each attempt reads the session's verify afresh, and a refresh that began
+        # (on the timer) just before the user set it succeeds on the next attempt.
+        return _Transient(
+            "its TLS certificate is not trusted (nothing was sent; behind a private CA, "
+            "set verify on the session to the CA bundle)"
+        )
     if isinstance(exc, requests.ConnectionError) and has(urllib3.exceptions.NewConnectionError):
         return _Transient("connection refused" if has(ConnectionRefusedError) else "cannot connect")
     if isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
@@ -110,13 +116,3 @@ def _transport_failure(exc: requests.RequestException) -> _Transient | None:
     if isinstance(exc, requests.Timeout):
         return _Transient("timed out waiting for the reply", unanswered=True)
     return None
-
-
-def _not_sent(exc: requests.RequestException) -> str:
-    if any(isinstance(item, ssl.SSLCertVerificationError) for item in _chain(exc)):
-        # Nothing was sent, so nothing was spent: the handshake failed first.
-        return (
-            "cannot call the token endpoint: its TLS certificate is not trusted (nothing "
-            "was sent). Behind a private CA, set verify on the session to its CA bundle"
-        )
-    return f"cannot call the token endpoint: {type(exc).__name__}"

@@ -11,10 +11,12 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import types
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
+import backoff._sync
 import certifi
 import pytest
 import requests
@@ -57,6 +59,14 @@ def tls(emulator: Emulator, private_ca: PrivateCA) -> Iterator[TlsForwarder]:
 
 
 @pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record the refresh's backoff waits instead of sleeping them."""
+    recorded: list[float] = []
+    monkeypatch.setattr(backoff._sync, "time", types.SimpleNamespace(sleep=recorded.append))
+    return recorded
+
+
+@pytest.fixture
 def proxy() -> Iterator[CountingProxy]:
     with CountingProxy() as counting:
         yield counting
@@ -87,20 +97,41 @@ def test_refresh_trusts_a_private_ca_assigned_to_session_verify_after_constructi
     assert tls.handshakes == 1
 
 
-def test_an_untrusted_token_endpoint_fails_the_refresh_once_saying_nothing_was_sent(
-    make_session: MakeSession, emulator: Emulator, tls: TlsForwarder
+def test_an_untrusted_token_endpoint_fails_the_refresh_saying_nothing_was_sent(
+    make_session: MakeSession, emulator: Emulator, tls: TlsForwarder, sleeps: list[float]
 ) -> None:
     seed = seeded(emulator)
-    session = over_tls(make_session, emulator, tls, tokens=seed, max_refresh_attempts=5)
+    session = over_tls(make_session, emulator, tls, tokens=seed, max_refresh_attempts=2)
     with pytest.raises(RefreshError, match="TLS certificate is not trusted") as caught:
         session.refresh()
     assert "nothing was sent" in str(caught.value)
-    assert not caught.value.retryable
-    tls.close()  # waits for its handler, which may count the refusal after our error
-    assert tls.refused == 1  # one attempt: retrying cannot make a certificate trusted
-    assert tls.handshakes == 0
+    assert "set verify on the session" in str(caught.value)
+    assert "unanswered" not in str(caught.value)  # no reply was lost: nothing is spent
+    tls.close()  # waits for its handlers, which may count a refusal after our error
+    assert (tls.refused, tls.handshakes) == (2, 0)
     assert emulator.counters.token_requests == 0
     assert emulator.is_current(seed.access_token, seed.refresh_token)
+
+
+def test_a_refresh_begun_before_verify_was_assigned_succeeds_on_its_next_attempt(
+    make_session: MakeSession,
+    emulator: Emulator,
+    tls: TlsForwarder,
+    private_ca: PrivateCA,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The timer may start a refresh between PleoSession(...) and the line that sets
+    # verify; the user's assignment lands while that refresh waits to retry.
+    session = over_tls(make_session, emulator, tls, max_refresh_attempts=2)
+
+    def assign_during_backoff(seconds: float) -> None:
+        session.verify = str(private_ca.ca)
+
+    monkeypatch.setattr(backoff._sync, "time", types.SimpleNamespace(sleep=assign_during_backoff))
+    session.refresh()
+    assert emulator.counters.refresh_grants == 1
+    tls.close()
+    assert (tls.refused, tls.handshakes) == (1, 1)
 
 
 def test_an_explicit_session_verify_wins_over_requests_ca_bundle(
