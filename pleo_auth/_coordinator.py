@@ -446,6 +446,47 @@ class Coordinator(_StoreProtocol):
         with self._cond:
             self._callbacks.pop(handle, None)
 
+    @property
+    def owes_write_back(self) -> bool:
+        """Whether a failed save left the live pair only in memory (the stored one is
+        spent, or was withdrawn). Read without the Condition: a bool is read whole."""
+        return self._unsaved
+
+    def may_wait_here(self) -> bool:
+        """Whether this thread may wait for the timer or the store: not inside our own
+        Condition (a ``__del__`` the garbage collector ran inside one of our methods),
+        where that would deadlock, nor on a timer thread (reaping a collected session),
+        where two timers could wait for each other."""
+        owned: bool = self._cond._is_owned()  # type: ignore[attr-defined]
+        return not owned and threading.current_thread().name != _TIMER_NAME
+
+    def write_back_once(self) -> bool:
+        """One attempt to save a pair a failed save left only in memory. Call it only
+        where :meth:`may_wait_here`.
+
+        Returns:
+            True once nothing is owed.
+        """
+        with self._cond:
+            if self._unsaved and self._busy is None:
+                self._run_locked("sync", self._write_back)
+            return not self._unsaved
+
+    def linger(self) -> None:
+        """Go on with no session attached: the last one closed while the live pair
+        waits to be saved, and closing now would lose the grant. The timer writes the
+        pair back once the store takes it; the registry then closes this coordinator,
+        or a new session over the same tokens takes it up again."""
+        tokens = self._tokens
+        logger.warning(
+            "the last session over %s closed while tokens %s wait to be saved; keeping "
+            "them in memory, and trying every %gs until the store takes them",
+            self.store.describe(),
+            tokens.fingerprint if tokens is not None else "-",
+            _WRITE_BACK_PAUSE,
+        )
+        self.ensure_timer()
+
     def close(self) -> None:
         """Stop the timer. A refresh it already started is allowed to finish and
         save: the old refresh token is spent, and exiting now would lose the new one.
@@ -456,11 +497,7 @@ class Coordinator(_StoreProtocol):
             timer, self._timer = self._timer, None
             self._cond.notify_all()
         self._wakeup.set()
-        owned = self._cond._is_owned()  # type: ignore[attr-defined]
-        if owned or threading.current_thread().name == _TIMER_NAME:
-            # Inside our own Condition (a __del__ the garbage collector ran inside one
-            # of our methods), waiting for the timer would deadlock; on a timer thread
-            # (reaping a collected session), two timers could wait for each other.
+        if not self.may_wait_here():
             # The rest of the close runs on a thread of its own.
             threading.Thread(
                 target=self._finish_close, args=(timer,), name="pleo-auth-close", daemon=True
@@ -475,6 +512,14 @@ class Coordinator(_StoreProtocol):
             if self._unsaved and self._busy is None:
                 # The last chance to save the live pair: the stored one is spent.
                 self._run_locked("sync", self._write_back)
+            lost = self._tokens if self._unsaved else None
+        if lost is not None:
+            logger.error(
+                "tokens %s were never saved to %s and are lost with this coordinator: the "
+                "stored pair is spent, so a person must log in again",
+                lost.fingerprint,
+                self.store.describe(),
+            )
         self.endpoint.close()
 
     def _reset_after_fork(self) -> None:

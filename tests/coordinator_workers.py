@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import resource
 import signal
 import sys
@@ -117,7 +118,27 @@ def refused_fresh_token(args: dict[str, Any]) -> dict[str, Any]:
     return {"statuses": statuses}
 
 
+def exit_owing_write_back(args: dict[str, Any]) -> dict[str, Any]:
+    """A refresh whose saves keep failing, the last session closed, then exit: with
+    ``heal``, the store takes writes again just before the interpreter exits."""
+    from pleo_auth.testing import FaultyStore
+
+    logging.basicConfig(level=logging.WARNING)  # as an app does: warnings to stderr
+    store = FaultyStore(FileStore(args["path"]))
+    session = _session(args, store)  # type: ignore[arg-type]
+    store.fail_next("save", 1000)
+    try:
+        session.refresh()
+    except TokenStoreError as exc:
+        refused = str(exc)
+    session.close()  # the last session: its coordinator lingers, owing the pair
+    if args["heal"]:
+        store.clear_faults()
+    return {"refused": refused}
+
+
 SCENARIOS = {
+    "exit_owing_write_back": exit_owing_write_back,
     "failed_save": failed_save,
     "restart_with_first_reply": restart_with_first_reply,
     "collected_sessions": collected_sessions,

@@ -25,6 +25,7 @@ import pytest
 
 from pleo_auth import FileStore, MemoryStore, PleoSession, TokenSet, TokenStoreError
 from pleo_auth._clock import FakeClock
+from pleo_auth._registry import REGISTRY
 from pleo_auth.stores.redis import RedisStore
 from pleo_auth.testing import Emulator, redis_server
 
@@ -194,6 +195,117 @@ def test_closing_the_last_session_writes_back_a_pair_a_failed_save_left_in_memor
     assert held is not None
     assert store.load() == held
     assert emulator.counters.refresh_grants == 1
+
+
+def test_a_pair_left_unsaved_outlives_the_last_session_and_the_next_session_takes_it_up(
+    emulator: Emulator,
+) -> None:
+    first = TokenSet.from_response(emulator.issue_tokens())
+    store = FailingSaves(first)
+    settings = {
+        "store": store,
+        "token_url": emulator.token_url,
+        "api_url": emulator.api_url,
+    }
+    session = PleoSession(emulator.client_id, emulator.client_secret, **settings)
+    store.failures = 1000
+    with pytest.raises(TokenStoreError):
+        session.refresh()
+    held = session.tokens
+    assert held is not None
+    session.close()  # an app restarting in-process while the store still refuses writes
+    assert store.load() is None  # the spent pair was withdrawn; the live one is in memory
+    again = PleoSession(emulator.client_id, emulator.client_secret, **settings)
+    try:
+        assert again.tokens == held
+        assert again.get("/v2/employees").status_code == 200
+        store.failures = 0
+    finally:
+        again.close()  # the store takes writes again: the close writes the pair back
+    assert store.load() == held
+    counters = emulator.counters
+    assert counters.refresh_grants == 1
+    assert counters.reuse_detections == 0
+    assert counters.rejected_refreshes == 0
+
+
+def test_a_lingering_pair_is_written_back_by_the_timer_once_the_store_takes_writes(
+    emulator: Emulator,
+) -> None:
+    first = TokenSet.from_response(emulator.issue_tokens())
+    store = FailingSaves(first)
+    clock = FakeClock()
+    session = PleoSession(
+        emulator.client_id, emulator.client_secret, store=store, clock=clock,
+        token_url=emulator.token_url, api_url=emulator.api_url,
+    )  # fmt: skip
+    key = (store.key, emulator.token_url, emulator.client_id)
+    store.failures = 1000
+    with pytest.raises(TokenStoreError):
+        session.refresh()
+    held = session.tokens
+    session.close()
+    lingering = REGISTRY.get(key)
+    assert lingering is not None
+    assert lingering.owes_write_back
+    store.failures = 0
+    written = threading.Event()
+    saved = store.save
+
+    def save(tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
+        saved(tokens, replaces=replaces)
+        written.set()
+
+    store.save = save  # type: ignore[method-assign]
+    clock.advance(2.0)  # past the pause between write-back attempts: the timer wakes
+    assert written.wait(10), "the lingering timer never wrote the pair back"
+    assert store.load() == held
+    clock.advance(2.0)  # its next pass: the registry closes the coordinator
+    deadline = threading.Event()
+    for _ in range(200):
+        if REGISTRY.get(key) is None:
+            break
+        deadline.wait(0.05)
+    assert REGISTRY.get(key) is None, "the coordinator lingered after its write-back"
+    assert emulator.counters.refresh_grants == 1
+
+
+@pytest.mark.parametrize("heal", [True, False], ids=["store-back-by-exit", "store-still-down"])
+def test_a_process_exiting_while_it_owes_a_write_back_makes_a_last_attempt(
+    emulator: Emulator, tmp_path: Path, heal: bool
+) -> None:
+    path = tmp_path / "tokens.json"
+    first = TokenSet.from_response(emulator.issue_tokens())
+    FileStore(path).save(first)
+    done = subprocess.run(
+        [
+            sys.executable, str(WORKERS), "exit_owing_write_back",
+            json.dumps(emulator_args(emulator, path=str(path), heal=heal)),
+        ],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "injected" in json.loads(done.stdout.strip().splitlines()[-1])["refused"]
+    assert first.refresh_token not in done.stderr
+    assert emulator.counters.refresh_grants == 1
+    stored = FileStore(path).load()
+    if heal:
+        # atexit wrote the live pair back: the grant goes on in the next process.
+        assert stored is not None
+        assert emulator.is_current(stored.access_token, stored.refresh_token)
+        assert "were never saved" not in done.stderr
+        with PleoSession(
+            emulator.client_id, emulator.client_secret, store=FileStore(path),
+            token_url=emulator.token_url, api_url=emulator.api_url,
+        ) as session:  # fmt: skip
+            session.refresh()
+        assert emulator.counters.refresh_grants == 2
+        assert emulator.counters.reuse_detections == 0
+    else:
+        # Nothing could be saved: the loss is said plainly, and nothing spent is left.
+        assert stored is None
+        assert "were never saved" in done.stderr
+        assert "a person must log in again" in done.stderr
 
 
 # -- 2. a session collected by the garbage collector ------------------------------------

@@ -1153,6 +1153,15 @@ FOUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("crash", {"where": "A", "reseed": True}),
         ("fork_and_get", {"index": 0}),
     ],
+    # Finding C: the last session closes (a restart) while the store still refuses
+    # the save, and the pair only that process held was dropped with its coordinator.
+    "save keeps failing, restart while it does": [
+        ("advance", {"seconds": 150.0}),
+        ("store_fault", {"where": "A", "operation": "save", "count": 10}),
+        ("refresh", {"index": 0}),
+        ("restart", {"where": "A", "reseed": False}),
+        ("get", {"index": 1}),
+    ],
 }
 
 
