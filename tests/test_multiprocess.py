@@ -140,8 +140,9 @@ def test_redis_workers_share_nothing_but_the_url(
     spec = f"{redis_url}#test:{uuid.uuid4().hex}"
     assert isinstance(build_store(spec, client_id=emulator.client_id), RedisStore)
     emulator.set_access_token_lifetime(LIFETIME)
+    # Long enough for at least two rotations of LIFETIME tokens at MARGIN.
     report = run_workload(
-        emulator, spec, processes=4, threads=4, duration=4.0, refresh_margin=MARGIN
+        emulator, spec, processes=4, threads=4, duration=7.0, refresh_margin=MARGIN
     )
     assert sorted(home.rglob("*")) == []
     assert_clean_rotations(report, at_least=2)
