@@ -16,7 +16,8 @@ from typing import NamedTuple
 from ._clock import Clock
 from ._endpoint import TokenEndpoint
 from ._schedule import RefreshSchedule
-from .errors import PleoAuthError, ReauthenticationRequired, TokenStoreError
+from ._urls import same_endpoint
+from .errors import ConfigurationError, PleoAuthError, ReauthenticationRequired, TokenStoreError
 from .login_hint import LoginHint
 from .stores.base import Lease, TokenStore
 from .tokens import TokenSet
@@ -102,6 +103,11 @@ class _StoreProtocol:
                 )
                 return _Outcome(tokens=self._tokens if self._tokens == stored else stored,
                                 version=version)  # fmt: skip
+            mismatch = self._foreign_issuer(stored)
+            if mismatch is not None:
+                # Never send the refresh token to a server that did not issue it: its
+                # invalid_grant would pass for a dead grant and clear a live pair.
+                return _Outcome(tokens=self._tokens, version=version, failure=mismatch)
             try:
                 new = self.endpoint.refresh(stored.refresh_token, deadline=lease.deadline)
             except ReauthenticationRequired as exc:
@@ -126,6 +132,19 @@ class _StoreProtocol:
                 new.expires_at - self._clock.time(),
             )
             return _Outcome(tokens=new, version=store.version())
+
+    def _foreign_issuer(self, stored: TokenSet) -> ConfigurationError | None:
+        """Why ``stored`` must not be refreshed here: another token endpoint issued
+        it. None when it came from this one, or does not say (saved by 0.1, or by a
+        store of one's own: nothing tells, so it is refreshed here, as 0.1 did)."""
+        if stored.token_url is None or same_endpoint(stored.token_url, self.endpoint.token_url):
+            return None
+        return ConfigurationError(
+            f"the tokens in {self.store.describe()} were issued by {stored.token_url}, but "
+            f"this session's token endpoint is {self.endpoint.token_url}: not refreshing "
+            "there. Point the session's token_url (or environment) at the tokens' issuer, "
+            "or log in again through this one"
+        )
 
     def _owes_write_back(self, stored: TokenSet | None) -> bool:
         """Whether the tokens in memory are newer than ``stored``, which is then spent

@@ -98,6 +98,29 @@ def origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), port
 
 
+def same_endpoint(first: str, second: str) -> bool:
+    """Whether two URLs name the same endpoint, as a person would judge: the
+    scheme and host in any case, a default port written or not, and a trailing
+    ``/`` are not differences; the path (case included) and the query are.
+
+    >>> same_endpoint("https://Auth.pleo.io:443/oauth/token/", "https://auth.pleo.io/oauth/token")
+    True
+    >>> same_endpoint("https://auth.pleo.io/oauth/token", "https://auth.staging.pleo.io/oauth/token")
+    False
+    """
+    if first == second:
+        return True
+    try:
+        a, b = urllib.parse.urlsplit(first), urllib.parse.urlsplit(second)
+    except ValueError:
+        return False
+    return (
+        origin(first) == origin(second)
+        and a.path.rstrip("/") == b.path.rstrip("/")
+        and a.query == b.query
+    )
+
+
 # -- which prepared URLs are under api_url ----------------------------------------
 
 _PERCENT_U = re.compile(r"%u([0-9a-fA-F]{4})")

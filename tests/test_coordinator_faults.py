@@ -17,13 +17,22 @@ import math
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
-from pleo_auth import FileStore, MemoryStore, PleoSession, TokenSet, TokenStoreError
+from pleo_auth import (
+    ConfigurationError,
+    FileStore,
+    MemoryStore,
+    PleoSession,
+    TokenSet,
+    TokenStoreError,
+)
 from pleo_auth._clock import FakeClock
 from pleo_auth._registry import REGISTRY
 from pleo_auth.stores.redis import RedisStore
@@ -540,3 +549,89 @@ def test_the_timer_refresh_log_is_quiet_for_healthy_short_tokens(
         finally:
             session.close()
     assert [r.getMessage() for r in caplog.records if r.name.startswith("pleo_auth")] == []
+
+
+# -- the issuer the stored tokens record ----------------------------------------------
+
+
+@pytest.fixture
+def other_emulator() -> Iterator[Emulator]:
+    with Emulator(access_token_lifetime=3600) as emu:
+        yield emu
+
+
+def _due_tokens_issued_by(emu: Emulator, *, token_url: str | None) -> TokenSet:
+    """A live pair from ``emu``, due for a refresh, recording ``token_url`` as its issuer."""
+    now = time.time()
+    tokens = TokenSet.from_response(emu.issue_tokens(), now=now - 3600)
+    return attrs.evolve(tokens, token_url=token_url, api_url=emu.api_url if token_url else None)
+
+
+def test_a_session_pointed_at_another_token_endpoint_never_sends_the_pair_there_nor_clears_it(
+    emulator: Emulator, other_emulator: Emulator, tmp_path: Path
+) -> None:
+    """Staging settings over a production store, a forgotten token_url: the stored
+    pair says which endpoint issued it, and a session configured for another one
+    refuses (ConfigurationError) instead of sending the refresh token there, taking
+    its invalid_grant for a dead grant and deleting a pair live at its issuer."""
+    store = FileStore(tmp_path / "tokens.json")
+    tokens = _due_tokens_issued_by(emulator, token_url=emulator.token_url)
+    store.save(tokens)
+    session = PleoSession(
+        other_emulator.client_id,
+        other_emulator.client_secret,
+        store=store,
+        token_url=other_emulator.token_url,
+        api_url=other_emulator.api_url,
+    )
+    try:
+        with pytest.raises(ConfigurationError, match="were issued by") as caught:
+            session.get("/v2/employees")
+        with pytest.raises(ConfigurationError):
+            session.refresh()
+    finally:
+        session.close()
+
+    assert f"this session's token endpoint is {other_emulator.token_url}" in str(caught.value)
+    assert other_emulator.counters.token_requests == 0, "the refresh token went to another server"
+    assert emulator.counters.token_requests == 0
+    assert store.load() == tokens, "a pair still live at its issuer was deleted"
+    assert emulator.is_current(tokens.access_token, tokens.refresh_token)
+
+
+@pytest.mark.parametrize("written", ["trailing slash", "capital scheme"])
+def test_the_tokens_own_endpoint_written_differently_still_refreshes(
+    emulator: Emulator, tmp_path: Path, written: str
+) -> None:
+    url = emulator.token_url
+    if written == "trailing slash":
+        recorded = url + "/"
+    else:
+        recorded = url.replace("http://127.0.0.1", "HTTP://127.0.0.1")
+    store = FileStore(tmp_path / "tokens.json")
+    store.save(_due_tokens_issued_by(emulator, token_url=recorded))
+
+    with PleoSession(
+        emulator.client_id, emulator.client_secret, store=store,
+        token_url=emulator.token_url, api_url=emulator.api_url,
+    ) as session:  # fmt: skip
+        assert session.get("/v2/employees").status_code == 200
+
+    assert emulator.counters.refresh_grants == 1
+
+
+def test_tokens_that_record_no_issuer_refresh_at_the_sessions_endpoint_as_in_0_1(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A 0.1 file, or a store of one's own, does not say who issued the pair:
+    nothing tells, so it is refreshed where the session points, as 0.1 did."""
+    store = FileStore(tmp_path / "tokens.json")
+    store.save(_due_tokens_issued_by(emulator, token_url=None))
+
+    with PleoSession(
+        emulator.client_id, emulator.client_secret, store=store,
+        token_url=emulator.token_url, api_url=emulator.api_url,
+    ) as session:  # fmt: skip
+        assert session.get("/v2/employees").status_code == 200
+
+    assert emulator.counters.refresh_grants == 1
