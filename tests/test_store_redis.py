@@ -596,3 +596,25 @@ def test_a_redis_lease_alone_excludes_a_second_holder_and_expires_by_itself(
         assert 0 < ttl <= 30_000
     with second.hold(timeout=0.0, lease=30.0):
         pass
+
+
+def test_a_redis_lock_whose_on_acquired_callback_raises_is_released(
+    client: redis.Redis, key: str
+) -> None:
+    """on_acquired runs after SET NX took the lock: if it raises, the lock is let go
+    at once, not left until its lease runs out with every other host waiting."""
+    lock_key = f"{key}:lock"
+
+    def callback() -> None:
+        raise RuntimeError("the callback failed")
+
+    lock = RedisRefreshLock(client, lock_key, on_acquired=callback)
+    with (
+        pytest.raises(RuntimeError, match="the callback failed"),
+        lock.hold(timeout=1.0, lease=60.0),
+    ):
+        pass
+    assert client.exists(lock_key) == 0, "the lock was left held until its lease runs out"
+    # Free at once for the next holder: it waits no time at all.
+    with RedisRefreshLock(client, lock_key).hold(timeout=0.0, lease=60.0):
+        assert client.exists(lock_key) == 1

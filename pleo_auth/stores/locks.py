@@ -302,9 +302,11 @@ class RedisRefreshLock(RefreshLock):
         token = secrets.token_hex(16)  # ours alone: only its holder can release the lock
         acquired_at = self._acquire(token, timeout, lease)
         owner = os.getpid()
-        if self._on_acquired is not None:
-            self._on_acquired()
         try:
+            # Inside the try: a callback that raises must not leave the lock held
+            # until its lease runs out, with every other host waiting that long.
+            if self._on_acquired is not None:
+                self._on_acquired()
             yield Lease(deadline=lease_deadline(acquired_at, lease))
         finally:
             # A forked child has a copy of this frame but not the lock: never release it there.
