@@ -172,12 +172,14 @@ def test_the_scan_finds_private_imports_from_outside_their_package_only(
 
 
 def test_fake_clock_and_the_store_contract_are_public_in_pleo_auth_testing() -> None:
+    """Importable by name; the contract's names, which need pytest, are left out of
+    __all__ so that a star import needs no pytest (see the tests below)."""
     import pleo_auth.testing
     from pleo_auth.testing import FakeClock, MakeStore, TokenStoreContract, new_tokens
 
-    assert {"FakeClock", "TokenStoreContract", "MakeStore", "new_tokens"} <= set(
-        pleo_auth.testing.__all__
-    )
+    assert "FakeClock" in pleo_auth.testing.__all__
+    assert not {"TokenStoreContract", "MakeStore", "new_tokens"} & set(pleo_auth.testing.__all__)
+    assert {"TokenStoreContract", "MakeStore", "new_tokens"} <= set(dir(pleo_auth.testing))
     assert callable(FakeClock)
     assert callable(new_tokens)
     assert MakeStore is not None
@@ -225,6 +227,54 @@ def test_importing_pleo_auth_testing_loads_neither_pytest_nor_the_contract() -> 
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]"
+
+
+def _without_pytest(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter in which pytest cannot be imported, as in
+    an app's process that uses the emulator without the test extras."""
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['pytest'] = None\n" + code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_star_import_of_pleo_auth_testing_works_without_pytest() -> None:
+    """0.1's ``from pleo_auth.testing import *`` needed no pytest, and still does
+    not: the contract's names are out of __all__."""
+    run = _without_pytest("from pleo_auth.testing import *\nprint(Emulator.__name__)")
+
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "Emulator"
+
+
+def test_introspecting_pleo_auth_testing_without_pytest_does_not_raise() -> None:
+    """inspect.getmembers (pydoc, help()) reads every name dir() lists; without
+    pytest, dir() leaves out the names that need it."""
+    run = _without_pytest(
+        "import inspect, pleo_auth.testing as t\n"
+        "names = [name for name, _ in inspect.getmembers(t)]\n"
+        "print('Emulator' in names, 'TokenStoreContract' in names)"
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "True False"
+
+
+def test_importing_the_contract_by_name_without_pytest_says_to_install_it() -> None:
+    run = _without_pytest(
+        "try:\n"
+        "    from pleo_auth.testing import TokenStoreContract\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == (
+        "pleo_auth.testing.TokenStoreContract needs pytest, which is not installed: "
+        "pip install pytest"
+    )
 
 
 # -- the lazy loader ---------------------------------------------------------------

@@ -12,7 +12,9 @@ Start an emulator, point a client at :attr:`Emulator.token_url` and
 
 :class:`FakeClock` drives a session's proactive timer without sleeping.
 :class:`TokenStoreContract` is the test class every token store's tests subclass,
-this project's and a third party's alike (it needs pytest).
+this project's and a third party's alike. It needs pytest, so it (with
+``MakeStore`` and ``new_tokens``) is imported by name and left out of ``__all__``:
+``from pleo_auth.testing import *`` works without pytest.
 
 The emulator uses the standard library only, so importing it is cheap; the
 workload runner (:func:`run_workload`), :class:`SizeLimitedKeyring` (a keyring
@@ -32,7 +34,9 @@ from ._fault import Fault
 from ._redis import free_port, redis_server
 
 if TYPE_CHECKING:
-    from ._contract import MakeStore, TokenStoreContract, new_tokens
+    from ._contract import MakeStore as MakeStore
+    from ._contract import TokenStoreContract as TokenStoreContract
+    from ._contract import new_tokens as new_tokens
     from ._faulty import FaultyStore, StoreOperation
     from ._keyrings import SizeLimitedKeyring
     from ._workload import (
@@ -52,17 +56,14 @@ __all__ = [
     "FakeClock",
     "Fault",
     "FaultyStore",
-    "MakeStore",
     "ResourceSample",
     "SizeLimitedKeyring",
     "StoreOperation",
-    "TokenStoreContract",
     "WorkloadError",
     "WorkloadProgress",
     "WorkloadReport",
     "build_store",
     "free_port",
-    "new_tokens",
     "redis_server",
     "run_workload",
 ]
@@ -80,13 +81,22 @@ _WORKLOAD_NAMES = frozenset(
 )
 
 
+#: The store contract's names need pytest, an optional dependency: importable by
+#: name (``from pleo_auth.testing import TokenStoreContract``), but kept out of
+#: ``__all__``, as keyring keeps its contract in keyring.testing.backend and
+#: hypothesis its optional parts in hypothesis.extra, out of the package's star
+#: import; see pleo_auth._lazy.
+_CONTRACT_NAMES = ("MakeStore", "TokenStoreContract", "new_tokens")
+
 #: Names loaded on first use, and the module each lives in.
 _LAZY_MODULES = {
     **dict.fromkeys(_WORKLOAD_NAMES, "._workload"),
     "SizeLimitedKeyring": "._keyrings",
     "FaultyStore": "._faulty",
     "StoreOperation": "._faulty",
-    **dict.fromkeys(("MakeStore", "TokenStoreContract", "new_tokens"), "._contract"),
+    **dict.fromkeys(_CONTRACT_NAMES, "._contract"),
 }
 
-__getattr__, __dir__ = lazy_attributes(__name__, _LAZY_MODULES, __all__)
+__getattr__, __dir__ = lazy_attributes(
+    __name__, _LAZY_MODULES, __all__, needs=dict.fromkeys(_CONTRACT_NAMES, "pytest")
+)
