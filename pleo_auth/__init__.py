@@ -23,6 +23,7 @@ from .errors import (
     RefreshError,
     StoreUnusable,
     TokenStoreError,
+    TokensUnreadable,
 )
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ __all__ = [
     "TokenSet",
     "TokenStore",
     "TokenStoreError",
+    "TokensUnreadable",
     "__version__",
 ]
 

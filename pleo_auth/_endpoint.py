@@ -8,7 +8,7 @@ import logging
 import random
 import urllib.parse
 from collections.abc import Callable, Generator, Mapping
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import requests
 
@@ -25,9 +25,16 @@ from ._urls import check_secure_url
 from .errors import AuthorizationError, ConfigurationError, ReauthenticationRequired, RefreshError
 from .tokens import TokenSet
 
+if TYPE_CHECKING:
+    from .settings import Settings
+
 logger = logging.getLogger(__name__)
 
 ClientAuth = Literal["basic", "body"]
+
+#: Backoff between attempts: full jitter up to factor * 2**attempt, capped.
+_BACKOFF_FACTOR = 0.5
+_BACKOFF_MAX = 8.0
 
 #: Statuses that mean "try again later" rather than "this will never work".
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -161,8 +168,8 @@ class TokenEndpoint:
         timeout: float = 10.0,
         max_attempts: int = 5,
         max_time: float = 30.0,
-        backoff_factor: float = 0.5,
-        backoff_max: float = 8.0,
+        backoff_factor: float = _BACKOFF_FACTOR,
+        backoff_max: float = _BACKOFF_MAX,
         clock: Clock = SYSTEM_CLOCK,
     ):
         check_settings(
@@ -172,6 +179,28 @@ class TokenEndpoint:
             max_attempts=max_attempts,
             max_time=max_time,
         )
+        self._configure(
+            token_url, client_id, client_secret, client_auth, timeout, max_attempts, max_time,
+            backoff_factor, backoff_max, clock,
+        )  # fmt: skip
+
+    @classmethod
+    def for_settings(cls, settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> TokenEndpoint:
+        """The endpoint ``settings`` name, built without checking them again: a
+        :class:`~pleo_auth.Settings` was checked when it was made."""
+        endpoint = cls.__new__(cls)
+        endpoint._configure(
+            settings.endpoints.token_url, settings.client_id, settings.client_secret,
+            settings.client_auth, settings.refresh_timeout, settings.max_refresh_attempts,
+            settings.max_refresh_time, _BACKOFF_FACTOR, _BACKOFF_MAX, clock,
+        )  # fmt: skip
+        return endpoint
+
+    def _configure(
+        self, token_url: str, client_id: str, client_secret: str | None, client_auth: ClientAuth,
+        timeout: float, max_attempts: int, max_time: float, backoff_factor: float,
+        backoff_max: float, clock: Clock,
+    ) -> None:  # fmt: skip
         self.token_url = token_url
         self.client_id = client_id
         self._client_secret = client_secret

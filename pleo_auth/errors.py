@@ -7,6 +7,8 @@ decision a caller can make:
 * :class:`RefreshError`: the token endpoint refused or failed. ``retryable`` says
   whether trying again later can help.
 * :class:`TokenStoreError`: the token store could not be read or written.
+* :class:`TokensUnreadable`: the store holds something that is not tokens; a
+  new login replaces it.
 * :class:`ConfigurationError`: the arguments are wrong; fix the code or settings.
   It is also a :class:`ValueError`.
 * :class:`StoreUnusable`: the store cannot work on this machine (a keyring
@@ -32,6 +34,7 @@ __all__ = [
     "RefreshError",
     "StoreUnusable",
     "TokenStoreError",
+    "TokensUnreadable",
 ]
 
 
@@ -136,6 +139,12 @@ class TokenStoreError(PleoAuthError):
     def __init__(self, message: str, *, retryable: bool = False):
         self.retryable = retryable
         super().__init__(message)
+
+
+class TokensUnreadable(TokenStoreError):
+    """The store holds something that is not pleo-auth tokens (a foreign or
+    corrupt document). No retry helps; a new login replaces it, and a logout
+    deletes it."""
 
 
 class StoreUnusable(TokenStoreError, ConfigurationError):

@@ -47,11 +47,11 @@ from .settings import (
     ClientAuth,
     Environment,
     Settings,
-    argument_defaults,
+    default,
     normalize_scopes,
     settings_from_arguments,
 )
-from .stores.base import TokenStore
+from .stores.base import TokenStore, require_refresh_lock
 from .tokens import TokenSet
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ __all__ = [
     "AuthorizationFlow",
     "PendingAuthorization",
     "authorize_url_for",
+    "check_redirect_uri",
     "normalize_scopes",
 ]
 
@@ -120,6 +121,18 @@ def _check_http_url(name: str, url: object) -> urllib.parse.SplitResult:
     if parts.fragment:
         raise ConfigurationError(f"{name} must not have a #fragment")
     return parts
+
+
+def check_redirect_uri(redirect_uri: object) -> str:
+    """Refuse a redirect URI no login could use: anything but an absolute http(s)
+    URL with a host, a valid port and no fragment.
+
+    Raises:
+        ConfigurationError: Which rule it breaks (the URL itself is not echoed).
+    """
+    _check_http_url("redirect_uri", redirect_uri)
+    assert isinstance(redirect_uri, str)
+    return redirect_uri
 
 
 def _callback_parameters(callback: object) -> dict[str, str]:
@@ -302,19 +315,18 @@ class AuthorizationFlow:
         redirect_uri: str,
         scopes: str | Iterable[str] | None = None,
         store: TokenStore | None = None,
-        environment: Environment = "production",
+        environment: Environment = default("production"),  # noqa: B008
         authorize_url: str | None = None,
         token_url: str | None = None,
         subject: str | None = None,
-        client_auth: ClientAuth = "basic",
-        timeout: float = 10.0,
-        max_attempts: int = 3,
-        max_time: float = 30.0,
+        client_auth: ClientAuth = default("basic"),  # noqa: B008
+        timeout: float = default(10.0),
+        max_attempts: int = default(3),
+        max_time: float = default(30.0),
         clock: Clock | None = None,
         settings: Settings | None = None,
     ):
         settings = settings_from_arguments(
-            _DEFAULTS,
             settings,
             client_id=client_id,
             client_secret=client_secret,
@@ -333,7 +345,6 @@ class AuthorizationFlow:
         self.settings = settings
         urls = settings.endpoints
         self.client_id = settings.require_client_id()
-        self._client_secret = settings.client_secret
         self.redirect_uri = redirect_uri
         self.scope = settings.scopes
         self.environment = settings.environment
@@ -341,20 +352,11 @@ class AuthorizationFlow:
         self.authorize_url = urls.authorize_url
         self.subject = settings.subject
         self.store = store if store is not None else settings.build_store()
+        require_refresh_lock(self.store)
         self._clock = clock or SYSTEM_CLOCK
 
     def _endpoint(self) -> TokenEndpoint:
-        settings = self.settings
-        return TokenEndpoint(
-            self.token_url,
-            self.client_id,
-            self._client_secret,
-            client_auth=settings.client_auth,
-            timeout=settings.refresh_timeout,
-            max_attempts=settings.max_refresh_attempts,
-            max_time=settings.max_refresh_time,
-            clock=self._clock,
-        )
+        return TokenEndpoint.for_settings(self.settings, clock=self._clock)
 
     def start(
         self,
@@ -522,7 +524,3 @@ class AuthorizationFlow:
             f"<AuthorizationFlow client_id={self.client_id!r} {self.settings.target()} "
             f"redirect_uri={self.redirect_uri!r} store={self.store!r}>"
         )
-
-
-#: AuthorizationFlow's keyword defaults, read once (see settings_from_arguments).
-_DEFAULTS = argument_defaults(AuthorizationFlow.__init__)

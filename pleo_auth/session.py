@@ -29,10 +29,10 @@ from .settings import (
     ClientAuth,
     Environment,
     Settings,
-    argument_defaults,
+    default,
     settings_from_arguments,
 )
-from .stores.base import TokenStore
+from .stores.base import TokenStore, require_refresh_lock
 from .tokens import TokenSet
 
 logger = logging.getLogger(__name__)
@@ -202,17 +202,17 @@ class PleoSession(requests.Session):
         client_secret: str | None = None,
         *,
         store: TokenStore | None = None,
-        environment: Environment = "production",
+        environment: Environment = default("production"),  # noqa: B008
         token_url: str | None = None,
         api_url: str | None = None,
-        refresh_margin: float = 60.0,
+        refresh_margin: float = default(60.0),
         tokens: TokenSet | None = None,
         on_reauthentication_required: Callable[[], object] | None = None,
-        client_auth: ClientAuth = "basic",
-        max_refresh_attempts: int = 5,
-        max_refresh_time: float = 30.0,
-        refresh_timeout: float = 10.0,
-        drain_timeout: float = 5.0,
+        client_auth: ClientAuth = default("basic"),  # noqa: B008
+        max_refresh_attempts: int = default(5),
+        max_refresh_time: float = default(30.0),
+        refresh_timeout: float = default(10.0),
+        drain_timeout: float = default(5.0),
         clock: Clock | None = None,
         settings: Settings | None = None,
         login_hint: LoginHint | str | None = None,
@@ -223,7 +223,6 @@ class PleoSession(requests.Session):
         for prefix in ("https://", "http://"):
             self.mount(prefix, requests.adapters.HTTPAdapter(pool_maxsize=_POOL_SIZE))
         settings = settings_from_arguments(
-            _DEFAULTS,
             settings,
             client_id=client_id,
             # 0.1 took an empty secret as none; a Settings refuses it.
@@ -253,6 +252,7 @@ class PleoSession(requests.Session):
         # a thread of ours inside an import. See pleo_auth._warmup.
         warm_up()
         self.store = store if store is not None else settings.build_store()
+        require_refresh_lock(self.store)
         hint = login_hint or settings.login_hint(self.store)
         build = functools.partial(_coordinator, settings, self.store, clock or SYSTEM_CLOCK, hint)
         key = (self.store.key, self.token_url, self.client_id)
@@ -403,9 +403,6 @@ class PleoSession(requests.Session):
         raise TypeError("PleoSession cannot be pickled: build one in each process")
 
 
-#: PleoSession's keyword defaults, read once (see settings_from_arguments).
-_DEFAULTS = argument_defaults(PleoSession.__init__)
-
 _LIVE_SESSIONS: weakref.WeakSet[PleoSession] = weakref.WeakSet()
 
 
@@ -413,19 +410,9 @@ def _coordinator(
     settings: Settings, store: TokenStore, clock: Clock, login_hint: LoginHint | str
 ) -> Coordinator:
     """The coordinator sessions over ``store`` share, built by the first of them."""
-    endpoint = TokenEndpoint(
-        settings.endpoints.token_url,
-        settings.client_id,
-        settings.client_secret,
-        client_auth=settings.client_auth,
-        timeout=settings.refresh_timeout,
-        max_attempts=settings.max_refresh_attempts,
-        max_time=settings.max_refresh_time,
-        clock=clock,
-    )
     return Coordinator(
         store,
-        endpoint,
+        TokenEndpoint.for_settings(settings, clock=clock),
         schedule=RefreshSchedule.for_margin(settings.refresh_margin),
         clock=clock,
         drain_timeout=settings.drain_timeout,

@@ -26,7 +26,6 @@ False
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -35,12 +34,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
+from ._arguments import default, settings_from_arguments
 from ._checks import check_attempts, check_seconds
 from ._text import shown
 from ._urls import check_secure_url
 from .errors import ConfigurationError
 from .stores.base import TokenStore
-from .stores.spec import check_spec, store_from_spec
+from .stores.spec import DEFAULT_SPEC, StoreBuilder, parse_spec, redact_spec
 
 if TYPE_CHECKING:
     from .login_hint import LoginHint
@@ -51,8 +51,8 @@ __all__ = [
     "Endpoints",
     "Environment",
     "Settings",
-    "argument_defaults",
     "check_client_id",
+    "default",
     "normalize_scopes",
     "settings_from_arguments",
 ]
@@ -198,9 +198,16 @@ def _check_optional_text(name: str, value: object) -> None:
     check_text(name, value, optional=True)
 
 
-def _check_store(name: str, value: object) -> None:
-    if value is not None and not isinstance(value, TokenStore):
-        check_spec(value)
+def _check_store(name: str, value: object) -> StoreBuilder | None:
+    """The builder of the store a spec names; None for a TokenStore, or none."""
+    if value is None or isinstance(value, TokenStore):
+        return None
+    return parse_spec(value)
+
+
+def _store_repr(value: object) -> str:
+    # A Redis URL may carry a password: a repr shows it redacted, never whole.
+    return repr(redact_spec(value)) if isinstance(value, str) else repr(value)
 
 
 def _check_client_auth(name: str, value: object) -> None:
@@ -277,7 +284,7 @@ class Settings:
     api_url: str | None = attrs.field(default=None, kw_only=True, converter=_unset_if_empty)
     authorize_url: str | None = attrs.field(default=None, kw_only=True, converter=_unset_if_empty)
     store: str | TokenStore | None = attrs.field(
-        default=None, kw_only=True, converter=_unset_if_empty
+        default=None, kw_only=True, converter=_unset_if_empty, repr=_store_repr
     )
     scopes: str | None = attrs.field(default=None, kw_only=True)
     subject: str | None = attrs.field(
@@ -291,15 +298,21 @@ class Settings:
     max_refresh_time: float = attrs.field(default=30.0, kw_only=True)
     refresh_timeout: float = attrs.field(default=10.0, kw_only=True)
     drain_timeout: float = attrs.field(default=5.0, kw_only=True)
+    # What builds the store a spec names: the spec is parsed once, here.
+    _store_builder: StoreBuilder | None = attrs.field(
+        init=False, default=None, repr=False, eq=False
+    )
 
     def __attrs_post_init__(self) -> None:
         # In a fixed order, so a message names a bad environment before a bad
         # secret, and a client id (which may only be missing) last.
         for name, check in _CHECKS:
             try:
-                check(name, getattr(self, name))
+                checked = check(name, getattr(self, name))
             except ConfigurationError as exc:
                 raise _InvalidSetting(name, str(exc)) from None
+            if name == "store" and checked is not None:
+                object.__setattr__(self, "_store_builder", checked)
         object.__setattr__(self, "scopes", _scopes(self.scopes))
         try:
             _check_client_id("client_id", self.client_id)
@@ -368,6 +381,11 @@ class Settings:
             ConfigurationError: A key is unknown or ``CLIENT_ID`` missing, or a
                 setting is invalid; the message names ``where`` and the key.
         """
+        odd = sorted(shown(key, 40) for key in values if not isinstance(key, str))
+        if odd:
+            raise ConfigurationError(
+                f"{where}: setting names must be strings, not {', '.join(odd)}"
+            )
         fields = {key.lower(): value for key, value in values.items()}
         unknown = sorted(f"{prefix}{key}" for key in values if key.lower() not in _NAMES)
         if unknown:
@@ -427,7 +445,7 @@ class Settings:
             ConfigurationError: The client id is empty.
         """
         if not self.client_id:
-            raise ConfigurationError("no client id: give --client-id or set PLEO_CLIENT_ID")
+            raise ConfigurationError("client_id is required (your integration's OAuth client id)")
         return self.client_id
 
     def build_store(self) -> TokenStore:
@@ -440,7 +458,9 @@ class Settings:
         """
         if isinstance(self.store, TokenStore):
             return self.store
-        return store_from_spec(self.store or "keyring", client_id=self.client_id)
+        # The client id was checked when these settings were made: not again.
+        build = self._store_builder or parse_spec(DEFAULT_SPEC)
+        return build(self.client_id)
 
     def login_hint(self, store: TokenStore | None = None, *, view: str | None = None) -> LoginHint:
         """What logs in again with these settings, to ``store``, as a value.
@@ -458,7 +478,7 @@ class Settings:
         return attrs.evolve(self, **changes)
 
 
-_NAMES = tuple(field.name for field in attrs.fields(Settings))
+_NAMES = tuple(field.name for field in attrs.fields(Settings) if field.init)
 
 #: Each setting's check, in the order they run (scopes and the client id follow).
 _CHECKS: tuple[tuple[str, Callable[[str, Any], object]], ...] = (
@@ -476,51 +496,6 @@ _CHECKS: tuple[tuple[str, Callable[[str, Any], object]], ...] = (
     ("refresh_timeout", _positive_seconds),
     ("drain_timeout", _seconds),
 )
-
-
-def settings_from_arguments(
-    defaults: Mapping[str, Any], settings: Settings | None, **arguments: Any
-) -> Settings:
-    """The settings a constructor was given: ``settings``, or its keyword arguments.
-
-    The one function through which :class:`~pleo_auth.PleoSession` and
-    :class:`~pleo_auth.AuthorizationFlow` turn their 0.1 keyword arguments into
-    :class:`Settings`. ``arguments`` are named as :class:`Settings`' fields.
-
-    Args:
-        defaults: The constructor's defaults, from :func:`argument_defaults`.
-        settings: The settings given, if any.
-        **arguments: The constructor's setting arguments.
-
-    Raises:
-        ConfigurationError: An argument is invalid, or ``settings`` came with
-            arguments that differ from the constructor's defaults.
-    """
-    if settings is None:
-        return Settings(**arguments)
-    if not isinstance(settings, Settings):
-        raise ConfigurationError(
-            f"settings must be a pleo_auth.Settings, not {type(settings).__name__}"
-        )
-    given = sorted(name for name, value in arguments.items() if value != defaults.get(name))
-    if given:
-        raise ConfigurationError(f"give either settings or {', '.join(given)}, not both")
-    return settings
-
-
-def argument_defaults(constructor: Callable[..., object]) -> dict[str, Any]:
-    """``constructor``'s keyword defaults, under Settings' field names. Read once,
-    when the constructor's class is defined."""
-    renamed = {
-        "timeout": "refresh_timeout",
-        "max_attempts": "max_refresh_attempts",
-        "max_time": "max_refresh_time",
-    }
-    return {
-        renamed.get(name, name): parameter.default
-        for name, parameter in inspect.signature(constructor).parameters.items()
-        if parameter.default is not inspect.Parameter.empty
-    }
 
 
 def _parse_number(name: str, variable: str, value: Any) -> Any:

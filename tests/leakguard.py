@@ -464,12 +464,15 @@ def _install(guard: LeakGuard, patch: pytest.MonkeyPatch) -> None:
 
     def learn_session(obj: Any, sig: inspect.Signature, args: Any, kwargs: Any) -> None:
         learn_client_secret(obj, sig, args, kwargs)
+        # Built from a Settings, the token endpoint's __init__ never sees the secret.
+        guard.secret(CLIENT_SECRET, getattr(getattr(obj, "settings", None), "client_secret", None))
         guard.made(obj)
 
     after_init(PleoSession, learn_session)
 
     def learn_flow(obj: Any, sig: inspect.Signature, args: Any, kwargs: Any) -> None:
         learn_client_secret(obj, sig, args, kwargs)
+        guard.secret(CLIENT_SECRET, getattr(getattr(obj, "settings", None), "client_secret", None))
         guard.made(obj)
 
     after_init(AuthorizationFlow, learn_flow)

@@ -13,7 +13,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -555,3 +557,175 @@ def test_emulator_verbose_logs_each_request_and_ctrl_c_prints_the_counts() -> No
     assert "not-logged" not in err  # the path only: never a query string
     assert "Stopped. What the emulator saw:" in out
     assert "  unauthorized: 1" in out
+
+
+# -- login over leftovers, its client authentication, and the issuer's flags ---------------
+
+
+def test_login_replaces_unreadable_leftovers_in_the_store(
+    login: type[Login], emulator: Emulator, token_path: Path
+) -> None:
+    """Logging in again is how a person repairs a store: the check of the store
+    before the URL refuses only a store that cannot work, not leftovers that the
+    login replaces (as AuthorizationFlow does, and 0.1's login did)."""
+    token_path.write_text('{"not": "pleo-auth tokens"}')
+    token_path.chmod(0o600)
+
+    run = login()
+    page = requests.get(run.authorize_url(), timeout=60).status_code
+    code, out, err = run.finish()
+
+    assert code == 0, err
+    assert page == 200
+    assert f"{token_path} holds no pleo-auth tokens; logging in replaces it" in out
+    assert FileStore(token_path).load() is not None
+    assert emulator.counters.code_exchanges == 1
+
+
+def test_login_still_refuses_a_token_file_others_can_read_before_showing_the_url(
+    env: dict[str, str], token_path: Path, stored: TokenSet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token_path.chmod(0o644)
+
+    code, out = run_main(["login", "--no-browser", "--store", f"file:{token_path}"], env)
+
+    assert code == 3
+    assert "http" not in out
+    assert "readable or writable by group or others" in capsys.readouterr().err
+
+
+class _TokenForwarder:
+    """A loopback /oauth/token that records whether the client authenticated with
+    HTTP Basic, then forwards the request to the emulator and relays its reply."""
+
+    def __init__(self, target: str):
+        self.basic: list[bool] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                owner.basic.append(self.headers.get("Authorization", "").startswith("Basic "))
+                headers = {
+                    name: value
+                    for name, value in self.headers.items()
+                    if name.lower() in ("authorization", "content-type", "accept")
+                }
+                reply = requests.post(target, data=body, headers=headers, timeout=30)
+                self.send_response(reply.status_code)
+                self.send_header("Content-Type", reply.headers.get("Content-Type", ""))
+                self.send_header("Content-Length", str(len(reply.content)))
+                self.end_headers()
+                self.wfile.write(reply.content)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # request lines are not logged
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/oauth/token"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(10)
+
+
+@pytest.fixture
+def forwarder(emulator: Emulator) -> Iterator[_TokenForwarder]:
+    forwarder = _TokenForwarder(emulator.token_url)
+    yield forwarder
+    forwarder.close()
+
+
+@pytest.mark.parametrize(("variable", "flag", "basic"), [
+    ("body", None, False),
+    ("body", "basic", True),
+    (None, None, True),
+])  # fmt: skip
+def test_login_takes_pleo_client_auth_from_the_environment_and_the_flag_wins(
+    emulator: Emulator,
+    forwarder: _TokenForwarder,
+    env: dict[str, str],
+    token_path: Path,
+    variable: str | None,
+    flag: str | None,
+    basic: bool,
+) -> None:
+    run = Login(
+        [
+            "--store", f"file:{token_path}",
+            "--token-url", forwarder.url,
+            "--authorize-url", emulator.authorize_url,
+            *(["--client-auth", flag] if flag else []),
+        ],
+        {**env, **({"PLEO_CLIENT_AUTH": variable} if variable else {})},
+    )  # fmt: skip
+    try:
+        requests.get(run.authorize_url(), timeout=60)
+        code, _out, err = run.finish()
+    finally:
+        run.kill()
+
+    assert code == 0, err
+    assert forwarder.basic == [basic], "the code exchange authenticated the other way"
+
+
+@pytest.mark.parametrize("flag", ["--token-url", "--api-url"])
+def test_refresh_naming_the_tokens_own_issuer_in_one_flag_is_not_a_mismatch(
+    env: dict[str, str], emulator: Emulator, token_path: Path, issued: TokenSet, flag: str
+) -> None:
+    """0.1 scripts run ``pleo-auth refresh --token-url URL``: naming the URL that
+    issued the tokens, without the other one, refreshes there."""
+    value = emulator.token_url if flag == "--token-url" else emulator.api_url
+
+    code, out = run_main(["refresh", "--store", f"file:{token_path}", flag, value], env)
+
+    assert code == 0, out
+    assert emulator.counters.refresh_grants == 1
+
+
+def test_refresh_with_pleo_token_url_naming_the_tokens_own_issuer_refreshes(
+    env: dict[str, str], emulator: Emulator, token_path: Path, issued: TokenSet
+) -> None:
+    # Written with a trailing slash: the same endpoint, as a person would judge.
+    code, out = run_main(
+        ["refresh", "--store", f"file:{token_path}"],
+        {**env, "PLEO_TOKEN_URL": emulator.token_url + "/"},
+    )
+
+    assert code == 0, out
+    assert emulator.counters.refresh_grants == 1
+
+
+def test_refresh_with_a_token_url_naming_another_issuer_is_a_clear_error(
+    env: dict[str, str],
+    emulator: Emulator,
+    token_path: Path,
+    issued: TokenSet,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    elsewhere = f"http://127.0.0.1:{free_port()}/oauth/token"
+
+    code, _ = run_main(["refresh", "--store", f"file:{token_path}", "--token-url", elsewhere], env)
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"the settings name {elsewhere} as the token endpoint" in err
+    assert emulator.counters.token_requests == 0
+
+
+def test_a_keyring_store_without_a_client_id_names_the_flag_and_variable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The core says the keyring store needs the client_id; the command says how to give it."""
+    code = main(["status", "--store", "keyring"], env={})
+
+    assert code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("it needs the client_id: give --client-id or set PLEO_CLIENT_ID")
+    )

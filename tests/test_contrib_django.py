@@ -5,7 +5,11 @@ Django has (the system check, settings read at first use)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -157,3 +161,76 @@ def test_manage_py_check_reports_a_mistyped_store() -> None:
         errors = checks.run_checks(tags=["pleo_auth"])
     assert [error.id for error in errors] == ["pleo_auth.E001"]
     assert "unknown token store 'fiel:/tmp/x.json'" in errors[0].msg
+
+
+# -- manage.py check over PLEO_AUTH values, each in a fresh interpreter ------------------
+
+_CHECK = """
+import json, sys
+import django
+from django.conf import settings
+settings.configure(DEBUG=False, SECRET_KEY="test-only", INSTALLED_APPS=[], DATABASES={},
+                   PLEO_AUTH=eval(sys.argv[1]))
+django.setup()
+from django.core import checks
+import pleo_auth.contrib.django  # registers the check
+print(json.dumps([[error.id, error.msg] for error in checks.run_checks(tags=["pleo_auth"])]))
+"""
+
+
+def _check(values: str) -> list[list[str]]:
+    """What ``manage.py check`` reports for ``PLEO_AUTH = <values>`` (Python source):
+    [id, message] pairs. In a fresh interpreter with its own settings.configure,
+    so Django's global settings in this one stay as the tests above set them."""
+    run = subprocess.run(
+        [sys.executable, "-c", _CHECK, values], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    reported: list[list[str]] = json.loads(run.stdout)
+    return reported
+
+
+def test_manage_py_check_reports_a_key_that_is_not_a_string_instead_of_crashing(
+    tmp_path: Path,
+) -> None:
+    values = {"CLIENT_ID": "client-1", "STORE": f"file:{tmp_path}/t.json", 1: "x"}
+
+    assert _check(repr(values)) == [
+        ["pleo_auth.E001", "settings.PLEO_AUTH: setting names must be strings, not 1"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("redirect_uri", "reason"),
+    [
+        ("not a url", "must be an absolute http(s) URL with a host, not a URL without a scheme"),
+        (
+            "ftp://example.com/callback",
+            "must be an absolute http(s) URL with a host, not a ftp: URL",
+        ),
+        ("https://example.com/callback#here", "must not have a #fragment"),
+    ],
+)
+def test_manage_py_check_reports_a_redirect_uri_no_login_could_use(
+    redirect_uri: str, reason: str, tmp_path: Path
+) -> None:
+    """Found at start-up, as a mistyped STORE is: not as a 500 at every connect."""
+    values = {
+        "CLIENT_ID": "client-1",
+        "STORE": f"file:{tmp_path}/t.json",
+        "REDIRECT_URI": redirect_uri,
+    }
+
+    assert _check(repr(values)) == [
+        ["pleo_auth.E001", f"settings.PLEO_AUTH: REDIRECT_URI {reason}"]
+    ]
+
+
+def test_manage_py_check_passes_good_settings_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    values = {
+        "CLIENT_ID": "client-1",
+        "STORE": f"file:{tmp_path}/t.json",
+        "REDIRECT_URI": "https://app.example/pleo/callback",
+    }
+
+    assert _check(repr(values)) == []

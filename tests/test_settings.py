@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,6 +147,149 @@ def test_a_session_at_the_emulator_does_not_call_itself_production() -> None:
 def test_an_empty_secret_still_means_none_for_a_session_as_in_0_1() -> None:
     with PleoSession("client-1", "", store=MemoryStore()) as session:
         assert session.settings.client_secret is None
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [("environment", "production"), ("refresh_margin", 60.0), ("client_auth", "basic")],
+)
+def test_settings_and_a_keyword_given_equal_to_its_default_are_refused(
+    keyword: str, value: object
+) -> None:
+    """``PleoSession(settings=staging, environment="production")`` names two
+    environments: refused, never silently staging. The defaults are sentinels, so
+    a keyword given explicitly is told apart from one left out."""
+    staging = Settings("client-1", environment="staging")
+    with pytest.raises(ConfigurationError, match=f"either settings or {keyword}"):
+        PleoSession(settings=staging, store=MemoryStore(), **{keyword: value})  # type: ignore[arg-type]
+    with PleoSession(settings=staging, store=MemoryStore()) as session:
+        assert session.environment == "staging"
+
+
+def test_a_flow_with_settings_and_an_explicit_default_environment_is_refused() -> None:
+    staging = Settings("client-1", environment="staging")
+    with pytest.raises(ConfigurationError, match="either settings or environment"):
+        AuthorizationFlow(
+            settings=staging,
+            environment="production",
+            redirect_uri="http://127.0.0.1:1/c",
+            store=MemoryStore(),
+        )
+
+
+def test_the_signature_still_shows_the_real_defaults() -> None:
+    # In a fresh interpreter: the leak guard wraps PleoSession.__init__ in this one.
+    code = (
+        "import inspect\n"
+        "from pleo_auth import PleoSession\n"
+        "parameters = inspect.signature(PleoSession.__init__).parameters\n"
+        "print(repr(parameters['environment'].default), repr(parameters['refresh_margin'].default))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "'production' 60.0"
+
+
+# -- no secret in a repr or message ----------------------------------------------------
+
+REDIS_PASSWORD = "hunter2-Redis-pw"
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/0",
+        f"rediss://app:{REDIS_PASSWORD}@cache.example:6380/2?key=myapp:tokens",
+        f"unix:///run/redis.sock?password={REDIS_PASSWORD}&db=1",
+    ],
+)
+def test_the_repr_of_settings_never_shows_a_redis_password_in_the_store(store: str) -> None:
+    """The store spec is kept as written, and a Redis URL's password is a secret:
+    a repr (a debugger, a log line, Django's technical 500 page) shows it redacted."""
+    settings = Settings("client-1", "secret-1", store=store)
+
+    assert REDIS_PASSWORD not in repr(settings)
+    assert REDIS_PASSWORD not in str(settings)
+    assert REDIS_PASSWORD not in repr(
+        Settings.from_env({"PLEO_CLIENT_ID": "c", "PLEO_STORE": store})
+    )
+    assert "***" in repr(settings)
+    assert settings.store == store  # only the repr is redacted
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [f"redis//:{REDIS_PASSWORD}@cache:6379/0", f"rediss//user:{REDIS_PASSWORD}@cache:6380/0"],
+)
+def test_a_mistyped_redis_url_never_echoes_its_password(spec: str) -> None:
+    """Missing its colon (``redis//``), the URL is an unknown store; the message
+    quotes it without the user information."""
+    with pytest.raises(ConfigurationError, match="unknown token store") as caught:
+        Settings("client-1", store=spec)
+
+    assert REDIS_PASSWORD not in str(caught.value)
+
+
+def test_a_session_without_a_client_id_is_not_told_about_command_line_flags() -> None:
+    """The core names its argument; only the command names --client-id."""
+    with pytest.raises(ConfigurationError, match="client_id is required") as caught:
+        PleoSession("", store=MemoryStore())
+
+    assert "--client-id" not in str(caught.value)
+    assert "PLEO_CLIENT_ID" not in str(caught.value)
+
+
+def test_from_mapping_reports_a_key_that_is_not_a_string() -> None:
+    with pytest.raises(ConfigurationError, match=r"^settings\.X: setting names must be strings"):
+        Settings.from_mapping({"CLIENT_ID": "client-1", 1: "x"}, where="settings.X")
+
+
+# -- each setting checked once ---------------------------------------------------------
+
+
+def test_a_session_built_from_settings_checks_the_endpoint_settings_no_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TokenEndpoint checks what it is given when built directly; built from a
+    Settings (checked when made), it does not check again."""
+    import pleo_auth._endpoint
+
+    calls: list[str] = []
+    real = pleo_auth._endpoint.check_settings
+
+    def counting(*args: Any, **kwargs: Any) -> None:
+        calls.append("check")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(pleo_auth._endpoint, "check_settings", counting)
+    settings = Settings("client-1", token_url=EMULATOR_TOKEN_URL)
+    with PleoSession(settings=settings, store=MemoryStore()):
+        pass
+    AuthorizationFlow(
+        settings=settings, redirect_uri="http://127.0.0.1:1/c", store=MemoryStore()
+    )._endpoint()
+    assert calls == []
+    pleo_auth._endpoint.TokenEndpoint(EMULATOR_TOKEN_URL, "client-1", None)
+    assert calls == ["check"]
+
+
+def test_the_keyring_store_of_settings_checks_the_client_id_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pleo_auth.settings
+
+    calls: list[object] = []
+    real = pleo_auth.settings.check_client_id
+
+    def counting(client_id: object) -> str:
+        calls.append(client_id)
+        return real(client_id)
+
+    monkeypatch.setattr(pleo_auth.settings, "check_client_id", counting)
+    store = Settings("client-1", store="keyring").build_store()
+
+    assert isinstance(store, KeyringStore)
+    assert calls == ["client-1"]
 
 
 # -- the login hint -----------------------------------------------------------------------

@@ -17,8 +17,9 @@ def test_keyring_spec_builds_a_keyring_store_for_the_client() -> None:
     assert store.spec == "keyring"
 
 
-def test_keyring_spec_without_client_id_names_the_flag_and_variable() -> None:
-    with pytest.raises(ConfigurationError, match=r"--client-id or PLEO_CLIENT_ID"):
+def test_keyring_spec_without_client_id_names_the_argument_not_a_flag() -> None:
+    """The core names its argument; the command adds its flag and variable."""
+    with pytest.raises(ConfigurationError, match=r"needs the client_id$"):
         store_from_spec("keyring", client_id="")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import os
 import stat
@@ -13,10 +14,19 @@ from typing import Any
 
 import pytest
 
-from pleo_auth import FileStore, KeyringStore, MemoryStore, TokenSet, TokenStoreError
+from pleo_auth import (
+    AuthorizationFlow,
+    FileStore,
+    KeyringStore,
+    Lease,
+    MemoryStore,
+    PleoSession,
+    TokenSet,
+    TokenStoreError,
+)
 from pleo_auth.stores import TokenStore, _files
 from pleo_auth.stores.locks import FileRefreshLock, ThreadRefreshLock
-from pleo_auth.testing import MakeStore, TokenStoreContract, new_tokens
+from pleo_auth.testing import Emulator, MakeStore, TokenStoreContract, new_tokens
 
 
 class TestMemoryStore(TokenStoreContract):
@@ -368,3 +378,69 @@ def test_a_thread_lock_times_out_another_thread_with_a_retryable_error() -> None
     assert failures[0].retryable
     with lock.hold(timeout=0.0, lease=1.0):  # free again
         pass
+
+
+# -- a store must have a refresh lock ----------------------------------------------------
+
+
+class _StoreWithoutALock(TokenStore):
+    """A third-party store written against 0.1's TokenStore that forgot lock()."""
+
+    def __init__(self) -> None:
+        self._tokens: TokenSet | None = None
+        self._version = 0
+
+    def load(self) -> TokenSet | None:
+        return self._tokens
+
+    def save(self, tokens: TokenSet, *, replaces: TokenSet | None = None) -> None:
+        self._tokens = tokens
+        self._version += 1
+
+    def clear(self, *, only: TokenSet | None = None) -> None:
+        self._tokens = None
+        self._version += 1
+
+    def version(self) -> Hashable:
+        return self._version
+
+    @property
+    def key(self) -> Hashable:
+        return ("no-lock", id(self))
+
+
+def test_a_store_that_neither_composes_nor_implements_a_lock_is_refused_before_any_refresh(
+    emulator: Emulator,
+) -> None:
+    """0.1's TokenStore.lock was abstract: such a store could not be built. Now that a
+    store may compose a lock instead, one with neither is refused when a session or a
+    login is built over it (TypeError, as 0.1), not at its first refresh."""
+    store = _StoreWithoutALock()
+    store.save(TokenSet.from_response(emulator.issue_tokens()))
+
+    with pytest.raises(TypeError, match="_StoreWithoutALock has no refresh lock: set refresh_lock"):
+        PleoSession(
+            emulator.client_id,
+            emulator.client_secret,
+            store=store,
+            token_url=emulator.token_url,
+            api_url=emulator.api_url,
+        )
+    with pytest.raises(TypeError, match="has no refresh lock"):
+        AuthorizationFlow(
+            emulator.client_id, redirect_uri="http://127.0.0.1:1/callback", store=store
+        )
+    assert emulator.counters.token_requests == 0
+
+
+def test_a_store_that_implements_lock_itself_needs_no_refresh_lock(emulator: Emulator) -> None:
+    class OwnLock(_StoreWithoutALock):
+        def __init__(self) -> None:
+            super().__init__()
+            self._lock = ThreadRefreshLock()
+
+        def lock(self, *, timeout: float, lease: float) -> contextlib.AbstractContextManager[Lease]:
+            return self._lock.hold(timeout=timeout, lease=lease)
+
+    with PleoSession(emulator.client_id, store=OwnLock(), token_url=emulator.token_url) as s:
+        assert s.store.refresh_lock is None

@@ -12,10 +12,18 @@ import time
 import webbrowser
 from typing import TYPE_CHECKING, TextIO
 
-from ..errors import ConfigurationError, PleoAuthError, ReauthenticationRequired, RefreshError
+from .._urls import same_endpoint
+from ..errors import (
+    ConfigurationError,
+    PleoAuthError,
+    ReauthenticationRequired,
+    RefreshError,
+    StoreUnusable,
+    TokensUnreadable,
+)
 from ..flow import AuthorizationFlow
 from ..session import PleoSession
-from ..settings import Settings
+from ..settings import ENDPOINTS, Settings
 from ..stores.base import TokenStore
 from ..tokens import TokenSet
 from ._loopback import CallbackServer, callback_address, login_through
@@ -66,18 +74,43 @@ def _describe_tokens(tokens: TokenSet, out: TextIO) -> None:
 
 # -- the commands that use settings ------------------------------------------------------
 
+#: What the command adds where the core says only that a client id is missing.
+_CLIENT_ID_HELP = "give --client-id or set PLEO_CLIENT_ID"
+
+
+def require_client_id(settings: Settings) -> str:
+    """The client id, or a usage error naming this command's flag and variable."""
+    if not settings.client_id:
+        raise ConfigurationError(f"no client id: {_CLIENT_ID_HELP}")
+    return settings.client_id
+
+
+def build_store(settings: Settings) -> TokenStore:
+    """The store the settings name; a keyring without a client id names the flag."""
+    try:
+        return settings.build_store()
+    except ConfigurationError as exc:
+        if settings.client_id or isinstance(exc, StoreUnusable):
+            raise
+        raise ConfigurationError(f"{exc}: {_CLIENT_ID_HELP}") from None
+
 
 def login(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     """Log in through a browser and store the tokens."""
-    settings.require_client_id()
-    store = settings.build_store()
-    # Before any URL is shown: a store that refuses (no keyring on a headless box)
-    # must not be found out after the person logged in.
-    store.load()
+    require_client_id(settings)
+    store = build_store(settings)
+    # Before any URL is shown: a store that refuses (no keyring on a headless box,
+    # a token file others can read) must not be found out after the person logged in.
+    try:
+        store.load()
+    except TokensUnreadable:
+        # Not tokens (a foreign or corrupt document): the login replaces them, as
+        # AuthorizationFlow does. Anything else (no keyring, an insecure file) stops here.
+        say(out, f"Note: {store.describe()} holds no pleo-auth tokens; logging in replaces it.")
     host, port, path = callback_address(args.redirect_uri, args.port)
     with CallbackServer(host=host, port=port, path=path) as server:
         flow = AuthorizationFlow(
-            settings=settings.evolve(client_auth=args.client_auth),
+            settings=settings,
             redirect_uri=args.redirect_uri or server.redirect_uri,
             store=store,
         )
@@ -102,7 +135,7 @@ def login(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
 
 def status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     """Show the stored tokens; 1 when a person must log in."""
-    store = settings.build_store()
+    store = build_store(settings)
     say(out, f"Store: {store.describe()}")
     tokens = store.load()
     if tokens is None:
@@ -118,8 +151,8 @@ def status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
 
 def refresh(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     """Refresh now, coordinated with every other process over the store."""
-    settings.require_client_id()
-    store = settings.build_store()
+    require_client_id(settings)
+    store = build_store(settings)
     stored = store.load()
     if stored is not None:
         settings = issuing_settings(settings, stored, store)
@@ -144,30 +177,39 @@ def issuing_settings(settings: Settings, tokens: TokenSet, store: TokenStore) ->
     """``settings`` pointed at the token endpoint and API that issued ``tokens``.
 
     Tokens a login recorded their issuer in need no ``--token-url`` or
-    ``--api-url`` later. Settings that name another issuer are refused: a
-    refresh sent there would fail, or spend the tokens of the wrong grant.
+    ``--api-url`` later. Only the URLs the person named are compared with the
+    tokens' (a flag, a ``PLEO_*`` variable, or a ``--environment`` other than
+    the default): naming the tokens' own token endpoint alone is no mismatch.
+    A named URL that differs is refused: a refresh sent there would fail, or
+    spend the tokens of the wrong grant.
 
     Raises:
         ConfigurationError: ``settings`` name an issuer other than the tokens'.
     """
     if tokens.token_url is None:
         return settings  # saved by 0.1, or by a store of one's own
-    urls = settings.endpoints
-    issuer = (tokens.token_url, tokens.api_url or urls.api_url)
-    if (urls.token_url, urls.api_url) == issuer:
-        return settings
-    if settings.overridden or settings.environment != "production":
-        raise ConfigurationError(
-            f"the tokens in {store.describe()} were issued by {issuer[0]} for the API at "
-            f"{issuer[1]}, but the settings name {urls.token_url} and {urls.api_url}: drop "
-            "--token-url, --api-url and --environment to use the tokens' own, or log in again"
-        )
-    return settings.evolve(token_url=issuer[0], api_url=issuer[1])
+    environment = ENDPOINTS[settings.environment]
+    named_env = settings.environment != "production"  # the default cannot be told apart
+    issuer = {"token_url": tokens.token_url, "api_url": tokens.api_url}
+    for name, what in (("token_url", "token endpoint"), ("api_url", "API")):
+        named = getattr(settings, name) or (getattr(environment, name) if named_env else None)
+        recorded = issuer[name]
+        if named is not None and recorded is not None and not same_endpoint(named, recorded):
+            raise ConfigurationError(
+                f"the tokens in {store.describe()} were issued by {tokens.token_url} for the "
+                f"API at {tokens.api_url or '(not recorded)'}, but the settings name {named} "
+                f"as the {what}: drop --token-url, --api-url and --environment (and their "
+                "PLEO_* variables) to use the tokens' own, or log in again"
+            )
+    return settings.evolve(
+        token_url=tokens.token_url,
+        api_url=settings.api_url or tokens.api_url or settings.endpoints.api_url,
+    )
 
 
 def logout(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     """Delete the stored tokens."""
-    store = settings.build_store()
+    store = build_store(settings)
     try:
         had_tokens = store.load() is not None
     except PleoAuthError:

@@ -155,8 +155,7 @@ def _add_login(
     login.add_argument(
         "--client-auth",
         choices=("basic", "body"),
-        default="basic",
-        help="client authentication (basic)",
+        help="client authentication [PLEO_CLIENT_AUTH, default basic]",
     )
 
 

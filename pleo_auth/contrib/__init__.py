@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigurationError
-from ..flow import AuthorizationFlow
+from ..flow import AuthorizationFlow, check_redirect_uri
 from ..session import PleoSession
 from ..settings import Settings
 from ..stores.base import TokenStore
@@ -80,6 +80,13 @@ class _WebSettings:
         for key, value in web.items():
             if value is not None and not isinstance(value, str):
                 raise ConfigurationError(f"{where}: {prefix}{key} must be a string")
+        if web["REDIRECT_URI"] is not None:
+            # At start-up, as STORE is: not at the first connect, as a 500.
+            try:
+                check_redirect_uri(web["REDIRECT_URI"])
+            except ConfigurationError as exc:
+                reason = str(exc).removeprefix("redirect_uri ")
+                raise ConfigurationError(f"{where}: {prefix}REDIRECT_URI {reason}") from None
         return cls(
             settings=settings,
             store=settings.build_store(),

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
-from ..errors import TokenStoreError
+from ..errors import TokensUnreadable
 from ..tokens import TokenSet
 
 if TYPE_CHECKING:
     from .locks import RefreshLock
 
-__all__ = ["Lease", "TokenStore", "decode_tokens", "encode_tokens"]
+__all__ = ["Lease", "TokenStore", "decode_tokens", "encode_tokens", "require_refresh_lock"]
 
 
 def encode_tokens(tokens: TokenSet) -> str:
@@ -37,12 +37,12 @@ def decode_tokens(raw: str | bytes, where: str) -> TokenSet:
     keys are ignored.
 
     Raises:
-        TokenStoreError: ``raw`` is not a saved :class:`~pleo_auth.TokenSet`. The
+        TokensUnreadable: ``raw`` is not a saved :class:`~pleo_auth.TokenSet`. The
             message names ``where`` and what is wrong, never the content.
     """
 
-    def refused(reason: str) -> TokenStoreError:
-        return TokenStoreError(
+    def refused(reason: str) -> TokensUnreadable:
+        return TokensUnreadable(
             f"{where} does not hold pleo-auth tokens ({reason}); "
             "run `pleo-auth logout` and log in again"
         )
@@ -217,3 +217,22 @@ class TokenStore(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
+
+
+def require_refresh_lock(store: TokenStore) -> None:
+    """Refuse a store that can never lock, before anything relies on its lock.
+
+    0.1's :meth:`TokenStore.lock` was abstract, so such a store could not be
+    built. Now that a store may compose a lock instead, one that does neither is
+    found here, when a session or login is built over it, and not at its first
+    refresh, in production, behind a generic refresh error.
+
+    Raises:
+        TypeError: ``store`` neither sets :attr:`TokenStore.refresh_lock` nor
+            overrides :meth:`TokenStore.lock` (TypeError, as 0.1 raised).
+    """
+    if store.refresh_lock is None and type(store).lock is TokenStore.lock:
+        raise TypeError(
+            f"{type(store).__name__} has no refresh lock: set refresh_lock in its __init__ "
+            "(a pleo_auth.stores.locks.RefreshLock, such as FileRefreshLock) or implement lock()"
+        )

@@ -9,6 +9,8 @@ names, and :func:`redact_spec` makes one fit for a message.
 
 from __future__ import annotations
 
+import functools
+import re
 import urllib.parse
 from collections.abc import Callable
 
@@ -16,7 +18,18 @@ from .._text import shown
 from ..errors import ConfigurationError
 from .base import TokenStore
 
-__all__ = ["DEFAULT_SPEC", "SPEC_HELP", "check_spec", "redact_spec", "store_from_spec"]
+__all__ = [
+    "DEFAULT_SPEC",
+    "SPEC_HELP",
+    "StoreBuilder",
+    "check_spec",
+    "parse_spec",
+    "redact_spec",
+    "store_from_spec",
+]
+
+#: What builds the store a spec names, given the client id (see :func:`parse_spec`).
+StoreBuilder = Callable[[str], TokenStore]
 
 DEFAULT_SPEC = "keyring"
 
@@ -34,16 +47,33 @@ def redact_spec(spec: str) -> str:
     'unix:///run/redis.sock?password=***&db=1'
     >>> redact_spec("file:/srv/tokens.json")
     'file:/srv/tokens.json'
+
+    Text that is not a URL but may hold one mistyped (``redis//:pw@host``) loses
+    everything before its ``@`` back to the last ``/``, and any ``password=``:
+
+    >>> redact_spec("redis//:hunter2@cache:6379/0")
+    'redis//***@cache:6379/0'
     """
+    if spec.startswith("file:") or spec.strip() == "keyring":
+        return spec
+    if "://" not in spec:
+        return _redact_text(spec)
     try:
-        parts = urllib.parse.urlsplit(spec)
+        urllib.parse.urlsplit(spec)
     except ValueError:
         return "<unparseable store spec>"
-    if not parts.scheme or "://" not in spec:
-        return spec
     from .redis import redact_url  # a module of plain functions until a store is built
 
     return redact_url(spec)
+
+
+def _redact_text(text: str) -> str:
+    """``text``, not a URL, without what could be a password in it."""
+    head, at, tail = text.rpartition("@")
+    if at:
+        kept, slash, _userinfo = head.rpartition("/")
+        text = f"{kept}{slash}***@{tail}"
+    return re.sub(r"(password=)[^&#]*", r"\1***", text, flags=re.IGNORECASE)
 
 
 def store_from_spec(spec: str, *, client_id: str) -> TokenStore:
@@ -66,7 +96,27 @@ def store_from_spec(spec: str, *, client_id: str) -> TokenStore:
         ConfigurationError: The spec is malformed or names an unknown kind of
             store, or the store it names needs an extra that is not installed.
     """
-    return _builder(spec)(client_id)
+    build = parse_spec(spec)
+    if build is _keyring_store and client_id:
+        from ..settings import check_client_id  # the one client id rule
+
+        check_client_id(client_id)
+    return build(client_id)
+
+
+def parse_spec(spec: object) -> StoreBuilder:
+    """Validate a spec once, and return what builds its store from a client id.
+
+    For a caller that checked the client id already (a
+    :class:`~pleo_auth.Settings` does, when it is made): the builder only
+    requires one where the store needs it (``keyring``). Nothing is opened or
+    connected until the builder is called.
+
+    Raises:
+        ConfigurationError: As :func:`store_from_spec` would, except for the
+            client id, which is not known here.
+    """
+    return _builder(spec)
 
 
 def check_spec(spec: object) -> str:
@@ -83,7 +133,7 @@ def check_spec(spec: object) -> str:
     return spec.strip() if isinstance(spec, str) else ""
 
 
-def _builder(spec: object) -> Callable[[str], TokenStore]:
+def _builder(spec: object) -> StoreBuilder:
     """Validate ``spec`` and return what builds its store, given the client id."""
     if not isinstance(spec, str):
         raise ConfigurationError(f"a store spec must be a string ({SPEC_HELP})")
@@ -91,32 +141,22 @@ def _builder(spec: object) -> Callable[[str], TokenStore]:
     if spec == "keyring":
         return _keyring_store
     if spec.startswith("file:"):
-        path = _file_path(spec)
-        return lambda client_id: _file_store(path)
+        return functools.partial(_file_store, _file_path(spec))
     scheme, colon, _ = spec.partition(":")
     if colon and scheme.lower() in _REDIS_SCHEMES:
         _check_redis_url(spec)
-        return lambda client_id: _redis_store(spec)
+        return functools.partial(_redis_store, spec)
     if not spec:
         raise ConfigurationError(f"the token store spec is empty: use {SPEC_HELP}")
     raise ConfigurationError(f"unknown token store {shown(redact_spec(spec))}: use {SPEC_HELP}")
 
 
 def _keyring_store(client_id: str) -> TokenStore:
-    _need_client_id(client_id, "keyring")
+    if not isinstance(client_id, str) or not client_id:
+        raise ConfigurationError("the keyring store is per client: it needs the client_id")
     from .keyring import KeyringStore
 
     return KeyringStore(account=client_id)
-
-
-def _need_client_id(client_id: str, kind: str) -> None:
-    if not isinstance(client_id, str) or not client_id:
-        raise ConfigurationError(
-            f"the {kind} store is per client: give the client id (--client-id or PLEO_CLIENT_ID)"
-        )
-    from ..settings import check_client_id  # the one client id rule
-
-    check_client_id(client_id)
 
 
 def _file_path(spec: str) -> str:
@@ -136,13 +176,13 @@ def _file_path(spec: str) -> str:
     return path
 
 
-def _file_store(path: str) -> TokenStore:
+def _file_store(path: str, client_id: str) -> TokenStore:
     from .file import FileStore
 
     return FileStore(path)
 
 
-def _redis_store(spec: str) -> TokenStore:
+def _redis_store(spec: str, client_id: str) -> TokenStore:
     try:
         from .redis import RedisStore
     except ImportError as exc:  # pragma: no cover - the module ships with pleo_auth
