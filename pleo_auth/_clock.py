@@ -1,4 +1,12 @@
-"""The one place pleo_auth reads time, so tests can drive it instead of sleeping."""
+"""The one place pleo_auth reads time, so tests can drive it instead of sleeping.
+
+Everything that schedules, expires or stamps tokens reads a :class:`Clock`: the one a
+session was given, else :data:`SYSTEM_CLOCK`. A few waits read ``time.monotonic()``
+on purpose, because they bound *real* time that a fake clock must not stretch or
+shrink: the save retries while the store's lock is held (its lease runs out in the
+store's real time), the Redis lock's polling, the fork warm-up's wait, and the
+process and start-up timeouts of the testing helpers.
+"""
 
 from __future__ import annotations
 

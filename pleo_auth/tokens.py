@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
+from ._clock import SYSTEM_CLOCK
 from .errors import RefreshError
 
 __all__ = ["DEFAULT_EXPIRES_IN", "MAX_EXPIRES_IN", "MIN_EXPIRES_IN", "TokenSet"]
@@ -275,7 +275,7 @@ class TokenSet:
         ]
         if problems:
             raise RefreshError(f"token endpoint reply unusable: {'; '.join(problems)}")
-        issued = time.time() if now is None else now
+        issued = SYSTEM_CLOCK.time() if now is None else now
         scope = data.get("scope")
         if isinstance(scope, list) and all(isinstance(item, str) for item in scope):
             scope = " ".join(scope)
@@ -363,7 +363,7 @@ class TokenSet:
 
     def expires_in(self, now: float | None = None) -> float:
         """Seconds until the access token expires (negative once it has)."""
-        return self.expires_at - (time.time() if now is None else now)
+        return self.expires_at - (SYSTEM_CLOCK.time() if now is None else now)
 
     @property
     def fingerprint(self) -> str:

@@ -8,10 +8,10 @@ import dataclasses
 import datetime
 import logging
 import threading
-import time
 import webbrowser
 from typing import TYPE_CHECKING, TextIO
 
+from .._clock import SYSTEM_CLOCK
 from .._urls import same_endpoint
 from ..errors import (
     ConfigurationError,
@@ -67,7 +67,7 @@ def _span(seconds: float) -> str:
 
 def _describe_tokens(tokens: TokenSet, out: TextIO) -> None:
     say(out, f"  scope: {tokens.scope or '(none reported)'}")
-    say(out, f"  access token expires: {when(tokens.expires_at, time.time())}")
+    say(out, f"  access token expires: {when(tokens.expires_at, SYSTEM_CLOCK.time())}")
     if tokens.token_url is not None:
         say(out, f"  issued by: {tokens.token_url} (API {tokens.api_url or 'not recorded'})")
 

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._clock import SYSTEM_CLOCK
 from ..errors import ConfigurationError
 from ..stores.base import TokenStore
 from ..tokens import TokenSet
@@ -201,7 +202,7 @@ def run_workload(
         for worker in workers:
             worker.join(_FINISH_GRACE)
         after = emulator.counters
-        span = time.time() - (seeded.issued_at or seeded.expires_at)
+        span = SYSTEM_CLOCK.time() - (seeded.issued_at or seeded.expires_at)
     finally:
         go.set()  # release workers still waiting, if we failed before the start
         for worker in workers:
