@@ -403,6 +403,13 @@ def test_demo_logs_in_and_runs_a_clean_concurrent_workload() -> None:
     assert report["401s seen by callers"] == "0"
     assert report["rejected refreshes"] == "0"
     assert report["reuse detections"] == "0"
+    # The expectation follows the sessions' real schedule, and says how exact it is
+    # (0.1 printed "7 (about 6 expected)").
+    assert re.search(
+        r"^  refreshes at the server +\d+ \(the schedule calls for \d+, give or take one\)$",
+        out,
+        re.MULTILINE,
+    ), out
 
 
 # -- the cron job example ----------------------------------------------------------------
