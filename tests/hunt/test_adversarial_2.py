@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 import redis
 import requests
-from test_adversarial import SleepyClock, fill, run_child, session_args, small_disk
+from support.adversarial import SleepyClock, fill, run_child, session_args, small_disk
 
 from pleo_auth import (
     AuthorizationFlow,
