@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from leakguard import _leak_guard_installed, leak_guard  # every test runs under the leak guard
-from secret_service import private_secret_service
-from session_helpers import MakeSession, TimerlessClock
+from support.leakguard import _leak_guard_installed, leak_guard  # guards every test
+from support.secret_service import private_secret_service
+from support.session_helpers import MakeSession, TimerlessClock
 
 from pleo_auth import MemoryStore, PleoSession, TokenSet, TokenStore
 from pleo_auth._clock import FakeClock
@@ -28,15 +28,15 @@ pytest.register_assert_rewrite("pleo_auth.testing._contract")
 #: stay there: they run with the soak runs, so CI still runs every one of them.
 SOAK_ONLY = frozenset(
     {
-        "tests/test_crash.py::test_a_save_killed_at_every_step_leaves_the_old_or_the_new_pair"
+        "tests/hunt/test_crash.py::test_a_save_killed_at_every_step_leaves_the_old_or_the_new_pair"
         "_and_no_stale_lock[keyring]",
-        "tests/test_crash.py::test_a_save_killed_at_every_step_leaves_the_old_or_the_new_pair"
+        "tests/hunt/test_crash.py::test_a_save_killed_at_every_step_leaves_the_old_or_the_new_pair"
         "_and_no_stale_lock[keyring-split]",
-        "tests/test_crash.py::test_a_refresh_killed_at_random_moments_leaves_a_pair_the_server"
+        "tests/hunt/test_crash.py::test_a_refresh_killed_at_random_moments_leaves_a_pair_the_server"
         "_issued_together[keyring-split]",
-        "tests/test_multiprocess.py::test_four_processes_of_eight_threads_rotate_once_per"
+        "tests/hunt/test_multiprocess.py::test_four_processes_of_eight_threads_rotate_once_per"
         "_schedule_without_errors[keyring-file]",
-        "tests/test_multiprocess.py::test_four_processes_of_eight_threads_rotate_once_per"
+        "tests/hunt/test_multiprocess.py::test_four_processes_of_eight_threads_rotate_once_per"
         "_schedule_without_errors[redis]",
     }
 )

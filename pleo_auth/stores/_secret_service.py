@@ -8,7 +8,7 @@ gnome-keyring issues 190, 196 and 199). On a desktop the daemon is then started
 again with the login keyring locked, and the user is asked to unlock it. Four
 processes reading in a loop for two minutes crashed it 7 times in 12,348 calls
 with a connection per call, and never in 9,256 calls with one connection per
-process (``python tests/secret_service_churn.py 120 4``).
+process (``python tests/support/secret_service_churn.py 120 4``).
 
 So KeyringStore swaps keyring's stock Secret Service backend for this subclass,
 which differs only in the connection: the same collection, the same item
