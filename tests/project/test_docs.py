@@ -118,3 +118,26 @@ def test_the_cli_reference_has_every_command_and_every_option() -> None:
         for action in subparser._actions:
             for option in action.option_strings:
                 assert option in body, f"{name} {option}"
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    """The reliability tables cite tests as proof: each cited test must exist, under
+    the path given (``C::name`` is the abbreviation a page defines for one file;
+    ``name…`` stands for every test whose name begins so)."""
+    cited: list[tuple[str, str, str]] = []
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        text = page.read_text()
+        aliases = dict(re.findall(r"`(\w)` is `(tests/[\w/]+\.py)`", text))
+        for alias_or_path, name, elided in re.findall(
+            r"`((?:tests/[\w/]+\.py)|\w)::(\w+)(…)?", text
+        ):
+            path = aliases.get(alias_or_path, alias_or_path)
+            cited.append((page.name, path, name + (r"\w*" if elided else "")))
+    assert len(cited) > 40, f"found only {len(cited)} cited tests"
+    missing = [
+        f"{page}: {path}::{name}"
+        for page, path, name in cited
+        if not (ROOT / path).is_file()
+        or not re.search(rf"^(?:    )?def {name}\(", (ROOT / path).read_text(), re.M)
+    ]
+    assert not missing, "the docs cite tests that do not exist:\n" + "\n".join(missing)
