@@ -92,8 +92,14 @@ class ManualClock:
     def __init__(self) -> None:
         self.now = time.monotonic()
 
-    def __call__(self) -> float:
+    def monotonic(self) -> float:
         return self.now
+
+    def time(self) -> float:
+        return time.time()
+
+    def wait(self, event: threading.Event, timeout: float) -> bool:
+        return event.wait(timeout)
 
 
 def make_store(

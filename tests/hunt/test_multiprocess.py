@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Hashable
@@ -206,8 +207,14 @@ class ManualClock:
     def __init__(self) -> None:
         self.now = time.monotonic()
 
-    def __call__(self) -> float:
+    def monotonic(self) -> float:
         return self.now
+
+    def time(self) -> float:
+        return time.time()
+
+    def wait(self, event: threading.Event, timeout: float) -> bool:
+        return event.wait(timeout)
 
 
 def session_over(store: TokenStore, emulator: Emulator) -> PleoSession:
