@@ -2,7 +2,10 @@
 fake clock, and a multi-process workload runner.
 
 Start an emulator, point a client at :attr:`Emulator.token_url` and
-:attr:`Emulator.api_url`, and it enforces Pleo's token rules over real HTTP::
+:attr:`Emulator.api_url`, and it enforces Pleo's token rules over real HTTP, one
+grant per company if you like (``issue_tokens(company=...)``,
+:meth:`Emulator.counters_for`), with a token endpoint of limited capacity
+(:class:`TokenCapacity`) if you need one::
 
     from pleo_auth.testing import Emulator
 
@@ -29,7 +32,13 @@ from typing import TYPE_CHECKING
 
 from .._clock import FakeClock
 from .._lazy import lazy_attributes
-from ._emulator import Emulator, EmulatorCounters
+from ._emulator import (
+    DEFAULT_COMPANY,
+    Emulator,
+    EmulatorCounters,
+    GrantCounters,
+    TokenCapacity,
+)
 from ._fault import Fault
 from ._redis import free_port, redis_server
 
@@ -50,15 +59,18 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "DEFAULT_COMPANY",
     "ClientSpec",
     "Emulator",
     "EmulatorCounters",
     "FakeClock",
     "Fault",
     "FaultyStore",
+    "GrantCounters",
     "ResourceSample",
     "SizeLimitedKeyring",
     "StoreOperation",
+    "TokenCapacity",
     "WorkloadError",
     "WorkloadProgress",
     "WorkloadReport",

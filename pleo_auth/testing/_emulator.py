@@ -1,12 +1,13 @@
 """A local emulator of Pleo's OAuth 2.0 server and API, for tests and demos: its
-HTTP endpoints. Pleo's token rules are in :mod:`._grants`, what it remembers in
-:mod:`._state`, its wire format in :mod:`._wire`, its faults in :mod:`._fault`."""
+public face. Its OAuth endpoints are in :mod:`._oauth`, introspection and the API
+in :mod:`._api`, Pleo's token rules in :mod:`._grants`, what it remembers in
+:mod:`._state`, its wire format in :mod:`._wire`, its faults in :mod:`._fault`,
+its capacity in :mod:`._capacity`, and what names a company in :mod:`._companies`."""
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
-import secrets
 import threading
 import time
 import warnings
@@ -16,37 +17,43 @@ from types import TracebackType
 from typing import Any
 
 from .._clock import Clock, as_clock
+from ._capacity import TokenCapacity, _Admission
+from ._companies import DEFAULT_COMPANY, company_urn
 from ._fault import Fault, FaultBody
-from ._grants import _TokenRules
-from ._server import _Request, _Response, _Running
-from ._state import EmulatorCounters, _check_lifetime, _Code, _Grant, _Tally
-from ._wire import (
-    _EMPLOYEES_BODY,
-    _INDEX_BODY,
-    _NO_STORE,
-    _UNAUTHORIZED,
-    _authenticate,
-    _authorize_refusal,
-    _dumps,
-    _FormError,
-    _grant_type,
-    _oauth_error,
-    _page,
-    _parse_form,
-    _single_values,
-    _valid_redirect_uri,
-    _with_query,
+from ._oauth import CODE_LIFETIME, _OAuthEndpoints
+from ._server import _Running
+from ._state import (
+    EmulatorCounters,
+    GrantCounters,
+    _check_lifetime,
+    _Code,
+    _Grant,
+    _GrantTally,
+    _Tally,
 )
 
-__all__ = ["CODE_LIFETIME", "Emulator", "EmulatorCounters", "Fault", "FaultBody"]
+__all__ = [
+    "CODE_LIFETIME",
+    "DEFAULT_COMPANY",
+    "Emulator",
+    "EmulatorCounters",
+    "Fault",
+    "FaultBody",
+    "GrantCounters",
+    "TokenCapacity",
+]
 
-#: Seconds an authorization code stays redeemable, on the emulator's clock.
-CODE_LIFETIME = 60.0
 
-_API_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+def _check_capacity(capacity: object) -> TokenCapacity | None:
+    if capacity is not None and not isinstance(capacity, TokenCapacity):
+        raise ValueError(
+            "token_capacity must be a pleo_auth.testing.TokenCapacity or None, "
+            f"not {type(capacity).__name__}"
+        )
+    return capacity
 
 
-class Emulator(_TokenRules):
+class Emulator(_OAuthEndpoints):
     """A local, in-process emulator of Pleo's OAuth 2.0 server and API.
 
     It is a real HTTP/1.1 server (keep-alive) on a loopback port, served from
@@ -61,8 +68,21 @@ class Emulator(_TokenRules):
 
     Besides ``/oauth/authorize``, ``/oauth/token`` and
     ``/oauth/token/introspect``, it serves ``GET /v2/employees`` (a small
-    fixed list) and answers any other ``/v...`` path with an echo, so a client
-    can be tested end to end. Faults on the token endpoint (errors,
+    fixed list), ``GET /v1/introspect``, ``DELETE /v1/installations/me``, and
+    answers any other ``/v...`` path with an echo, so a client can be tested
+    end to end.
+
+    Companies: every grant belongs to one Pleo company, named by its id (a
+    UUID) or ``urn:pleo:company:<uuid>``. :meth:`issue_tokens` takes
+    ``company=``; a login takes the company the authorize request names in
+    ``urn_pleo_params_oauth_subject`` (a subject that names no company is
+    ignored, as a hint the login page cannot use), else the one the emulated
+    user "picks" on the login page, :attr:`default_company`. Introspection answers the company as
+    ``urn:pleo:params:oauth:subject_urn`` (and ``GET /v1/introspect`` as
+    ``subjectURN``); ``DELETE /v1/installations/me`` revokes every grant of
+    the token's company and no other; :meth:`counters_for` counts one
+    company's grants. A token endpoint with a :class:`TokenCapacity` answers
+    429 (or delays) beyond it. Faults on the token endpoint (errors,
     ``Retry-After``, delays, dropped or reset connections, HTML pages, cut
     JSON, and replies lost or spoiled after the server rotated) are injected
     with :meth:`inject_fault`; :meth:`set_token_request_hook` lets a test look
@@ -104,9 +124,17 @@ class Emulator(_TokenRules):
             under test uses. (A bare function of monotonic seconds is deprecated.)
         require_pkce: Refuse authorize requests without a ``code_challenge``.
             Public clients always need PKCE.
+        company: The company of grants that name none: of :meth:`issue_tokens`
+            without ``company=``, and of logins whose authorize request names
+            none. A company id or ``urn:pleo:company:<uuid>``; None is
+            :data:`~pleo_auth.testing.DEFAULT_COMPANY`.
+        token_capacity: The token endpoint's capacity, or None (the default)
+            for none: it takes any number of requests.
 
     Raises:
-        ValueError: A negative or non-finite lifetime, or an empty secret.
+        ValueError: A negative or non-finite lifetime, an empty secret, a
+            company that is not a company id or URN (a ConfigurationError), or
+            a ``token_capacity`` that is not a :class:`TokenCapacity`.
     """
 
     def __init__(
@@ -118,6 +146,9 @@ class Emulator(_TokenRules):
         port: int = 0,
         clock: Clock | Callable[[], float] | None = None,
         require_pkce: bool = True,
+        *,
+        company: str | None = None,
+        token_capacity: TokenCapacity | None = None,
     ) -> None:
         if not client_id:
             raise ValueError("client_id must not be empty")
@@ -130,6 +161,9 @@ class Emulator(_TokenRules):
         self._port = port
         self._clock = as_clock(clock, owner="Emulator")
         self._pkce_required = require_pkce or client_secret is None
+        self._company = DEFAULT_COMPANY if company is None else company_urn(company)
+        self._capacity = _check_capacity(token_capacity)
+        self._admission = _Admission(self._clock)
 
         self._lock = threading.Lock()
         self._grants_by_access: dict[str, _Grant] = {}  # current tokens of live grants
@@ -140,6 +174,8 @@ class Emulator(_TokenRules):
         self._faults: deque[Fault] = deque()
         self._token_hook: Callable[[str | None], object] | None = None
         self._tally = _Tally()
+        self._company_tallies: dict[str, _GrantTally] = {}
+        self._grants_by_company: dict[str, set[_Grant]] = {}  # live grants
 
         self._lifecycle_lock = threading.Lock()
         self._running: _Running | None = None
@@ -166,15 +202,18 @@ class Emulator(_TokenRules):
         with self._lifecycle_lock:
             if self._running is not None:
                 raise RuntimeError("the emulator is already running")
+            self._admission.reopen()
             self._running = _Running(self._host, self._port, self._handle)
         return self
 
     def stop(self) -> None:
         """Stop serving, close every socket, and join the thread.
 
-        Open keep-alive connections are closed too. Calling it again, or on an
+        Open keep-alive connections are closed too, and token requests held back
+        by a ``mode="delay"`` capacity are refused. Calling it again, or on an
         emulator never started, does nothing.
         """
+        self._admission.close()
         with self._lifecycle_lock:
             running, self._running = self._running, None
             if running is not None:
@@ -238,20 +277,71 @@ class Emulator(_TokenRules):
 
     # -- control -----------------------------------------------------------
 
-    def issue_tokens(self, scope: str = "users:read") -> dict[str, Any]:
+    def issue_tokens(
+        self, scope: str = "users:read", *, company: str | None = None
+    ) -> dict[str, Any]:
         """Create a grant directly, skipping the browser flow.
 
         It is not counted as a code exchange.
 
         Args:
             scope: The space-separated scope of the grant.
+            company: The company the grant belongs to: its id (a UUID) or
+                ``urn:pleo:company:<uuid>``, both naming the same company.
+                None: :attr:`default_company`.
 
         Returns:
             A token-endpoint reply: ``access_token``, ``refresh_token``,
-            ``expires_in``, ``token_type`` (``"Bearer"``) and ``scope``.
+            ``expires_in``, ``token_type`` (``"Bearer"``) and ``scope``. (The
+            company is not in it, as it is not in Pleo's: introspect a token
+            to learn it.)
+
+        Raises:
+            ConfigurationError: (a ValueError) ``company`` is not a company id
+                or URN.
         """
+        urn = None if company is None else company_urn(company)
         with self._lock:
-            return self._new_grant(scope, None)
+            return self._new_grant(scope, urn or self._company)
+
+    @property
+    def default_company(self) -> str:
+        """The URN of the company of grants that name none (see the ``company`` argument)."""
+        with self._lock:
+            return self._company
+
+    def set_default_company(self, company: str) -> None:
+        """Change :attr:`default_company`: the company the emulated user picks at
+        the next logins whose authorize request names none, and the company of
+        :meth:`issue_tokens` without ``company=``. Grants already made keep theirs.
+
+        Raises:
+            ConfigurationError: (a ValueError) ``company`` is not a company id
+                or URN.
+        """
+        urn = company_urn(company)
+        with self._lock:
+            self._company = urn
+
+    def companies(self) -> list[str]:
+        """The URNs of the companies with a live grant, sorted."""
+        with self._lock:
+            return sorted(self._grants_by_company)
+
+    def revoke(self, company: str) -> int:
+        """Revoke every grant of one company, as if its user disconnected the app
+        in Pleo; other companies' grants are untouched.
+
+        Returns:
+            How many live grants the company had.
+
+        Raises:
+            ConfigurationError: (a ValueError) ``company`` is not a company id
+                or URN.
+        """
+        urn = company_urn(company)
+        with self._lock:
+            return self._revoke_company(urn)
 
     def issued_together(self, access_token: str, refresh_token: str) -> bool:
         """Whether these two tokens were issued as one pair, by one grant or rotation.
@@ -299,14 +389,51 @@ class Emulator(_TokenRules):
 
     @property
     def counters(self) -> EmulatorCounters:
-        """A consistent snapshot of the counters."""
+        """A consistent snapshot of the counters, every company's together."""
         with self._lock:
             return EmulatorCounters(**dataclasses.asdict(self._tally))
 
+    def counters_for(self, company: str) -> GrantCounters:
+        """A consistent snapshot of one company's counters (all zero for a
+        company the emulator has not seen).
+
+        Args:
+            company: A company id or ``urn:pleo:company:<uuid>``.
+
+        Raises:
+            ConfigurationError: (a ValueError) ``company`` is not a company id
+                or URN.
+        """
+        urn = company_urn(company)
+        with self._lock:
+            tally = self._company_tallies.get(urn)
+            return GrantCounters() if tally is None else GrantCounters(**dataclasses.asdict(tally))
+
     def reset_counters(self) -> None:
-        """Set every counter back to zero. Grants and faults are untouched."""
+        """Set every counter, every company's too, back to zero. Grants and
+        faults are untouched."""
         with self._lock:
             self._tally = _Tally()
+            self._company_tallies = {}
+
+    @property
+    def token_capacity(self) -> TokenCapacity | None:
+        """The token endpoint's capacity, or None for none."""
+        with self._lock:
+            return self._capacity
+
+    def set_token_capacity(self, capacity: TokenCapacity | None) -> None:
+        """Change the token endpoint's capacity for requests that arrive from now on.
+
+        Args:
+            capacity: The new capacity, or None to take any number of requests.
+
+        Raises:
+            ValueError: ``capacity`` is not a :class:`TokenCapacity` or None.
+        """
+        checked = _check_capacity(capacity)
+        with self._lock:
+            self._capacity = checked
 
     def inject_fault(self, fault: Fault | None = None, *, count: int = 1, **options: Any) -> None:
         """Queue ``fault`` for the next ``count`` requests to ``/oauth/token``.
@@ -394,168 +521,3 @@ class Emulator(_TokenRules):
         """How many injected faults are still waiting for a request."""
         with self._lock:
             return len(self._faults)
-
-    # -- HTTP --------------------------------------------------------------
-
-    def _handle(self, request: _Request) -> _Response:
-        """Route one request; called from the server's connection threads."""
-        path = request.path
-        if path == "/oauth/token":
-            return self._token_endpoint(request)
-        if path == "/oauth/token/introspect":
-            return self._introspect(request)
-        if path == "/oauth/authorize":
-            return self._authorize(request)
-        if path.startswith("/v") and request.method in _API_METHODS:
-            return self._api(request)
-        if path == "/" and request.method == "GET":
-            return _Response(200, _INDEX_BODY)
-        return _Response(404, _dumps({"error": "not_found", "path": path}))
-
-    def _token_endpoint(self, request: _Request) -> _Response:
-        with self._lock:
-            hook = self._token_hook
-        if hook is not None:
-            hook(_grant_type(request))
-        with self._lock:
-            self._tally.token_requests += 1
-            fault = self._faults.popleft() if self._faults else None
-            if fault is not None:
-                self._tally.faults_served += 1
-        if fault is None:
-            return self._token_grant(request)
-        if fault.after_grant:
-            reply = self._token_grant(request)
-            if fault.delay:
-                time.sleep(fault.delay)
-            return fault._spoil(reply)
-        if fault.delay:
-            time.sleep(fault.delay)
-        if not fault.replaces_reply:
-            return self._token_grant(request)
-        return fault._spoil(None)
-
-    def _token_grant(self, request: _Request) -> _Response:
-        if request.method != "POST":
-            return _oauth_error(405, "invalid_request", "use POST", (("Allow", "POST"),))
-        try:
-            form = _parse_form(request)
-        except _FormError as exc:
-            return _oauth_error(400, "invalid_request", str(exc))
-        grant_type = form.get("grant_type")
-        response = _authenticate(request, form, self._client_id, self._client_secret)
-        if response is None:
-            if grant_type == "refresh_token":
-                response = self._refresh(form)
-            elif grant_type == "authorization_code":
-                response = self._exchange_code(form)
-            elif grant_type is None:
-                response = _oauth_error(400, "invalid_request", "grant_type is required")
-            else:
-                response = _oauth_error(
-                    400, "unsupported_grant_type", "use authorization_code or refresh_token"
-                )
-        if grant_type == "refresh_token" and response.status != 200:
-            with self._lock:
-                self._tally.rejected_refreshes += 1
-        return response
-
-    def _authorize(self, request: _Request) -> _Response:
-        if request.method != "GET":
-            return _page(405, "use GET")
-        params, repeated = _single_values(request.query)
-        client_id = params.get("client_id")
-        redirect_uri = params.get("redirect_uri")
-        if client_id != self._client_id or "client_id" in repeated:
-            return _page(400, "unknown client_id")
-        if (
-            redirect_uri is None
-            or not _valid_redirect_uri(redirect_uri)
-            or "redirect_uri" in repeated
-        ):
-            return _page(400, "redirect_uri must be one absolute http(s) URL without a fragment")
-
-        state = params.get("state")
-
-        def redirect(query: dict[str, str]) -> _Response:
-            if state is not None:
-                query["state"] = state
-            location = _with_query(redirect_uri, query)
-            return _Response(302, headers=(("Location", location), ("Cache-Control", "no-store")))
-
-        def refuse(error: str, description: str) -> _Response:
-            return redirect({"error": error, "error_description": description})
-
-        refused = _authorize_refusal(params, repeated, pkce_required=self._pkce_required)
-        if refused is not None:
-            return refuse(*refused)
-
-        challenge = params.get("code_challenge")
-        code = "ac_" + secrets.token_urlsafe(32)
-        entry = _Code(
-            redirect_uri=redirect_uri,
-            challenge=challenge,
-            scope=params.get("scope", ""),
-            subject=params.get("urn_pleo_params_oauth_subject"),
-            expires_at=self._clock.monotonic() + CODE_LIFETIME,
-        )
-        with self._lock:
-            now = self._clock.monotonic()
-            for stale in [c for c, e in self._codes.items() if e.expires_at <= now]:
-                del self._codes[stale]
-            self._codes[code] = entry
-        return redirect({"code": code})
-
-    def _introspect(self, request: _Request) -> _Response:
-        if request.method != "POST":
-            return _oauth_error(405, "invalid_request", "use POST", (("Allow", "POST"),))
-        try:
-            form = _parse_form(request)
-        except _FormError as exc:
-            return _oauth_error(400, "invalid_request", str(exc))
-        error = _authenticate(request, form, self._client_id, self._client_secret)
-        if error is not None:
-            return error
-        token = form.get("token")
-        if token is None:
-            return _oauth_error(400, "invalid_request", "token is required")
-        reply: dict[str, Any] = {"active": False}
-        with self._lock:
-            now = self._clock.monotonic()
-            grant = self._grants_by_access.get(token)
-            if grant is not None and now < grant.access_expires_at:
-                reply = {
-                    "active": True,
-                    "scope": grant.scope,
-                    "client_id": self._client_id,
-                    "token_type": "Bearer",
-                    "exp": int(self._clock.time() + (grant.access_expires_at - now)),
-                }
-            else:
-                grant = self._grants_by_refresh.get(token)
-                if grant is not None and not grant.revoked and grant.refresh_token == token:
-                    reply = {
-                        "active": True,
-                        "scope": grant.scope,
-                        "client_id": self._client_id,
-                        "token_type": "refresh_token",
-                    }
-        return _Response(200, _dumps(reply), headers=_NO_STORE)
-
-    def _api(self, request: _Request) -> _Response:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        token = token.strip()
-        with self._lock:
-            self._tally.api_requests += 1
-            grant = self._grants_by_access.get(token) if scheme.lower() == "bearer" else None
-            live = grant is not None and self._clock.monotonic() < grant.access_expires_at
-            if not live:
-                self._tally.unauthorized += 1
-        if not live:
-            return _UNAUTHORIZED
-        if request.path == "/v2/employees" and request.method == "GET":
-            return _Response(200, _EMPLOYEES_BODY)
-        echo: dict[str, Any] = {"ok": True, "method": request.method, "path": request.path}
-        if request.body:
-            echo["body_length"] = len(request.body)
-        return _Response(200, _dumps(echo))

@@ -12,7 +12,7 @@ from typing import Any
 
 from .._clock import Clock
 from ._server import _Response
-from ._state import _Code, _Grant, _Tally
+from ._state import _Code, _Grant, _GrantTally, _Tally
 from ._wire import _NO_STORE, _VERIFIER_RE, _dumps, _number, _oauth_error, _s256
 
 
@@ -30,12 +30,21 @@ class _TokenRules:
     _live_grants: set[_Grant]
     _codes: dict[str, _Code]
     _tally: _Tally
+    _company_tallies: dict[str, _GrantTally]
+    _grants_by_company: dict[str, set[_Grant]]  # live grants only
 
     # -- state changes; the caller holds self._lock ------------------------
 
-    def _new_grant(self, scope: str, subject: str | None) -> dict[str, Any]:
-        grant = _Grant(scope, subject, "", 0.0, "")
+    def _company_tally(self, company: str) -> _GrantTally:
+        tally = self._company_tallies.get(company)
+        if tally is None:
+            tally = self._company_tallies[company] = _GrantTally()
+        return tally
+
+    def _new_grant(self, scope: str, company: str) -> dict[str, Any]:
+        grant = _Grant(scope, company, "", 0.0, "")
         self._live_grants.add(grant)
+        self._grants_by_company.setdefault(company, set()).add(grant)
         return self._rotate(grant)
 
     def _rotate(self, grant: _Grant) -> dict[str, Any]:
@@ -44,6 +53,7 @@ class _TokenRules:
         grant.access_token = "at_" + secrets.token_urlsafe(32)
         grant.refresh_token = "rt_" + secrets.token_urlsafe(32)
         grant.access_expires_at = self._clock.monotonic() + self._lifetime
+        grant.issued_at = self._clock.time()
         self._grants_by_access[grant.access_token] = grant
         self._grants_by_refresh[grant.refresh_token] = grant
         self._pairs[grant.refresh_token] = grant.access_token
@@ -59,6 +69,27 @@ class _TokenRules:
         grant.revoked = True
         self._grants_by_access.pop(grant.access_token, None)
         self._live_grants.discard(grant)
+        live = self._grants_by_company.get(grant.company)
+        if live is not None:
+            live.discard(grant)
+            if not live:
+                del self._grants_by_company[grant.company]
+
+    def _revoke_company(self, company: str) -> int:
+        """Revoke every live grant of ``company``; how many there were."""
+        grants = list(self._grants_by_company.get(company, ()))
+        for grant in grants:
+            self._revoke(grant)
+        return len(grants)
+
+    def _company_of(self, form: Mapping[str, str]) -> str | None:
+        """The company a token request's refresh token or code belongs to, if known."""
+        refresh_token = form.get("refresh_token")
+        if refresh_token is not None:
+            grant = self._grants_by_refresh.get(refresh_token)
+            return grant.company if grant is not None else None
+        code = self._codes.get(form.get("code") or "")
+        return code.company if code is not None else None
 
     # -- the token endpoint's grants ---------------------------------------
 
@@ -73,6 +104,7 @@ class _TokenRules:
             if token != grant.refresh_token:
                 self._revoke(grant)
                 self._tally.reuse_detections += 1
+                self._company_tally(grant.company).reuse_detections += 1
                 return _oauth_error(
                     400,
                     "invalid_grant",
@@ -80,6 +112,7 @@ class _TokenRules:
                 )
             reply = self._rotate(grant)
             self._tally.refresh_grants += 1
+            self._company_tally(grant.company).refresh_grants += 1
         return _Response(200, _dumps(reply), headers=_NO_STORE)
 
     def _exchange_code(self, form: Mapping[str, str]) -> _Response:
@@ -106,6 +139,7 @@ class _TokenRules:
                 and hmac.compare_digest(_s256(verifier), entry.challenge)
             ):
                 return _oauth_error(400, "invalid_grant", "PKCE verification failed")
-            reply = self._new_grant(entry.scope, entry.subject)
+            reply = self._new_grant(entry.scope, entry.company)
             self._tally.code_exchanges += 1
+            self._company_tally(entry.company).code_exchanges += 1
         return _Response(200, _dumps(reply), headers=_NO_STORE)

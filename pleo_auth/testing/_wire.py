@@ -37,6 +37,11 @@ def _grant_type(request: _Request) -> str | None:
     return values[0] if values else None
 
 
+def _lenient_form(request: _Request) -> dict[str, str]:
+    """The form's fields, read leniently (to attribute a refused request to a company)."""
+    return _single_values(request.body.decode("utf-8", "replace"))[0]
+
+
 class _FormError(Exception):
     """A request that cannot be read as a token-endpoint form."""
 
@@ -220,6 +225,8 @@ _INDEX_BODY = _dumps(
             "GET /oauth/authorize": "authorization code + PKCE (S256); auto-approves",
             "POST /oauth/token": "grant_type=authorization_code or refresh_token",
             "POST /oauth/token/introspect": "RFC 7662 introspection (form field token)",
+            "GET /v1/introspect": "the token's client, scope and company; needs a Bearer token",
+            "DELETE /v1/installations/me": "ends the token's company's installation",
             "GET /v2/employees": "a small fixed list; needs a Bearer access token",
             "/v...": "any other API path; needs a Bearer access token; echoes the request",
         },
