@@ -110,6 +110,7 @@ class _Admission:
         self._cond = threading.Condition()
         self._admitted: deque[float] = deque()  # nondecreasing admission times
         self._in_flight = 0
+        self._held = 0  # delayed requests waiting now
         self._closed = threading.Event()
 
     def enter(self, capacity: TokenCapacity) -> _Decision:
@@ -127,15 +128,31 @@ class _Admission:
             self._in_flight -= 1
             self._cond.notify_all()
 
-    def close(self) -> None:
-        """Refuse the requests being delayed now (the emulator stops)."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Refuse the requests being delayed now (the emulator stops), and wait
+        (up to ``timeout`` real seconds) until none is left waiting."""
         with self._cond:
             self._closed.set()
             self._cond.notify_all()
+            self._cond.wait_for(lambda: self._held == 0, timeout)
 
     def reopen(self) -> None:
         with self._cond:
             self._closed.clear()
+
+    @property
+    def held(self) -> int:
+        with self._cond:
+            return self._held
+
+    def wait_for_held(self, count: int, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._held >= count, timeout)
+
+    def _hold(self, change: int) -> None:
+        with self._cond:
+            self._held += change
+            self._cond.notify_all()
 
     def _prune(self, now: float) -> None:
         while self._admitted and self._admitted[0] <= now - 1.0:
@@ -171,7 +188,13 @@ class _Admission:
                 at = max(now, self._admitted[-limit] + 1.0)
             if limit is not None:
                 self._admitted.append(at)  # the slot is reserved even while we wait
-        delayed = at > now
+        self._hold(1)
+        try:
+            return self._wait_until_free(capacity, at, delayed=at > now)
+        finally:
+            self._hold(-1)
+
+    def _wait_until_free(self, capacity: TokenCapacity, at: float, *, delayed: bool) -> _Decision:
         while (remaining := at - self._clock.monotonic()) > 0:
             if self._clock.wait(self._closed, remaining):
                 return _Decision(admitted=False, retry_after="1")

@@ -422,6 +422,21 @@ class Emulator(_OAuthEndpoints):
         with self._lock:
             return self._capacity
 
+    @property
+    def held_token_requests(self) -> int:
+        """How many token requests a ``mode="delay"`` capacity holds back right now."""
+        return self._admission.held
+
+    def wait_for_held_token_requests(self, count: int = 1, timeout: float = 10.0) -> bool:
+        """Block until a ``mode="delay"`` capacity holds back at least ``count``
+        token requests, so a test knows a request is waiting before it moves the
+        clock or frees a slot.
+
+        Returns:
+            True, or False if ``timeout`` real seconds passed first.
+        """
+        return self._admission.wait_for_held(count, timeout)
+
     def set_token_capacity(self, capacity: TokenCapacity | None) -> None:
         """Change the token endpoint's capacity for requests that arrive from now on.
 

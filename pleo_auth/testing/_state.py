@@ -78,7 +78,8 @@ class GrantCounters:
         refresh_grants: Successful ``refresh_token`` grants.
         code_exchanges: Successful ``authorization_code`` grants (logins).
         rejected_refreshes: Refused ``refresh_token`` grants that carried one
-            of the company's refresh tokens (spent, or of a revoked grant).
+            of the company's refresh tokens, for any reason (spent, of a
+            revoked grant, bad client credentials).
         reuse_detections: Spent refresh tokens presented while their grant was
             live, each of which revoked that grant.
         throttled: Token requests answered 429 for capacity.

@@ -13,14 +13,21 @@ import time
 from collections.abc import Iterator
 from http.client import HTTPConnection
 from typing import Any
-from urllib.parse import parse_qs, quote_plus, urlencode, urlsplit
+from urllib.parse import quote_plus, urlencode, urlsplit
 
 import pytest
 import requests
+from support.emulator_http import (
+    REDIRECT_URI,
+    api,
+    authorize,
+    code_for,
+    exchange,
+    pkce_pair,
+    refresh,
+)
 
 from pleo_auth.testing import Emulator, EmulatorCounters, FakeClock, Fault
-
-REDIRECT_URI = "http://127.0.0.1:8765/callback"
 
 
 @pytest.fixture
@@ -44,67 +51,6 @@ def clocked(clock: FakeClock) -> Iterator[Emulator]:
 def http() -> Iterator[requests.Session]:
     with requests.Session() as session:
         yield session
-
-
-def refresh(
-    http: requests.Session, emu: Emulator, refresh_token: str, **kwargs: Any
-) -> requests.Response:
-    return http.post(
-        emu.token_url,
-        data={"grant_type": "refresh_token", "refresh_token": refresh_token},
-        auth=(emu.client_id, emu.client_secret or ""),
-        **kwargs,
-    )
-
-
-def api(
-    http: requests.Session, emu: Emulator, access_token: str, path: str = "/v2/employees"
-) -> requests.Response:
-    return http.get(emu.api_url + path, headers={"Authorization": f"Bearer {access_token}"})
-
-
-def pkce_pair() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    digest = hashlib.sha256(verifier.encode()).digest()
-    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-def authorize(http: requests.Session, emu: Emulator, **overrides: str | None) -> dict[str, str]:
-    """Run /oauth/authorize and return the query of the redirect it answers."""
-    params: dict[str, str | None] = {
-        "response_type": "code",
-        "client_id": emu.client_id,
-        "redirect_uri": REDIRECT_URI,
-        "scope": "users:read export-jobs:read",
-        "state": "st-123",
-        "code_challenge_method": "S256",
-    }
-    params.update(overrides)
-    response = http.get(emu.authorize_url, params=params, allow_redirects=False)
-    assert response.status_code == 302
-    location = response.headers["Location"]
-    redirect = overrides.get("redirect_uri", REDIRECT_URI)
-    assert redirect is not None
-    assert location.startswith(redirect.split("?")[0] + "?")
-    return {name: values[0] for name, values in parse_qs(urlsplit(location).query).items()}
-
-
-def exchange(
-    http: requests.Session,
-    emu: Emulator,
-    code: str,
-    verifier: str | None,
-    redirect_uri: str = REDIRECT_URI,
-) -> requests.Response:
-    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
-    if verifier is not None:
-        data["code_verifier"] = verifier
-    return http.post(emu.token_url, data=data, auth=(emu.client_id, emu.client_secret or ""))
-
-
-def code_for(http: requests.Session, emu: Emulator) -> tuple[str, str]:
-    verifier, challenge = pkce_pair()
-    return authorize(http, emu, code_challenge=challenge)["code"], verifier
 
 
 # -- rotation and reuse ------------------------------------------------------
