@@ -27,11 +27,13 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .company import Company
     from .flow import AuthorizationFlow, PendingAuthorization
     from .login_hint import LoginHint
     from .session import PleoSession
     from .settings import Settings
     from .stores import FileStore, KeyringStore, Lease, MemoryStore, TokenStore
+    from .stores.family import TokenStoreFamily
     from .stores.redis import RedisStore
     from .tokens import TokenSet
 
@@ -39,12 +41,14 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "AuthorizationFlow": ".flow",
+    "Company": ".company",
     "PendingAuthorization": ".flow",
     "PleoSession": ".session",
     "Settings": ".settings",
     "LoginHint": ".login_hint",
     "TokenSet": ".tokens",
     "TokenStore": ".stores.base",
+    "TokenStoreFamily": ".stores.family",
     "Lease": ".stores.base",
     "MemoryStore": ".stores.memory",
     "FileStore": ".stores.file",
@@ -55,6 +59,7 @@ _LAZY = {
 __all__ = [
     "AuthorizationError",
     "AuthorizationFlow",
+    "Company",
     "ConfigurationError",
     "FileStore",
     "KeyringStore",
@@ -72,6 +77,7 @@ __all__ = [
     "TokenSet",
     "TokenStore",
     "TokenStoreError",
+    "TokenStoreFamily",
     "TokensUnreadable",
     "__version__",
 ]

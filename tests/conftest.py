@@ -21,7 +21,7 @@ __all__ = ["_leak_guard_installed", "leak_guard"]
 
 # The store contract (pleo_auth.testing.TokenStoreContract) keeps pytest's detailed
 # assert messages, as when it lived in tests/.
-pytest.register_assert_rewrite("pleo_auth.testing._contract")
+pytest.register_assert_rewrite("pleo_auth.testing._contract", "pleo_auth.testing._family_contract")
 
 
 #: Runs of the default suite whose cheaper siblings (the FileStore run of the same test)

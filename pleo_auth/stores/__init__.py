@@ -1,7 +1,10 @@
 """Token stores: where tokens live, and the lock that serialises refreshes.
 
 Each backend is imported on first use; :class:`RedisStore` needs the
-``pleo-auth[redis]`` extra. The refresh locks the stores compose
+``pleo-auth[redis]`` extra. Families of stores keyed by Pleo company
+(:class:`TokenStoreFamily`, one per backend) live in :mod:`pleo_auth.stores.family`,
+:mod:`pleo_auth.stores.redis_family` and :mod:`pleo_auth.stores.keyring_family`.
+The refresh locks the stores compose
 (:class:`RefreshLock`, :class:`FileRefreshLock`, :class:`RedisRefreshLock`,
 :class:`ThreadRefreshLock`) live in :mod:`pleo_auth.stores.locks`.
 """
@@ -14,11 +17,14 @@ from .._lazy import lazy_attributes
 from .base import Lease, TokenStore
 
 if TYPE_CHECKING:
+    from .family import FileStoreFamily, MemoryStoreFamily, TokenStoreFamily
     from .file import FileStore
     from .keyring import KeyringStore
+    from .keyring_family import KeyringStoreFamily
     from .locks import FileRefreshLock, RedisRefreshLock, RefreshLock, ThreadRefreshLock
     from .memory import MemoryStore
     from .redis import RedisStore
+    from .redis_family import RedisStoreFamily
 
 _LAZY = {
     "FileStore": ".file",
@@ -29,19 +35,29 @@ _LAZY = {
     "FileRefreshLock": ".locks",
     "RedisRefreshLock": ".locks",
     "ThreadRefreshLock": ".locks",
+    "TokenStoreFamily": ".family",
+    "MemoryStoreFamily": ".family",
+    "FileStoreFamily": ".family",
+    "KeyringStoreFamily": ".keyring_family",
+    "RedisStoreFamily": ".redis_family",
 }
 
 __all__ = [
     "FileRefreshLock",
     "FileStore",
+    "FileStoreFamily",
     "KeyringStore",
+    "KeyringStoreFamily",
     "Lease",
     "MemoryStore",
+    "MemoryStoreFamily",
     "RedisRefreshLock",
     "RedisStore",
+    "RedisStoreFamily",
     "RefreshLock",
     "ThreadRefreshLock",
     "TokenStore",
+    "TokenStoreFamily",
 ]
 
 

@@ -132,3 +132,32 @@ def _home_of_this_user() -> str:
         if home:
             return home
     return os.path.expanduser("~")
+
+
+def read_private(path: Path) -> bytes | None:
+    """The content of the private regular file ``path``, or None when it is missing.
+
+    Refuses, as :class:`~pleo_auth.FileStore` does, a symlink, anything but a
+    regular file, and a file that others could read or that another user owns.
+
+    Raises:
+        TokenStoreError: The file is refused or cannot be read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise TokenStoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise TokenStoreError(f"refusing to use {path}: it is not a regular file")
+        check_private(path, info)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    except OSError as exc:
+        raise TokenStoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)

@@ -8,12 +8,16 @@ import stat
 import urllib.parse
 from collections.abc import Hashable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, TokenStoreError
 from ..tokens import TokenSet
 from . import _files
 from .base import TokenStore, decode_tokens, encode_tokens
 from .locks import FileRefreshLock
+
+if TYPE_CHECKING:
+    from .family import FileStoreFamily
 
 __all__ = ["FileStore"]
 
@@ -61,6 +65,19 @@ class FileStore(TokenStore):
             raise ConfigurationError(f"FileStore needs a file path, not the directory {self.path}")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.refresh_lock = FileRefreshLock(self.lock_path)
+
+    @staticmethod
+    def family(directory: str | os.PathLike[str]) -> FileStoreFamily:
+        """One private file per Pleo company in ``directory``: a
+        :class:`~pleo_auth.stores.family.FileStoreFamily`.
+
+        >>> family = FileStore.family("/srv/pleo-grants")
+        >>> family.store("urn:pleo:company:3f2504e0-4f89-11d3-9a0c-0305e82c3301").path
+        PosixPath('/srv/pleo-grants/3f2504e0-4f89-11d3-9a0c-0305e82c3301.json')
+        """
+        from .family import FileStoreFamily
+
+        return FileStoreFamily(directory)
 
     def load(self) -> TokenSet | None:
         # O_NONBLOCK: a FIFO put at the path must not hang the open; it is refused below.

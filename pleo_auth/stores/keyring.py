@@ -27,6 +27,8 @@ from .locks import FileRefreshLock
 if TYPE_CHECKING:
     from keyring.backend import KeyringBackend
 
+    from .keyring_family import KeyringStoreFamily
+
 __all__ = ["WINDOWS_CREDENTIAL_LIMIT", "KeyringStore", "backend_place"]
 
 logger = logging.getLogger(__name__)
@@ -181,6 +183,22 @@ class KeyringStore(TokenStore):
             )
             if state_dir is None
             else None,
+        )
+
+    @staticmethod
+    def family(
+        service: str = "pleo-auth",
+        *,
+        backend: KeyringBackend | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        max_entry_bytes: int | None = None,
+    ) -> KeyringStoreFamily:
+        """Grants of a few Pleo companies, one keyring entry each: a
+        :class:`~pleo_auth.stores.keyring_family.KeyringStoreFamily` (same arguments)."""
+        from .keyring_family import KeyringStoreFamily
+
+        return KeyringStoreFamily(
+            service, backend=backend, state_dir=state_dir, max_entry_bytes=max_entry_bytes
         )
 
     def _keyring(self) -> Any:

@@ -6,11 +6,15 @@ import contextlib
 import os
 import threading
 from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 from ..errors import TokenStoreError
 from ..tokens import TokenSet
 from .base import Lease, TokenStore
 from .locks import ThreadRefreshLock
+
+if TYPE_CHECKING:
+    from .family import MemoryStoreFamily
 
 __all__ = ["MemoryStore"]
 
@@ -50,6 +54,14 @@ class MemoryStore(TokenStore):
         self._mutex = threading.Lock()
         self.refresh_lock = ThreadRefreshLock()
         self._pid = os.getpid()
+
+    @staticmethod
+    def family() -> MemoryStoreFamily:
+        """Grants of many Pleo companies in memory, one MemoryStore each: a
+        :class:`~pleo_auth.stores.family.MemoryStoreFamily`."""
+        from .family import MemoryStoreFamily
+
+        return MemoryStoreFamily()
 
     def _check_process(self) -> None:
         """Refuse in a forked child, before any lock: one held at the fork stays held."""

@@ -27,6 +27,8 @@ from .locks import RedisRefreshLock
 if TYPE_CHECKING:
     import redis as redis_py
 
+    from .redis_family import RedisStoreFamily
+
 __all__ = ["DEFAULT_KEY", "RedisStore"]
 
 logger = logging.getLogger(__name__)
@@ -75,7 +77,8 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _import_redis() -> Any:
+def import_redis() -> Any:
+    """redis-py, imported now; a ConfigurationError saying to install it if missing."""
     try:
         import redis
     except ImportError as exc:
@@ -190,7 +193,7 @@ class RedisStore(TokenStore):
         check_interval: float = 0.1,
         clock: Clock | Callable[[], float] | None = None,
     ):
-        redis = _import_redis()
+        redis = import_redis()
         if not (isinstance(check_interval, int | float) and 0 <= check_interval < math.inf):
             raise ConfigurationError("check_interval must be a finite number of seconds >= 0")
         fragment = ""
@@ -236,6 +239,20 @@ class RedisStore(TokenStore):
             on_acquired=self._forget_version,
         )
         _INSTANCES.add(self)
+
+    @staticmethod
+    def family(
+        url_or_client: str | redis_py.Redis,
+        prefix: str = "pleo-auth:",
+        *,
+        check_interval: float = 0.1,
+        clock: Clock | Callable[[], float] | None = None,
+    ) -> RedisStoreFamily:
+        """Grants of many Pleo companies in one Redis, one hash per company: a
+        :class:`~pleo_auth.stores.redis_family.RedisStoreFamily` (same arguments)."""
+        from .redis_family import RedisStoreFamily
+
+        return RedisStoreFamily(url_or_client, prefix, check_interval=check_interval, clock=clock)
 
     @staticmethod
     def _connect(redis: Any, url: str) -> tuple[Any, str]:
@@ -413,9 +430,13 @@ class RedisStore(TokenStore):
         return f"{where['scheme']}://{userinfo}{host}:{where['port']}/{where['db']}?{key}"
 
     def describe(self) -> str:
-        where = self._where
-        if where["scheme"] == "unix":
-            server = f"unix socket {where['path']}"
-        else:
-            server = f"{where['host']}:{where['port']}"
-        return f"redis {server} db {where['db']} key {self.redis_key!r}"
+        return f"{describe_server(self._where)} key {self.redis_key!r}"
+
+
+def describe_server(where: dict[str, Any]) -> str:
+    """``redis HOST:PORT db N`` (or the unix socket) for messages: free of secrets."""
+    if where["scheme"] == "unix":
+        server = f"unix socket {where['path']}"
+    else:
+        server = f"{where['host']}:{where['port']}"
+    return f"redis {server} db {where['db']}"

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from ._contract import MakeStore as MakeStore
     from ._contract import TokenStoreContract as TokenStoreContract
     from ._contract import new_tokens as new_tokens
+    from ._family_contract import MakeFamily as MakeFamily
+    from ._family_contract import TokenStoreFamilyContract as TokenStoreFamilyContract
     from ._faulty import FaultyStore, StoreOperation
     from ._keyrings import SizeLimitedKeyring
     from ._workload import (
@@ -98,7 +100,8 @@ _WORKLOAD_NAMES = frozenset(
 #: ``__all__``, as keyring keeps its contract in keyring.testing.backend and
 #: hypothesis its optional parts in hypothesis.extra, out of the package's star
 #: import; see pleo_auth._lazy.
-_CONTRACT_NAMES = ("MakeStore", "TokenStoreContract", "new_tokens")
+_FAMILY_CONTRACT_NAMES = ("MakeFamily", "TokenStoreFamilyContract")
+_CONTRACT_NAMES = ("MakeStore", "TokenStoreContract", "new_tokens", *_FAMILY_CONTRACT_NAMES)
 
 #: Names loaded on first use, and the module each lives in.
 _LAZY_MODULES = {
@@ -107,6 +110,7 @@ _LAZY_MODULES = {
     "FaultyStore": "._faulty",
     "StoreOperation": "._faulty",
     **dict.fromkeys(_CONTRACT_NAMES, "._contract"),
+    **dict.fromkeys(_FAMILY_CONTRACT_NAMES, "._family_contract"),
 }
 
 __getattr__, __dir__ = lazy_attributes(
