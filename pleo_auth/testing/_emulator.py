@@ -104,7 +104,9 @@ class Emulator(_OAuthEndpoints):
         microseconds a request needs it, never across a sleep or socket I/O;
         concurrent requests are therefore decided one at a time, in the order
         they take the lock. Each connection is served by its own daemon thread.
-        :meth:`start` and :meth:`stop` are serialised by a second lock.
+        :meth:`start` and :meth:`stop` are serialised by a second lock. A
+        :class:`TokenCapacity` keeps its own lock, and a request it delays waits
+        on the clock (or for a free slot) holding neither.
 
     Example:
         >>> with Emulator() as emu:
