@@ -190,13 +190,15 @@ def test_fake_clock_and_the_store_contract_are_public_in_pleo_auth_testing() -> 
 
 
 def test_every_store_test_module_subclasses_the_public_contract() -> None:
-    for name in (
-        "test_stores",
-        "test_keyring",
-        "test_redis",
-        "test_keyring_secret_service",
+    for name, contract in (
+        ("stores/test_stores", "TokenStoreContract"),
+        ("stores/test_keyring", "TokenStoreContract"),
+        ("stores/test_redis", "TokenStoreContract"),
+        ("stores/test_keyring_secret_service", "TokenStoreContract"),
+        ("stores/test_family", "TokenStoreFamilyContract"),
+        ("testing/test_faulty", "TokenStoreContract"),
     ):
-        source = (ROOT / "tests" / "stores" / f"{name}.py").read_text(encoding="utf-8")
+        source = (ROOT / "tests" / f"{name}.py").read_text(encoding="utf-8")
         tree = ast.parse(source)
         bases = {
             base.id
@@ -211,8 +213,8 @@ def test_every_store_test_module_subclasses_the_public_contract() -> None:
             if isinstance(node, ast.ImportFrom)
             for alias in node.names
         }
-        assert "TokenStoreContract" in bases, name
-        assert ("pleo_auth.testing", "TokenStoreContract") in imports, name
+        assert contract in bases, name
+        assert ("pleo_auth.testing", contract) in imports, name
 
 
 def test_importing_pleo_auth_testing_loads_neither_pytest_nor_the_contract() -> None:
