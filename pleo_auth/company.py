@@ -23,50 +23,80 @@ URN_PREFIX = "urn:pleo:company:"
 # ASCII hex only: \d and str.isdigit() would take other scripts' digits.
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 
-_SHOWN = 60
+# What every Company.id is, checked last whatever path led to it.
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+_SHAPE = f"neither a UUID nor {URN_PREFIX}<uuid>"
 
 
 def _problem(value: str) -> str | None:
-    """What is wrong with ``value`` as a company, in words that never echo a control character."""
+    """What is wrong with ``value`` as a company, in words that never repeat it.
+
+    The value may be a secret passed by mistake (a refresh token in place of a
+    company), so a message names the rule that failed and the length, never the text.
+    """
     if not value:
         return "it is empty"
+    size = f"a string of {len(value)} character{'s' if len(value) != 1 else ''}"
     if any(not char.isprintable() for char in value):
-        return "it contains a control or other unprintable character"
+        return f"{size} with a control or other unprintable character"
     if any(char.isspace() for char in value):
-        return f"it contains whitespace: {_quoted(value)}"
+        return f"{size} with whitespace in it"
     if value[:4].lower() == "urn:":
         if value[: len(URN_PREFIX)].lower() != URN_PREFIX:
-            return f"{_quoted(value)} is a URN of another kind than {URN_PREFIX}<uuid>"
+            return f"{size}, a URN of another kind than {URN_PREFIX}<uuid>"
         if not _UUID.fullmatch(value[len(URN_PREFIX) :]):
-            return f"{_quoted(value)} does not end in a UUID"
+            return f"{size} that starts {URN_PREFIX} but does not end in a UUID"
         return None
-    if len(value) > _SHOWN:
-        return f"it is {len(value)} characters long, not a company id's 36"
     if not _UUID.fullmatch(value):
-        return f"{_quoted(value)} is neither a UUID nor {URN_PREFIX}<uuid>"
+        return f"{size}, {_SHAPE}"
     return None
 
 
-def _quoted(value: str) -> str:
-    # Printable by now (checked first); cut, so a pasted document stays one short line.
-    return repr(value if len(value) <= _SHOWN else value[: _SHOWN - 3] + "...")
+def _refused(problem: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"not a Pleo company id: {problem}. Use the company's UUID or {URN_PREFIX}<uuid>"
+    )
+
+
+def _plain_text(value: object) -> str:
+    """``value`` as an exact ``str``, whatever it claims to be.
+
+    Types are read with ``type()``, never ``isinstance()`` (which an object can
+    satisfy with a ``__class__`` property), and a subclass's own methods are never
+    called: a str subclass is copied with ``str.__str__``, and a Company subclass's
+    id is read from the slot Company's own converter filled, not through its
+    ``id`` (which the subclass may answer differently).
+    """
+    kind = type(value)
+    if issubclass(kind, Company):
+        try:
+            value = _ID_SLOT.__get__(value, Company)
+        except AttributeError:  # a subclass that never let Company's converter run
+            raise ConfigurationError(f"{kind.__name__} holds no company id") from None
+        kind = type(value)
+    if kind is str:
+        return value  # type: ignore[return-value]
+    if issubclass(kind, str):
+        return str.__str__(value)
+    raise ConfigurationError(
+        f"a Pleo company is its id (a UUID) or {URN_PREFIX}<uuid> as a string, not {kind.__name__}"
+    )
 
 
 def _canonical(value: object) -> str:
-    """The lower-case UUID ``value`` names (a Company, a UUID or a company URN)."""
-    if isinstance(value, Company):
-        return value.id
-    if not isinstance(value, str):
-        raise ConfigurationError(
-            f"a Pleo company is its id (a UUID) or {URN_PREFIX}<uuid> as a string, "
-            f"not {type(value).__name__}"
-        )
-    problem = _problem(value)
+    """The lower-case UUID ``value`` names (a Company, a UUID or a company URN).
+
+    The one choke point every key, path and file name of a family passes through.
+    """
+    text = _plain_text(value)
+    problem = _problem(text)
     if problem is not None:
-        raise ConfigurationError(
-            f"not a Pleo company id: {problem}. Use the company's UUID or {URN_PREFIX}<uuid>"
-        )
-    return value[-36:].lower()
+        raise _refused(problem)
+    result = text[-36:].lower()
+    if type(result) is not str or not _CANONICAL_ID.fullmatch(result):
+        raise _refused(f"a string of {len(text)} characters, {_SHAPE}")
+    return result
 
 
 @attrs.frozen(order=True, repr=False)
@@ -79,7 +109,9 @@ class Company:
     value, which holds the UUID in lower case, so they compare equal, hash alike,
     and name the same grant. Anything else is refused: a path, ``..``, a key
     pattern such as ``*``, whitespace (even around a valid id), a control
-    character, an empty string, a non-string, or a URN of another kind.
+    character, an empty string, a non-string, or a URN of another kind. A str
+    subclass is read as the plain string it holds, and a Company subclass by the
+    id Company checked: neither's own methods decide the id.
 
     >>> a = Company("3F2504E0-4F89-11D3-9A0C-0305E82C3301")
     >>> a.id
@@ -91,8 +123,8 @@ class Company:
     >>> Company("../etc/passwd")
     Traceback (most recent call last):
     ...
-    pleo_auth.errors.ConfigurationError: not a Pleo company id: '../etc/passwd' is neither \
-a UUID nor urn:pleo:company:<uuid>. Use the company's UUID or urn:pleo:company:<uuid>
+    pleo_auth.errors.ConfigurationError: not a Pleo company id: a string of 13 characters, \
+neither a UUID nor urn:pleo:company:<uuid>. Use the company's UUID or urn:pleo:company:<uuid>
 
     Args:
         value: The company's UUID, its URN, or a Company.
@@ -102,8 +134,9 @@ a UUID nor urn:pleo:company:<uuid>. Use the company's UUID or urn:pleo:company:<
             in a file name, a Redis key or a keyring account.
 
     Raises:
-        ConfigurationError: ``value`` names no company. The message says what is
-            wrong and never repeats a control character.
+        ConfigurationError: ``value`` names no company. The message says which
+            rule failed and how long the value is, and never repeats the value
+            (it may be a token passed by mistake).
 
     Thread safety:
         Immutable: share it freely.
@@ -121,3 +154,8 @@ a UUID nor urn:pleo:company:<uuid>. Use the company's UUID or urn:pleo:company:<
 
     def __repr__(self) -> str:
         return f"Company({self.urn!r})"
+
+
+# The slot attrs made for Company.id: reads what the converter stored, past any
+# ``id`` a subclass defines.
+_ID_SLOT = Company.__dict__["id"]
