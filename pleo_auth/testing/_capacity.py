@@ -50,7 +50,9 @@ class TokenCapacity:
         mode: ``"reject"`` answers a request over capacity at once with 429,
             ``{"error": "temporarily_unavailable"}`` and ``Retry-After``;
             ``"delay"`` holds it until it fits (the next free second on the
-            emulator's clock, then a free slot), then handles it as usual.
+            emulator's clock, then a free slot), then handles it as usual. A
+            held request the emulator stops under is refused, and gives back
+            its place in the rate: after a restart it counts for nothing.
         retry_after: With ``"reject"``: the ``Retry-After`` to send, in
             seconds, written as given. None (the default): the seconds until
             the rate would admit the request, rounded up to a whole second as
@@ -190,9 +192,20 @@ class _Admission:
                 self._admitted.append(at)  # the slot is reserved even while we wait
         self._hold(1)
         try:
-            return self._wait_until_free(capacity, at, delayed=at > now)
+            decision = self._wait_until_free(capacity, at, delayed=at > now)
+            if not decision.admitted and limit is not None:
+                self._give_back(at)
+            return decision
         finally:
             self._hold(-1)
+
+    def _give_back(self, at: float) -> None:
+        """Free the rate slot reserved at ``at`` by a request that was refused after
+        all (the emulator stopped): nothing of it was spent, so neither is its slot."""
+        with self._cond:
+            # Equal times are interchangeable; a slot already pruned is gone anyway.
+            if at in self._admitted:
+                self._admitted.remove(at)
 
     def _wait_until_free(self, capacity: TokenCapacity, at: float, *, delayed: bool) -> _Decision:
         while (remaining := at - self._clock.monotonic()) > 0:

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from .._clock import Clock, as_clock
+from ..company import Company
 from ._capacity import TokenCapacity, _Admission
 from ._companies import DEFAULT_COMPANY, company_urn
 from ._fault import Fault, FaultBody
@@ -72,8 +73,9 @@ class Emulator(_OAuthEndpoints):
     answers any other ``/v...`` path with an echo, so a client can be tested
     end to end.
 
-    Companies: every grant belongs to one Pleo company, named by its id (a
-    UUID) or ``urn:pleo:company:<uuid>``. :meth:`issue_tokens` takes
+    Companies: every grant belongs to one Pleo company, named as
+    :class:`pleo_auth.Company` names one: its id (a UUID), ``urn:pleo:company:<uuid>``
+    or a Company. :meth:`issue_tokens` takes
     ``company=``; a login takes the company the authorize request names in
     ``urn_pleo_params_oauth_subject`` (a subject that names no company is
     ignored, as a hint the login page cannot use), else the one the emulated
@@ -149,7 +151,7 @@ class Emulator(_OAuthEndpoints):
         clock: Clock | Callable[[], float] | None = None,
         require_pkce: bool = True,
         *,
-        company: str | None = None,
+        company: str | Company | None = None,
         token_capacity: TokenCapacity | None = None,
     ) -> None:
         if not client_id:
@@ -280,7 +282,7 @@ class Emulator(_OAuthEndpoints):
     # -- control -----------------------------------------------------------
 
     def issue_tokens(
-        self, scope: str = "users:read", *, company: str | None = None
+        self, scope: str = "users:read", *, company: str | Company | None = None
     ) -> dict[str, Any]:
         """Create a grant directly, skipping the browser flow.
 
@@ -312,7 +314,7 @@ class Emulator(_OAuthEndpoints):
         with self._lock:
             return self._company
 
-    def set_default_company(self, company: str) -> None:
+    def set_default_company(self, company: str | Company) -> None:
         """Change :attr:`default_company`: the company the emulated user picks at
         the next logins whose authorize request names none, and the company of
         :meth:`issue_tokens` without ``company=``. Grants already made keep theirs.
@@ -330,7 +332,7 @@ class Emulator(_OAuthEndpoints):
         with self._lock:
             return sorted(self._grants_by_company)
 
-    def revoke(self, company: str) -> int:
+    def revoke(self, company: str | Company) -> int:
         """Revoke every grant of one company, as if its user disconnected the app
         in Pleo; other companies' grants are untouched.
 
@@ -395,7 +397,7 @@ class Emulator(_OAuthEndpoints):
         with self._lock:
             return EmulatorCounters(**dataclasses.asdict(self._tally))
 
-    def counters_for(self, company: str) -> GrantCounters:
+    def counters_for(self, company: str | Company) -> GrantCounters:
         """A consistent snapshot of one company's counters (all zero for a
         company the emulator has not seen).
 

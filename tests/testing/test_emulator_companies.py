@@ -12,6 +12,7 @@ import pytest
 import requests
 from support.emulator_http import api, authorize, exchange, pkce_pair, refresh
 
+from pleo_auth import Company
 from pleo_auth.errors import ConfigurationError
 from pleo_auth.testing import (
     DEFAULT_COMPANY,
@@ -122,7 +123,6 @@ NOT_COMPANIES = [
     "urn:pleo:company:*",
     "urn:pleo:organization:" + ACME_ID,
     "urn:pleo:company:urn:pleo:company:" + ACME_ID,
-    "URN:PLEO:COMPANY:" + ACME_ID,
     ACME_ID + "\n",
     " " + ACME_ID,
     ACME_ID + "\x00",
@@ -157,6 +157,16 @@ def test_a_company_that_is_not_a_string_is_refused(emu: Emulator, value: Any) ->
         emu.counters_for(value)
 
 
+def test_the_emulator_takes_a_company_object_and_an_upper_case_urn(emu: Emulator) -> None:
+    # pleo_auth.Company decides what names a company, in the emulator as in the library.
+    company = Company(GLOBEX_ID)
+    upper_urn = "URN:PLEO:COMPANY:" + GLOBEX_ID.upper()
+    emu.issue_tokens(company=company)
+    assert emu.counters_for(upper_urn) == emu.counters_for(company.urn)
+    assert emu.companies() == [company.urn]
+    assert emu.revoke(company) == 1
+
+
 def test_the_emulators_company_is_the_default_and_can_change(
     http: requests.Session,
 ) -> None:
@@ -185,6 +195,18 @@ def test_a_login_belongs_to_the_company_its_subject_names(
     assert emu.counters_for(ACME).code_exchanges == 1
     assert emu.counters_for(GLOBEX).code_exchanges == 1
     assert emu.counters.code_exchanges == 2
+
+
+def test_a_login_whose_subject_is_an_upper_case_urn_is_a_grant_of_that_company(
+    emu: Emulator, http: requests.Session
+) -> None:
+    upper_urn = "URN:PLEO:COMPANY:" + GLOBEX_ID.upper()
+    assert Company(upper_urn).urn == GLOBEX  # the library says this names Globex
+
+    tokens = login(http, emu, urn_pleo_params_oauth_subject=upper_urn)
+
+    assert company_of(http, emu, tokens["access_token"]) == GLOBEX
+    assert emu.companies() == [GLOBEX]
 
 
 def test_a_login_without_a_subject_gets_the_company_the_user_picks(
@@ -759,6 +781,44 @@ def test_stopping_refuses_a_request_held_by_the_clock(clock: FakeClock) -> None:
     assert emu.is_current(grants[1]["access_token"], grants[1]["refresh_token"])
     assert emu.counters.refresh_grants == 1
     assert len(outcome) == 1
+
+
+def test_a_delayed_request_refused_by_stop_gives_its_rate_slot_back(clock: FakeClock) -> None:
+    """In delay mode a held request reserves its slot in the window up front; when
+    stop() refuses it, nothing of it was spent, so after start() the next request
+    must not wait a second of emulator time for a slot nobody used."""
+    emu = Emulator(clock=clock, token_capacity=TokenCapacity(per_second=1, mode="delay"))
+    first, held, later = (emu.issue_tokens() for _ in range(3))
+    results: dict[str, object] = {}
+
+    def call(name: str, grant: dict[str, str]) -> None:
+        with requests.Session() as session:
+            try:
+                results[name] = refresh(session, emu, grant["refresh_token"]).status_code
+            except requests.ConnectionError as exc:  # stop() may close it before the 429
+                results[name] = type(exc)
+
+    emu.start()
+    try:
+        call("first", first)  # admitted now
+        waiting = threading.Thread(target=call, args=("held", held))
+        waiting.start()
+        assert emu.wait_for_held_token_requests(1, timeout=10.0)  # it reserved now + 1
+        emu.stop()  # refuses it: nothing of it was spent
+        waiting.join(10.0)
+        assert not waiting.is_alive()
+        assert results["held"] in (429, requests.ConnectionError)
+        assert emu.is_current(held["access_token"], held["refresh_token"])
+        emu.start()
+        clock.advance(1.0)  # a second after the only admitted request
+        late = threading.Thread(target=call, args=("later", later))
+        late.start()
+        late.join(timeout=10.0)
+        assert not late.is_alive(), "held for the slot of a request that stop() refused"
+        assert results["later"] == 200
+        assert emu.counters.refresh_grants == 2
+    finally:
+        emu.stop()
 
 
 def test_the_index_lists_the_new_endpoints(emu: Emulator, http: requests.Session) -> None:
