@@ -11,6 +11,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import secrets
 import threading
 import urllib.parse
@@ -97,18 +98,51 @@ def _text(value: Any) -> str:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, fit for an error message."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
+    """``url`` with any password replaced by ``***``, fit for an error message.
+
+    Read as raw text, not parsed: a password written unescaped may hold ``/``,
+    ``?``, ``#`` or ``@``, which would end a parser's authority early and leave
+    the password in the "path". So everything between ``://`` and the *last*
+    ``@`` is the user information: it becomes ``user:***``, or ``***`` when it
+    has no ``:`` (redis-py reads ``redis://secret@host`` as a user name, which is
+    often a password written without its colon). Query parameters whose name
+    holds ``password`` become ``password=***``. An ``@`` in a key after the host
+    hides the host too: safe, if less helpful.
+
+    >>> redact_url("redis://app:Zm9v/YmFy@cache:6379/0")
+    'redis://app:***@cache:6379/0'
+    >>> redact_url("rediss://:p#w?d@cache/0?password=x&db=1")
+    'rediss://:***@cache/0?password=***&db=1'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    elif not _SCHEME.fullmatch(scheme):
+        scheme = "***"  # not a scheme: it may be anything, a password too
+    userinfo, at, after = rest.rpartition("@")
+    if at:
         user, colon, _password = userinfo.partition(":")
-        netloc = f"{user}:***@{hostport}" if colon else f"{userinfo}@{hostport}"
-    query = "&".join(
-        f"{name}=***" if "password" in name.lower() else f"{name}={value}"
-        for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    )
-    return _unsplit(parts.scheme, netloc, parts.path, query, parts.fragment)
+        plain = colon and not any(char in user for char in "/?#")
+        rest = f"{user}:***@{after}" if plain else f"***@{after}"
+    return f"{scheme}{sep}{_redact_query(rest)}"
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
+
+def _redact_query(text: str) -> str:
+    """``text`` with the value of every query parameter named like a password hidden."""
+    before, question, after = text.partition("?")
+    if not question:
+        return text
+    query, hash_sign, fragment = after.partition("#")
+    fields = [
+        f"{field.partition('=')[0]}=***"
+        if "password" in urllib.parse.unquote(field.partition("=")[0]).lower()
+        else field
+        for field in query.split("&")
+    ]
+    return f"{before}?{'&'.join(fields)}{hash_sign}{fragment}"
 
 
 def _unsplit(scheme: str, netloc: str, path: str, query: str, fragment: str = "") -> str:
@@ -258,7 +292,12 @@ class RedisStore(TokenStore):
     def _connect(redis: Any, url: str) -> tuple[Any, str]:
         """A client for ``url``, and the key the URL names (``?key=`` or ``#key``), if any."""
         shown = redact_url(url)
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError:  # an unbalanced [ in the host, say: show no more than its scheme
+            scheme, sep, _rest = url.partition("://")
+            shown = f"{scheme}://***" if sep and _SCHEME.fullmatch(scheme) else "***"
+            raise ConfigurationError(f"the Redis URL {shown!r} cannot be parsed") from None
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(
                 f"a Redis URL starts with redis://, rediss:// or unix://, not {shown!r}"
@@ -280,8 +319,12 @@ class RedisStore(TokenStore):
         bare = _unsplit(parts.scheme, parts.netloc, parts.path, rest)
         try:
             client = redis.Redis.from_url(bare, socket_timeout=5.0, socket_connect_timeout=5.0)
-        except ValueError as exc:
-            raise ConfigurationError(f"invalid Redis URL {shown!r}: {exc}") from None
+        except ValueError:
+            # Not redis-py's words: they quote parts of the URL, a password's included.
+            raise ConfigurationError(
+                f"invalid Redis URL {shown!r}: redis-py cannot read it; check its host, "
+                "port and database, and percent-encode a password's special characters"
+            ) from None
         return client, names.pop() if names else ""
 
     @staticmethod

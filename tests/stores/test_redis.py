@@ -485,7 +485,8 @@ def test_spec_keeps_the_user_name_but_not_the_password(redis_url: str, key: str)
     ("url", "message"),
     [
         (f"http://:{PASSWORD}@127.0.0.1/0", "starts with redis://"),
-        (f"redis://:{PASSWORD}@127.0.0.1:notaport/0", "Port could not be cast"),
+        (f"redis://:{PASSWORD}@127.0.0.1:notaport/0", "redis-py cannot read it"),
+        (f"redis://:{PASSWORD}@[::1/0", "cannot be parsed"),
         (f"redis://:{PASSWORD}@127.0.0.1/zero", "the path must be a database number"),
         (f"redis://:{PASSWORD}@127.0.0.1/0?key=a#b", "more than one key"),
         (f"redis://127.0.0.1/0?password={PASSWORD}&key=", "an empty key"),
@@ -496,6 +497,56 @@ def test_a_bad_url_is_a_configuration_error_that_hides_the_password(url: str, me
         RedisStore(url)
     assert PASSWORD not in str(caught.value)
     assert isinstance(caught.value, ValueError)
+
+
+# Generated passwords (base64, openssl rand) often hold "/", "+" or "=". Written
+# unescaped in a URL, "/" (or "#", "?") ends the authority early, so a parser no
+# longer sees the "@" in the netloc: the redaction must read the raw text.
+SLASHED = "Zm9v/YmFyYmF6"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param(f"redis://:{SLASHED}@127.0.0.1:6379/0", id="password-with-slash"),
+        pytest.param(f"redis://app:{SLASHED}@127.0.0.1:6379/0", id="user-and-password"),
+        pytest.param("redis://:Zm9v#YmFy@127.0.0.1:6379/0", id="password-with-hash"),
+        pytest.param("redis://:Zm9v?YmFy@127.0.0.1:6379/0", id="password-with-question-mark"),
+        pytest.param("redis://:Zm9v@Ym/Fy@127.0.0.1:6379/0", id="password-with-at-and-slash"),
+    ],
+)
+def test_a_malformed_family_url_never_shows_its_password_in_the_error(url: str) -> None:
+    password = url.split("://")[1].rpartition("@")[0].partition(":")[2]
+    with pytest.raises(ConfigurationError) as caught:
+        RedisStore.family(url, "app:")
+    message = str(caught.value)
+    for fragment in {password, *password.replace("#", "/").replace("?", "/").split("/")}:
+        assert fragment not in message, f"password fragment {fragment!r} in: {message}"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"redis://:{SLASHED}@cache:6379/0", "redis://:***@cache:6379/0"),
+        (f"rediss://app:{SLASHED}@cache/1", "rediss://app:***@cache/1"),
+        ("redis://:a#b?c@cache/0#key", "redis://:***@cache/0#key"),
+        ("redis://secret@cache/0", "redis://***@cache/0"),
+        ("redis://cache/0?password=pw&db=2#k", "redis://cache/0?password=***&db=2#k"),
+        ("redis://cache:6379/0?key=app:tokens", "redis://cache:6379/0?key=app:tokens"),
+        ("secret@host://x", "***://x"),
+    ],
+)
+def test_redact_url_reads_the_raw_text_up_to_the_last_at(url: str, shown: str) -> None:
+    from pleo_auth.stores.redis import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_a_password_with_a_slash_is_hidden_in_a_store_urls_error() -> None:
+    with pytest.raises(ConfigurationError, match="database number") as caught:
+        RedisStore(f"redis://:{SLASHED}@127.0.0.1:6379/0", key="k")
+    assert "YmFyYmF6" not in str(caught.value)
+    assert "Zm9v" not in str(caught.value)
 
 
 def test_a_wrong_argument_type_is_a_configuration_error() -> None:
