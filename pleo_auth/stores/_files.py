@@ -92,12 +92,23 @@ def stat_version(path: Path) -> Hashable:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def check_private(path: Path, st: os.stat_result) -> None:
-    """Refuse a token file that others could read or that belongs to someone else."""
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+def check_private(path: Path, st: os.stat_result, *, secret: bool = True) -> None:
+    """Refuse a token file that others could read or that belongs to someone else.
+
+    With ``secret=False`` (a file that holds no secret, such as a keyring family's
+    index of company ids) only what lets others *change* it is refused: write
+    access for group or others, or another owner. Reading it gives them nothing.
+    """
+    if secret and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise TokenStoreError(
             f"refusing to use {path}: it is readable or writable by group or others "
             f"(mode {stat.S_IMODE(st.st_mode):04o}). It holds secrets; "
+            f"fix it with `chmod 600 {path}`."
+        )
+    if not secret and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise TokenStoreError(
+            f"refusing to use {path}: group or others can write to it "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}), so they could change it; "
             f"fix it with `chmod 600 {path}`."
         )
     if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
@@ -134,11 +145,13 @@ def _home_of_this_user() -> str:
     return os.path.expanduser("~")
 
 
-def read_private(path: Path) -> bytes | None:
+def read_private(path: Path, *, secret: bool = True) -> bytes | None:
     """The content of the private regular file ``path``, or None when it is missing.
 
     Refuses, as :class:`~pleo_auth.FileStore` does, a symlink, anything but a
     regular file, and a file that others could read or that another user owns.
+    With ``secret=False``, a file others can read is accepted (see
+    :func:`check_private`).
 
     Raises:
         TokenStoreError: The file is refused or cannot be read.
@@ -154,7 +167,7 @@ def read_private(path: Path) -> bytes | None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise TokenStoreError(f"refusing to use {path}: it is not a regular file")
-        check_private(path, info)
+        check_private(path, info, secret=secret)
         with os.fdopen(fd, "rb", closefd=False) as handle:
             return handle.read()
     except OSError as exc:

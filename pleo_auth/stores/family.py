@@ -165,6 +165,10 @@ class _FamilyFileStore(FileStore):
         self._family.check_directory()
         super().save(tokens, replaces=replaces)
 
+    def clear(self, *, only: TokenSet | None = None) -> None:
+        self._family.check_directory()
+        super().clear(only=only)
+
 
 class FileStoreFamily(TokenStoreFamily):
     """One private JSON file per company in one directory.
@@ -212,10 +216,17 @@ class FileStoreFamily(TokenStoreFamily):
         if not self.check_directory():
             return []
         try:
-            names = os.listdir(self.directory)
+            with os.scandir(self.directory) as entries:
+                # Regular files only, not followed: load() refuses a symlink, and a
+                # directory named <uuid>.json holds no grant.
+                names = [
+                    entry.name
+                    for entry in entries
+                    if _FILE_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+                ]
         except OSError as exc:
             raise TokenStoreError(f"cannot list {self.directory}: {exc.strerror or exc}") from exc
-        return sorted(Company(name[:-5]) for name in names if _FILE_NAME.fullmatch(name))
+        return sorted(Company(name[:-5]) for name in names)
 
     def check_directory(self) -> bool:
         """Refuse a directory others could write to; False when it does not exist yet.

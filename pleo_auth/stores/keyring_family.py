@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from keyring.backend import KeyringBackend
 
 __all__ = ["KeyringStoreFamily"]
+
+logger = logging.getLogger(__name__)
 
 #: How long a save, clear or listing waits for the family's lock.
 _LOCK_TIMEOUT = 60.0
@@ -47,6 +51,9 @@ class _FamilyKeyringStore(KeyringStore):
         with self.lock(timeout=_LOCK_TIMEOUT, lease=_LOCK_TIMEOUT):
             # Listed before it is written: the index may name a company without a
             # grant (it is checked when read), never miss one that has a grant.
+            # Best effort: the tokens are the grant, and a refresh saving them has
+            # already spent the old pair at Pleo, so an index that cannot be kept
+            # must never cost the save.
             self._family.index_add(self.company)
             super().save(tokens, replaces=replaces)
 
@@ -76,13 +83,23 @@ class KeyringStoreFamily(TokenStoreFamily):
 
     **Listing.** A keyring cannot list its entries (keyring has no such call, and
     the Secret Service, Keychain and Credential Manager each differ), so the
-    family keeps an index of company ids in a private file (0600) in the state
-    directory, ``keyring-family-<hash of service>.json``. The index is written
-    before a company's first entry and trimmed after its entry is deleted, so it
-    may name too many companies but never too few; :meth:`companies` keeps only
-    those whose entry exists. Company ids are not secrets; the tokens never
-    leave the keyring. If the index is lost (the state directory wiped), a
-    company is listed again at its next save (its next refresh).
+    family keeps an index of company ids in a file in the state directory,
+    ``keyring-family-<hash of service>.json``. The index is written before a
+    company's first entry and trimmed after its entry is deleted, so it may name
+    too many companies but never too few; :meth:`companies` keeps only those
+    whose entry exists. Company ids are not secrets, and the tokens never leave
+    the keyring: the index is written mode 0600 (which customers an integration
+    serves is nobody else's business), but one that others can read is still
+    used; one that others can *write*, or that another user owns, is not (they
+    could hide a company from the list).
+
+    **The index never costs a grant.** Keeping it up is best effort: a save or
+    clear that finds it unreadable (corrupt, or refused as above) logs a
+    warning, moves it aside as ``<index>.bad-<time>`` and starts a new one, and
+    one that cannot write it logs a warning; the tokens are saved either way.
+    Until each company saves again (its next refresh), a new index misses the
+    others, as does a lost one (the state directory wiped). :meth:`companies`
+    raises on an index it cannot read, naming the file.
 
     **One lock for the family.** Every save, clear, refresh and listing of every
     company takes one lock file, ``keyring-family-<hash>.lock``, not one per
@@ -143,7 +160,7 @@ class KeyringStoreFamily(TokenStoreFamily):
     # -- the index ---------------------------------------------------------------------
 
     def _read_index(self) -> list[Company]:
-        raw = _files.read_private(self.index_path)
+        raw = _files.read_private(self.index_path, secret=False)
         if raw is None:
             return []
         try:
@@ -169,16 +186,52 @@ class KeyringStoreFamily(TokenStoreFamily):
             raise TokenStoreError(f"cannot write {self.index_path}: {exc.strerror or exc}") from exc
 
     def index_add(self, company: Company) -> None:
-        """List ``company`` in the index (the caller holds :attr:`refresh_lock`)."""
-        listed = self._read_index()
+        """List ``company`` in the index, best effort (the caller holds :attr:`refresh_lock`).
+
+        An index that cannot be read is moved aside and a fresh one started; one
+        that cannot be written is logged. Neither raises: the index only lists
+        companies, and the save it comes with must go on.
+        """
+        listed = self._readable_index()
         if company not in listed:
-            self._write_index([*listed, company])
+            self._write_best_effort([*listed, company])
 
     def index_discard(self, company: Company) -> None:
-        """Drop ``company`` from the index (the caller holds :attr:`refresh_lock`)."""
-        listed = self._read_index()
+        """Drop ``company`` from the index, best effort, as :meth:`index_add`."""
+        listed = self._readable_index()
         if company in listed:
-            self._write_index([item for item in listed if item != company])
+            self._write_best_effort([item for item in listed if item != company])
+
+    def _readable_index(self) -> list[Company]:
+        """The index, or (when it cannot be read) an empty one, the bad file moved aside."""
+        try:
+            return self._read_index()
+        except TokenStoreError as exc:
+            aside = self.index_path.with_name(f"{self.index_path.name}.bad-{time.time_ns()}")
+            try:
+                os.replace(self.index_path, aside)
+            except OSError as move:
+                aside_note = f"could not move it aside ({move.strerror or move})"
+            else:
+                aside_note = f"moved it to {aside}"
+            logger.warning(
+                "the keyring family index cannot be used (%s); %s and started a new one: "
+                "the other companies' grants stay in the keyring, and each is listed "
+                "again at its next save",
+                exc,
+                aside_note,
+            )
+            return []
+
+    def _write_best_effort(self, companies: list[Company]) -> None:
+        try:
+            self._write_index(companies)
+        except TokenStoreError as exc:
+            logger.warning(
+                "could not update the keyring family index (%s); the grants are saved, "
+                "but companies() may miss or still list some until it can be written",
+                exc,
+            )
 
     def describe(self) -> str:
         return f"keyring service {self.service!r}, one entry per company"

@@ -43,6 +43,16 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([\\*?\[\]^])", r"\\\1", text)
 
 
+def _holds_tokens(reply: object, wrong_type: type[Exception]) -> bool:
+    """Whether one HEXISTS reply says the hash holds tokens; False for a key of
+    another type; any other error is raised."""
+    if isinstance(reply, wrong_type) and str(reply).startswith("WRONGTYPE"):
+        return False
+    if isinstance(reply, Exception):
+        raise reply
+    return bool(reply)
+
+
 class RedisStoreFamily(TokenStoreFamily):
     """One Redis hash per company, under a prefix: ``<prefix>company:<uuid>``.
 
@@ -106,6 +116,7 @@ class RedisStoreFamily(TokenStoreFamily):
         self._clock = as_clock(clock, owner="RedisStore.family")
         self._client: Any = client
         self._errors: tuple[type[Exception], ...] = (redis.exceptions.RedisError,)
+        self._wrong_type: type[Exception] = redis.exceptions.ResponseError
         self._transient: tuple[type[Exception], ...] = (
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
@@ -141,10 +152,13 @@ class RedisStoreFamily(TokenStoreFamily):
                 pipe = self._client.pipeline(transaction=False)
                 for key in batch:
                     pipe.hexists(key, "tokens")
+                # A key of another type (another tool's, a hand-made one) answers
+                # WRONGTYPE: it holds no grant, and must not hide the others.
+                replies = pipe.execute(raise_on_error=False)
                 found.extend(
                     Company(key[start:])
-                    for key, holds in zip(batch, pipe.execute(), strict=True)
-                    if holds and _ID.fullmatch(key[start:])
+                    for key, holds in zip(batch, replies, strict=True)
+                    if _holds_tokens(holds, self._wrong_type) and _ID.fullmatch(key[start:])
                 )
         except self._errors as exc:
             raise TokenStoreError(

@@ -4,8 +4,10 @@ and what each family adds: real files, a real redis-server, keyrings.alt."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
 import stat
 import uuid
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 from keyrings.alt.file import PlaintextKeyring
+from support.session_helpers import MakeSession
 
 from pleo_auth import (
     Company,
@@ -23,6 +26,7 @@ from pleo_auth import (
     KeyringStore,
     MemoryStore,
     RedisStore,
+    TokenSet,
     TokenStoreError,
 )
 from pleo_auth.stores import (
@@ -31,7 +35,7 @@ from pleo_auth.stores import (
     MemoryStoreFamily,
     RedisStoreFamily,
 )
-from pleo_auth.testing import MakeFamily, TokenStoreFamilyContract, new_tokens
+from pleo_auth.testing import Emulator, MakeFamily, TokenStoreFamilyContract, new_tokens
 
 A = Company("0b6e1a7c-55d2-4c1e-9a51-3f1d2c4b5a60")
 B = Company("7f3c2d1e-0a9b-4c8d-8e7f-6a5b4c3d2e1f")
@@ -114,6 +118,44 @@ class TestFileStoreFamily(TokenStoreFamilyContract):
         for name in ("notes.json", f"{B.id.upper()}.json", f".{B.id}.json.abcd1234.tmp", B.id):
             (directory / name).write_text("{}")
         (directory / f"{B.id}.json.d").mkdir()
+        assert family.companies() == [A]
+
+    def test_a_dangling_symlink_named_like_a_company_is_not_a_stored_grant(
+        self, family: FileStoreFamily, directory: Path, tmp_path: Path
+    ) -> None:
+        family.store(A).save(new_tokens())
+        (directory / f"{B.id}.json").symlink_to(tmp_path / "nowhere.json")
+        # load() refuses it ("refusing to follow a symlink"): B has no usable grant.
+        assert family.companies() == [A]
+
+    def test_a_symlink_to_a_token_file_named_like_a_company_is_not_a_stored_grant(
+        self, family: FileStoreFamily, directory: Path
+    ) -> None:
+        family.store(A).save(new_tokens())
+        (directory / f"{B.id}.json").symlink_to(directory / f"{A.id}.json")
+        assert family.companies() == [A]
+
+    def test_a_directory_named_like_a_company_is_not_a_stored_grant(
+        self, family: FileStoreFamily, directory: Path
+    ) -> None:
+        family.store(A).save(new_tokens())
+        (directory / f"{B.id}.json").mkdir(mode=0o700)
+        assert family.companies() == [A]
+
+    def test_remove_refuses_a_directory_others_can_write_as_load_and_save_do(
+        self, family: FileStoreFamily, directory: Path
+    ) -> None:
+        family.store(A).save(new_tokens())
+        os.chmod(directory, 0o777)
+        try:
+            with pytest.raises(TokenStoreError, match="group or others can write"):
+                family.store(A).load()
+            with pytest.raises(TokenStoreError, match="group or others can write"):
+                family.remove(A)
+            with pytest.raises(TokenStoreError, match="group or others can write"):
+                family.store(A).clear()
+        finally:
+            os.chmod(directory, 0o700)
         assert family.companies() == [A]
 
     def test_a_missing_directory_lists_no_companies_and_is_not_created(
@@ -215,6 +257,15 @@ class TestRedisStoreFamily(TokenStoreFamilyContract):
         client.set(f"{prefix}tokens", "x")
         assert family.companies() == [A]
 
+    def test_a_key_of_another_type_under_the_pattern_does_not_hide_every_company(
+        self, family: RedisStoreFamily, prefix: str, client: Any
+    ) -> None:
+        family.store(A).save(new_tokens())
+        # Something other than a grant at B's key (another tool, a hand-made key): B
+        # has no grant, and A's grant is still there to list.
+        client.set(f"{prefix}company:{B.id}", "not a hash")
+        assert family.companies() == [A]
+
     def test_the_stores_share_one_client(self, family: RedisStoreFamily) -> None:
         first, second = family.store(A), family.store(B)
         assert first._client is second._client
@@ -314,6 +365,93 @@ class TestKeyringStoreFamily(TokenStoreFamilyContract):
         family.index_path.write_text('{"format": "something else"}')
         with pytest.raises(TokenStoreError, match="is not the index of a keyring family"):
             family.companies()
+
+    @pytest.mark.parametrize(
+        "spoil",
+        [
+            pytest.param(lambda path: path.write_text("{not json"), id="corrupt"),
+            pytest.param(lambda path: os.chmod(path, 0o644), id="readable-by-others"),
+            pytest.param(lambda path: os.chmod(path, 0o622), id="writable-by-others"),
+            pytest.param(
+                lambda path: os.chmod(path, 0o000),
+                id="unreadable",
+                marks=pytest.mark.skipif(
+                    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads any file"
+                ),
+            ),
+        ],
+    )
+    def test_a_spoiled_index_does_not_stop_a_company_from_saving_its_tokens(
+        self, family: KeyringStoreFamily, spoil: Any
+    ) -> None:
+        first = new_tokens()
+        family.store(A).save(first)
+        spoil(family.index_path)
+        second = new_tokens()
+        # The index only lists companies; the tokens are the grant. A refresh has
+        # already rotated them at Pleo when it saves, so a refused save loses the grant.
+        family.store(A).save(second, replaces=first)
+        assert family.store(A).load() == second
+        assert family.companies() == [A]
+
+    def test_a_bad_index_is_moved_aside_with_a_warning_and_a_new_one_started(
+        self, family: KeyringStoreFamily, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        family.store(B).save(new_tokens())
+        family.index_path.write_text("{not json")
+        with caplog.at_level(logging.WARNING, logger="pleo_auth.stores.keyring_family"):
+            family.store(A).save(new_tokens())
+        assert "moved it to" in caplog.text
+        aside = sorted(family.index_path.parent.glob(family.index_path.name + ".bad-*"))
+        assert [path.read_text() for path in aside] == ["{not json"]
+        assert self.index(family) == [A.id]
+        assert mode(family.index_path) == 0o600
+        # B's grant is still in the keyring, and listed again at its next save.
+        assert family.store(B).load() is not None
+        family.store(B).save(new_tokens())
+        assert family.companies() == [A, B]
+
+    def test_clear_under_a_corrupt_index_still_deletes_the_grant(
+        self, family: KeyringStoreFamily
+    ) -> None:
+        family.store(A).save(new_tokens())
+        family.index_path.write_text("{not json")
+        family.remove(A)
+        assert family.store(A).load() is None
+        assert family.companies() == []
+
+    def test_an_index_others_can_write_is_refused_by_companies_naming_it(
+        self, family: KeyringStoreFamily
+    ) -> None:
+        family.store(A).save(new_tokens())
+        os.chmod(family.index_path, 0o622)
+        with pytest.raises(TokenStoreError, match="group or others can write to it"):
+            family.companies()
+
+    def test_an_index_others_can_read_is_used_since_it_holds_no_secret(
+        self, family: KeyringStoreFamily
+    ) -> None:
+        family.store(A).save(new_tokens())
+        os.chmod(family.index_path, 0o644)
+        assert family.companies() == [A]
+
+    def test_a_refresh_under_a_corrupt_index_keeps_the_grant_alive(
+        self, family: KeyringStoreFamily, emulator: Emulator, make_session: MakeSession
+    ) -> None:
+        member = family.store(A)
+        member.save(TokenSet.from_response(emulator.issue_tokens(company=A.urn)))
+        family.index_path.write_text("{not json")
+        session = make_session(emulator, store=member)
+        with contextlib.suppress(TokenStoreError):  # whatever it reports, the grant must live
+            session.refresh()
+        stored = family.store(A).load()
+        assert stored is not None, "the keyring holds no grant for A after its refresh"
+        # Before the fix the save was refused (the index could not be read), the
+        # spent pair was withdrawn, and the live pair existed only in memory.
+        assert emulator.is_current(stored.access_token, stored.refresh_token), (
+            "the stored refresh token was spent at the server and its successor was never saved"
+        )
+        assert emulator.counters.refresh_grants == 1
 
     def test_every_company_shares_the_familys_one_lock(self, family: KeyringStoreFamily) -> None:
         first, second = family.store(A), family.store(B)
