@@ -31,30 +31,58 @@ def redis_server(binary: str = "redis-server", *, startup_timeout: float = 10.0)
     path = shutil.which(binary)
     if path is None:
         raise FileNotFoundError(f"{binary} is not installed")
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="pleo-auth-redis-") as workdir:
-        proc = subprocess.Popen(
-            [path, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        # The port was free when picked, but another process (a test running beside
+        # this one) may take it before our server binds it: then the server that
+        # answers is not ours. Try another port rather than share a stranger's.
+        for _attempt in range(5):
+            port = free_port()
+            proc = subprocess.Popen(
+                [path, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", workdir],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            if _serves(proc, port, time.monotonic() + startup_timeout):
+                break
+            proc.terminate()
+            proc.wait(timeout=10)
+        else:
+            raise RuntimeError("redis-server did not start on a port of its own")
         try:
-            deadline = time.monotonic() + startup_timeout
-            while not _answers_ping(port):
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start")
-                time.sleep(0.02)  # polling a starting server, not waiting out a race
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             proc.terminate()
             proc.wait(timeout=10)
 
 
-def _answers_ping(port: int) -> bool:
+def _serves(proc: subprocess.Popen[bytes], port: int, deadline: float) -> bool:
+    """Whether ``proc`` itself answers on ``port`` (not another server there)."""
+    while True:
+        pid = _server_pid(port)
+        if pid is not None:
+            return pid == proc.pid
+        if proc.poll() is not None:
+            return False
+        if time.monotonic() > deadline:
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.02)  # polling a starting server, not waiting out a race
+
+
+def _server_pid(port: int) -> int | None:
+    """The process id of the redis-server answering on ``port``, if one answers."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-            conn.sendall(b"PING\r\n")
-            return conn.recv(16).startswith(b"+PONG")
+            conn.sendall(b"INFO server\r\n")
+            reply = b""
+            while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
     except OSError:
-        return False
+        return None
+    for line in reply.decode(errors="replace").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.partition(":")[2])
+    return None

@@ -97,6 +97,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import multiprocessing
 import os
 import random
@@ -575,6 +576,8 @@ class SessionsModel(RuleBasedStateMachine):
         self.actors: set[tuple[str, int]] = set()  # coordinators this step drove
         self.ticked: set[str] = set()  # processes whose timers this step ticked
         self.store_faulted = False  # a store fault was armed in this example
+        self.history: list[str] = []  # this example's steps, for a failure's message
+        self.started_at = 0.0
 
     # -- set-up -----------------------------------------------------------------------
 
@@ -582,6 +585,8 @@ class SessionsModel(RuleBasedStateMachine):
     def start(self, kind: str) -> None:
         EXPLORED.examples += 1
         CLOCK.advance(10_000.0)
+        self.started_at = CLOCK.time()
+        self.history.append(f"start(kind={kind!r})")
         self.emu = RecordingEmulator(access_token_lifetime=LIFETIME, clock=CLOCK)
         self.emu.start()
         self.tmp = tempfile.mkdtemp(prefix="pleo-model-")
@@ -718,7 +723,13 @@ class SessionsModel(RuleBasedStateMachine):
         raise AssertionError(
             f"{what}: {outcome.kind} {detail} {outcome.message}".strip()
             + ("" if self.grant_tainted() else " (no reply was lost on this grant)")
+            + self.record()
         )
+
+    def record(self) -> str:
+        """This example's steps and the emulator's counters, for a failure's message."""
+        counters = self.emu.counters if self.emu is not None else None
+        return f"\nemulator: {counters}\nsteps:\n  " + "\n  ".join(self.history)
 
     def in_window(self, actor: tuple[str, int] | None) -> bool:
         """Known limit A: the write-back window was open as this step began or opened
@@ -730,6 +741,12 @@ class SessionsModel(RuleBasedStateMachine):
 
     def step(self, name: str) -> None:
         self.checked = False
+        # What this step was called with, for the record a failure prints: a failure
+        # that hangs on timing cannot be replayed or shrunk, so this is all there is.
+        caller = inspect.currentframe()
+        arguments = {} if caller is None or caller.f_back is None else caller.f_back.f_locals
+        shown = ", ".join(f"{k}={v!r}" for k, v in arguments.items() if k != "self")
+        self.history.append(f"{name}({shown}) at {CLOCK.time() - self.started_at:+g}s")
         EXPLORED.steps += 1
         EXPLORED.by_rule[name] = EXPLORED.by_rule.get(name, 0) + 1
         self.step_begins()
@@ -853,11 +870,11 @@ class SessionsModel(RuleBasedStateMachine):
         self.observe()
         duplicates = self.emu.duplicates()
         assert not duplicates, (
-            f"refresh tokens presented more than once with no reply lost: {duplicates}; "
-            f"emulator counters {self.emu.counters}"
+            f"refresh tokens presented more than once with no reply lost: {duplicates}"
+            + self.record()
         )
         assert self.emu.untainted_reuses() == 0, (
-            f"reuse detected on a grant with no reply lost; {self.emu.counters}"
+            "reuse detected on a grant with no reply lost" + self.record()
         )
         self.checked = True
 
