@@ -576,6 +576,8 @@ class SessionsModel(RuleBasedStateMachine):
         self.actors: set[tuple[str, int]] = set()  # coordinators this step drove
         self.ticked: set[str] = set()  # processes whose timers this step ticked
         self.store_faulted = False  # a store fault was armed in this example
+        #: Per process: whether its last armed save fault writes before failing.
+        self.saves_land: dict[str, bool] = {}
         self.history: list[str] = []  # this example's steps, for a failure's message
         self.started_at = 0.0
 
@@ -618,6 +620,7 @@ class SessionsModel(RuleBasedStateMachine):
         child.call("setup", CLOCK.time(), self.config)
         # A new worker, a new FaultyStore: nothing armed, nothing injected yet.
         self.faults[name] = {"pending": {}, "injected": {}}
+        self.saves_land.pop(name, None)
         self.injected_at_start[name] = {}
 
     def add_session(self, where: str, sid: int, app: int) -> None:
@@ -858,9 +861,11 @@ class SessionsModel(RuleBasedStateMachine):
 
     def starting_with_tokens(self, where: str) -> None:
         """A start with ``tokens=`` from the first reply, inside the window, by a
-        process whose saves do not fail: known limit B may follow."""
+        process whose saves land (they do not fail, or fail only after writing, as a
+        "save landed" fault does): known limit B may follow."""
         self.observe()  # a restart's close may have written the pair back
-        if self.owed is not None and not self.faults[where]["pending"].get("save", 0):
+        failing = self.faults[where]["pending"].get("save", 0) and not self.saves_land.get(where)
+        if self.owed is not None and not failing:
             self.owed.reseeded.add(where)
 
     @invariant()
@@ -1058,6 +1063,8 @@ class SessionsModel(RuleBasedStateMachine):
         after = operation == "save landed"
         for name in PROCESSES if where == "both" else (where,):
             self.proc(name).call("fail_next", CLOCK.time(), operation.split()[0], after, count)
+            if operation.startswith("save"):
+                self.saves_land[name] = after
 
 
 def _run(budget: settings, label: str) -> None:
@@ -1169,6 +1176,28 @@ FOUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("advance", {"seconds": 1.0}),
         ("crash", {"where": "A", "reseed": True}),
         ("fork_and_get", {"index": 0}),
+    ],
+    # Known limit B, met while a "save landed" fault was armed in the seeding process:
+    # its seed of the spent first pair lands (then raises), so the limit applies.
+    "seed lands under a save-landed fault while a write-back is owed": [
+        ("open_session", {"where": "A", "app": 0, "reseed": False}),
+        ("refresh", {"index": 0}),
+        ("crash", {"where": "A", "reseed": False}),
+        ("advance", {"seconds": 1.0}),
+        ("store_fault", {"where": "A", "operation": "save", "count": 10}),
+        ("close", {"index": 0}),
+        ("refresh", {"index": 0}),
+        ("advance", {"seconds": 1.0}),
+        ("advance", {"seconds": 1.0}),
+        ("restart", {"where": "A", "reseed": False}),
+        ("concurrent_gets", {"threads": 2}),
+        ("restart", {"where": "A", "reseed": False}),
+        ("concurrent_gets", {"threads": 2}),
+        ("store_fault", {"where": "B", "operation": "save landed", "count": 1}),
+        ("get", {"index": 0}),
+        ("open_session", {"where": "B", "app": 0, "reseed": False}),
+        ("open_session", {"where": "B", "app": 0, "reseed": True}),
+        ("concurrent_gets", {"threads": 2}),
     ],
     # Finding C: the last session closes (a restart) while the store still refuses
     # the save, and the pair only that process held was dropped with its coordinator.
