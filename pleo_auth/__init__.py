@@ -21,6 +21,7 @@ from .errors import (
     PleoAuthError,
     ReauthenticationRequired,
     RefreshError,
+    RevocationError,
     StoreUnusable,
     TokenStoreError,
     TokensUnreadable,
@@ -29,6 +30,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .company import Company
     from .flow import AuthorizationFlow, PendingAuthorization
+    from .integration import GrantStatus, Integration
     from .login_hint import LoginHint
     from .session import PleoSession
     from .settings import Settings
@@ -42,6 +44,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "AuthorizationFlow": ".flow",
     "Company": ".company",
+    "GrantStatus": ".integration",
+    "Integration": ".integration",
     "PendingAuthorization": ".flow",
     "PleoSession": ".session",
     "Settings": ".settings",
@@ -62,6 +66,8 @@ __all__ = [
     "Company",
     "ConfigurationError",
     "FileStore",
+    "GrantStatus",
+    "Integration",
     "KeyringStore",
     "Lease",
     "LoginHint",
@@ -72,6 +78,7 @@ __all__ = [
     "ReauthenticationRequired",
     "RedisStore",
     "RefreshError",
+    "RevocationError",
     "Settings",
     "StoreUnusable",
     "TokenSet",

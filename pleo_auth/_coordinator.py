@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import random
 import threading
 from collections.abc import Callable, Hashable
@@ -29,9 +30,10 @@ from typing import Literal, TypeVar
 
 from ._clock import Clock
 from ._endpoint import TokenEndpoint
-from ._registry import REGISTRY
+from ._gate import NO_GATE, RefreshGate
 from ._rotation import _Outcome, _StoreProtocol
 from ._schedule import RefreshSchedule
+from ._scheduler import WORKER_NAME, scheduler_for
 from .errors import PleoAuthError, ReauthenticationRequired, RefreshError, TokenStoreError
 from .login_hint import LoginHint
 from .stores.base import TokenStore
@@ -44,9 +46,16 @@ _NEVER: Hashable = object()  # a version no store ever reports
 #: After that, the pause between the timer's attempts to write the pair back.
 _WRITE_BACK_PAUSE = 1.0
 
-_TIMER_NAME = "pleo-auth-refresh"
+#: How often the timer of a session's grant looks at the store, due or not: to
+#: take up a rotation or a login made elsewhere, and to notice a clock that jumped.
+_POLL = 30.0
 
 Operation = Literal["refresh", "sync"]
+
+#: Which grants the scheduler refreshes ahead of expiry: ``"always"`` (a session's
+#: grant, as 0.1 did), or ``"when-used"``: only grants a request used within the
+#: last access-token lifetime (an integration's, most of which sit idle).
+Policy = Literal["always", "when-used"]
 
 
 class Coordinator(_StoreProtocol):
@@ -66,10 +75,16 @@ class Coordinator(_StoreProtocol):
         clock: Clock,
         drain_timeout: float,
         login_hint: str | LoginHint,
+        policy: Policy = "always",
+        gate: RefreshGate | None = None,
+        owns_endpoint: bool = True,
     ):
         self.store = store
         self.endpoint = endpoint
         self.schedule = schedule
+        self.policy: Policy = policy
+        self.gate = gate if gate is not None else NO_GATE
+        self._owns_endpoint = owns_endpoint
         self._clock = clock
         self._drain_timeout = drain_timeout
         self.login_hint = login_hint
@@ -89,8 +104,12 @@ class Coordinator(_StoreProtocol):
         self._store_unreachable = False
         self._callbacks: dict[int, Callable[[], object]] = {}
         self._closed = False
-        self._timer: threading.Thread | None = None
-        self._wakeup = threading.Event()
+        self._last_used = -math.inf  # monotonic time of the last request
+        # "when-used" and unused: nothing is scheduled until a request.
+        self._dormant = policy == "when-used"
+        self._warmed = False
+        self._started = False
+        self._entry = scheduler_for(clock).register(self)
 
     # -- sessions come and go ------------------------------------------------
 
@@ -145,7 +164,10 @@ class Coordinator(_StoreProtocol):
         """
         version = self._peek_version()
         with self._cond:
-            self._start_timer_locked()
+            self._last_used = self._clock.monotonic()
+            if self._dormant:
+                self._dormant = False
+                self._wake_locked()
             while True:
                 if self._busy is not None:
                     self._cond.wait()
@@ -213,6 +235,18 @@ class Coordinator(_StoreProtocol):
             if self._tokens is None:
                 raise self._reauthentication_error()
             return self._tokens
+
+    def keep_alive(self, basis: TokenSet) -> PleoAuthError | None:
+        """Refresh ``basis``, read from the store, unless another process or thread
+        has rotated it since: a refresh token that is never spent dies of disuse.
+        Yields to requests for a slot of the refresh pool. The failure, if any."""
+        version = self._peek_version()
+        with self._cond:
+            self._wait_until_idle_locked(version)
+            if self._closed:
+                return None
+            refresh = functools.partial(self._refresh, basis, False, urgent=False)
+            return self._run_locked("refresh", refresh)
 
     def recover_from_unauthorized(self, used: TokenSet) -> TokenSet | None:
         """After a 401 for ``used``: the tokens to replay with, or None to give up.
@@ -316,7 +350,7 @@ class Coordinator(_StoreProtocol):
         self._busy = None
         self._generation += 1
         self._cond.notify_all()
-        self._wakeup.set()
+        self._wake_locked()
 
     def _notify_reauthentication_locked(self) -> None:
         callbacks = list(self._callbacks.values())
@@ -376,54 +410,75 @@ class Coordinator(_StoreProtocol):
             f"No Pleo tokens in {self.store.describe()}.", login_hint=self.login_hint
         )
 
-    # -- the proactive timer --------------------------------------------------
+    # -- the proactive timer: ticks on the shared scheduler ------------------------------
 
-    def _start_timer_locked(self) -> None:
-        if self._timer is None and not self._closed:
-            self._timer = threading.Thread(target=self._timer_loop, name=_TIMER_NAME, daemon=True)
-            self._timer.start()
-
-    def ensure_timer(self) -> None:
+    def start(self) -> None:
+        """Load the tokens and schedule the proactive refresh, on a scheduler worker,
+        unless an earlier session over these tokens did."""
         with self._cond:
-            self._start_timer_locked()
+            started, self._started = self._started, True
+        if not started:
+            self._entry.wake()
 
-    def _timer_loop(self) -> None:
-        me = threading.current_thread()
-        _warm_up(self.store)
-        while True:
-            REGISTRY.reap()
-            self._wakeup.clear()
-            version = self._peek_version()
-            with self._cond:
-                if self._closed or self._timer is not me:
-                    return
-                cooldown = self._retry_not_before - self._clock.monotonic()
-                if self._busy is None and version != self._version and cooldown <= 0:
-                    # Nothing has loaded the tokens yet, or another process changed them.
-                    self._run_locked("sync", self._sync)
-                    continue
-                tokens = self._tokens
-                due_in = float("inf")
-                if tokens is not None:
-                    due_in = self._timer_due_at(tokens) - self._clock.time()
-                    if self._unsaved:
-                        due_in = 0.0  # write it back: the stored pair is spent
-                    due_in = max(due_in, cooldown)
-            if due_in > 0:
-                # Wait in slices: monotonic time stops while a laptop sleeps, wall time does not.
-                self._clock.wait(self._wakeup, min(due_in, 30.0))
-                continue
-            assert tokens is not None
-            try:
-                self._refresh_if_due(tokens)
-            except PleoAuthError as exc:
-                logger.warning("proactive refresh failed: %s", exc)
-            except Exception:
-                logger.exception("proactive refresh crashed")
-                with self._cond:  # never spin on a bug
-                    self._retry_not_before = (
-                        self._clock.monotonic() + self.schedule.failure_cooldown
-                    )
+    def _wake_locked(self) -> None:
+        when = self._next_tick_locked()
+        if when is not None:
+            self._entry.wake(when)
+
+    def _next_tick_locked(self) -> float | None:
+        """When the timer should next look at these tokens; None for never, until a
+        request or a publish says otherwise. Does no I/O."""
+        if self._closed:
+            return None
+        now = self._clock.time()
+        tokens = self._tokens
+        cooldown = max(0.0, self._retry_not_before - self._clock.monotonic())
+        if self._unsaved:
+            return now + cooldown  # write it back: the stored pair is spent
+        if self.policy == "when-used":
+            if tokens is None or not self._recently_used(tokens):
+                self._dormant = True
+                return None
+            return max(self._timer_due_at(tokens), now + cooldown)
+        due = now + _POLL if tokens is None else min(self._timer_due_at(tokens), now + _POLL)
+        return max(due, now + cooldown)
+
+    def _recently_used(self, tokens: TokenSet) -> bool:
+        """Whether a request used this grant within one access-token lifetime."""
+        issued = tokens.issued_at if tokens.issued_at is not None else self._clock.time()
+        lifetime = max(tokens.expires_at - issued, self.schedule.refresh_margin)
+        return self._clock.monotonic() - self._last_used <= lifetime
+
+    def tick(self) -> float | None:
+        """One pass of the proactive timer, on a scheduler worker: load the tokens if
+        another process changed them, refresh them if due, write back a pair a failed
+        save left in memory. Returns when to look again (see :mod:`._scheduler`)."""
+        if not self._warmed:
+            self._warmed = True
+            _warm_up(self.store)
+        version = self._peek_version()
+        with self._cond:
+            if self._closed:
+                return None
+            cooldown = self._retry_not_before - self._clock.monotonic()
+            if self._busy is None and version != self._version and cooldown <= 0:
+                # Nothing has loaded the tokens yet, or another process changed them.
+                self._run_locked("sync", self._sync)
+                return self._next_tick_locked()
+            tokens = self._tokens
+            due = self._next_tick_locked()
+            if self._busy is not None or tokens is None or due is None or due > self._clock.time():
+                return due
+        try:
+            self._refresh_if_due(tokens)
+        except PleoAuthError as exc:
+            logger.warning("proactive refresh failed: %s", exc)
+        except Exception:
+            logger.exception("proactive refresh crashed")
+            with self._cond:  # never spin on a bug
+                self._retry_not_before = self._clock.monotonic() + self.schedule.failure_cooldown
+        with self._cond:
+            return self._next_tick_locked()
 
     def _refresh_if_due(self, basis: TokenSet) -> None:
         version = self._peek_version()
@@ -436,7 +491,8 @@ class Coordinator(_StoreProtocol):
             if version != self._version:
                 self._run_locked("sync", self._sync)
             elif self._clock.time() >= self._timer_due_at(basis):
-                self._run_locked("refresh", functools.partial(self._refresh, basis, False))
+                proactive = functools.partial(self._refresh, basis, False, urgent=False)
+                self._run_locked("refresh", proactive)
             elif self._unsaved:
                 self._run_locked("sync", self._write_back)
 
@@ -458,7 +514,7 @@ class Coordinator(_StoreProtocol):
         where that would deadlock, nor on a timer thread (reaping a collected session),
         where two timers could wait for each other."""
         owned: bool = self._cond._is_owned()  # type: ignore[attr-defined]
-        return not owned and threading.current_thread().name != _TIMER_NAME
+        return not owned and threading.current_thread().name != WORKER_NAME
 
     def write_back_once(self) -> bool:
         """One attempt to save a pair a failed save left only in memory. Call it only
@@ -485,30 +541,28 @@ class Coordinator(_StoreProtocol):
             tokens.fingerprint if tokens is not None else "-",
             _WRITE_BACK_PAUSE,
         )
-        self.ensure_timer()
+        with self._cond:
+            self._wake_locked()
 
     def close(self) -> None:
-        """Stop the timer. A refresh it already started is allowed to finish and
+        """Stop the timer. A refresh already under way is allowed to finish and
         save: the old refresh token is spent, and exiting now would lose the new one.
         For the same reason, a pair that a failed save left only in memory gets one
         more attempt to be written back."""
         with self._cond:
             self._closed = True
-            timer, self._timer = self._timer, None
             self._cond.notify_all()
-        self._wakeup.set()
+        self._entry.close()
         if not self.may_wait_here():
             # The rest of the close runs on a thread of its own.
-            threading.Thread(
-                target=self._finish_close, args=(timer,), name="pleo-auth-close", daemon=True
-            ).start()
+            threading.Thread(target=self._finish_close, name="pleo-auth-close", daemon=True).start()
             return
-        self._finish_close(timer)
+        self._finish_close()
 
-    def _finish_close(self, timer: threading.Thread | None) -> None:
-        if timer is not None and timer is not threading.current_thread():
-            timer.join(self._lock_timeout)
+    def _finish_close(self) -> None:
         with self._cond:
+            # A refresh under way saves its pair before this goes on.
+            self._cond.wait_for(lambda: self._busy is None, self._lock_timeout)
             if self._unsaved and self._busy is None:
                 # The last chance to save the live pair: the stored one is spent.
                 self._run_locked("sync", self._write_back)
@@ -520,20 +574,20 @@ class Coordinator(_StoreProtocol):
                 lost.fingerprint,
                 self.store.describe(),
             )
-        self.endpoint.close()
+        if self._owns_endpoint:
+            self.endpoint.close()
 
     def _reset_after_fork(self) -> None:
         # The parent's threads do not exist here: whatever they held is void.
         self._cond = threading.Condition()
-        self._wakeup = threading.Event()
         self._busy = None
         self._in_flight = 0
-        self._timer = None
         self._version = _NEVER  # reload: the parent may have been mid-rotation
         # A pair a failed save left in memory is the parent's to write back: it may
         # spend it, and fail to save again, before this child looks at the store.
         self._unsaved = False
-        self.endpoint.reset_connections()
+        if self._owns_endpoint:
+            self.endpoint.reset_connections()
 
 
 _E = TypeVar("_E", bound=PleoAuthError)

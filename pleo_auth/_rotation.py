@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from ._clock import Clock
 from ._endpoint import TokenEndpoint
+from ._gate import RefreshGate, _NoGate
 from ._schedule import RefreshSchedule
 from ._urls import same_endpoint
 from .errors import ConfigurationError, PleoAuthError, ReauthenticationRequired, TokenStoreError
@@ -45,6 +46,7 @@ class _StoreProtocol:
 
     store: TokenStore
     endpoint: TokenEndpoint
+    gate: RefreshGate | _NoGate
     schedule: RefreshSchedule
     login_hint: str | LoginHint
     _clock: Clock
@@ -71,9 +73,21 @@ class _StoreProtocol:
             logger.debug("loaded tokens %s from %s", tokens.fingerprint, self.store.describe())
         return _Outcome(tokens=tokens, version=version, grant_dead=tokens is None)
 
-    def _refresh(self, basis: TokenSet | None, force: bool, *, after_401: bool = False) -> _Outcome:
+    def _refresh(
+        self, basis: TokenSet | None, force: bool, *, after_401: bool = False, urgent: bool = True
+    ) -> _Outcome:
+        """Refresh under the store's lock, or adopt what another process stored.
+
+        Args:
+            urgent: A request waits for this refresh; False for the proactive timer,
+                which yields to requests for a slot of the refresh pool.
+        """
         store = self.store
-        with store.lock(timeout=self._lock_timeout, lease=self._lease) as lease:
+        # The pool's slot before the store's lock, whose lease must not run while we wait.
+        with (
+            self.gate.slot(urgent=urgent),
+            store.lock(timeout=self._lock_timeout, lease=self._lease) as lease,
+        ):
             version = store.version()
             stored = store.load()
             if self._owes_write_back(stored):

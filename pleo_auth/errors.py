@@ -32,6 +32,7 @@ __all__ = [
     "PleoAuthError",
     "ReauthenticationRequired",
     "RefreshError",
+    "RevocationError",
     "StoreUnusable",
     "TokenStoreError",
     "TokensUnreadable",
@@ -177,3 +178,9 @@ class AuthorizationError(PleoAuthError):
         self.error = error
         self.description = description
         super().__init__(message)
+
+
+class RevocationError(PleoAuthError):
+    """Pleo did not confirm the end of an installation (``DELETE
+    /v1/installations/me``), so the grant was kept: a grant removed only locally
+    would stay valid at Pleo."""

@@ -41,7 +41,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._endpoint import TokenEndpoint
 from ._text import one_line
 from ._urls import parse_http_url
-from .errors import AuthorizationError, ConfigurationError, TokenStoreError
+from .errors import AuthorizationError, ConfigurationError
 from .settings import (
     ENDPOINTS,
     ClientAuth,
@@ -51,7 +51,7 @@ from .settings import (
     normalize_scopes,
     settings_from_arguments,
 )
-from .stores.base import TokenStore, require_refresh_lock
+from .stores.base import TokenStore, require_refresh_lock, save_login
 from .tokens import TokenSet
 
 logger = logging.getLogger(__name__)
@@ -508,16 +508,7 @@ class AuthorizationFlow:
         return code
 
     def _save(self, tokens: TokenSet) -> None:
-        # Under the refresh lock, so a refresh of the previous grant running in
-        # another process cannot overwrite the new login with its result.
-        store = self.store
-        with store.lock(timeout=60.0, lease=30.0):
-            try:
-                previous = store.load()
-            except TokenStoreError:
-                previous = None  # unreadable leftovers: the login replaces them
-            # Recorded as replacing the previous pair, so that pair never passes for newer.
-            store.save(tokens.succeeding(previous), replaces=previous)
+        save_login(self.store, tokens)
 
     def __repr__(self) -> str:
         return (

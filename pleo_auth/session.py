@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -13,6 +14,9 @@ from typing import Any
 
 import requests
 import requests.adapters
+import requests.cookies
+import requests.hooks
+import requests.structures
 from requests.auth import AuthBase
 
 from ._clock import SYSTEM_CLOCK, Clock
@@ -22,6 +26,7 @@ from ._registry import REGISTRY
 from ._schedule import RefreshSchedule
 from ._urls import ApiScope
 from ._warmup import warm_up
+from .company import Company
 from .errors import ConfigurationError
 from .login_hint import LoginHint
 from .settings import (
@@ -48,6 +53,17 @@ ENVIRONMENTS: Mapping[str, tuple[str, str]] = MappingProxyType(
 
 
 _POOL_SIZE = 64
+
+
+class _NotAttached:
+    """The registry handle of a session an Integration made: its coordinator
+    belongs to the integration, which detaches it."""
+
+    def detach(self) -> None:
+        return None
+
+
+_NOT_ATTACHED = _NotAttached()
 
 
 class _Bearer(AuthBase):
@@ -132,6 +148,11 @@ def _replayable(data: Any, files: Any) -> bool:
 
 
 class PleoSession(requests.Session):
+    #: The company whose grant an :class:`~pleo_auth.Integration`'s session uses;
+    #: None for a session of its own.
+    company: Company | None = None
+    _shared_adapters: tuple[requests.adapters.BaseAdapter, ...] = ()
+
     """A :class:`requests.Session` that authenticates to Pleo's API and never loses the grant.
 
     Use it wherever a ``requests.Session`` goes::
@@ -259,7 +280,7 @@ class PleoSession(requests.Session):
         self._coordinator, handle = REGISTRY.attach(key, build, on_reauthentication_required)
         # Collected without close(): the finaliser may run inside any allocation, so
         # it only queues the release (see _Registry).
-        self._detach = weakref.finalize(
+        self._detach: weakref.finalize[Any, PleoSession] | _NotAttached = weakref.finalize(
             self, REGISTRY.release_later, key, self._coordinator, handle
         )
         _LIVE_SESSIONS.add(self)
@@ -268,7 +289,46 @@ class PleoSession(requests.Session):
         self._coordinator.endpoint.serve(self)
         if tokens is not None:
             self._coordinator.seed(tokens)
-        self._coordinator.ensure_timer()
+        self._coordinator.start()
+
+    @classmethod
+    def _over(
+        cls, template: requests.Session, settings: Settings, scope: ApiScope,
+        coordinator: Coordinator, company: Company,
+    ) -> PleoSession:  # fmt: skip
+        """A session over an :class:`~pleo_auth.Integration`'s grant for ``company``:
+        no thread, no I/O, no pool of its own. It shares ``template``'s adapters
+        (the integration's connection pool) and the integration's coordinator,
+        which outlives it: closing it closes only adapters mounted on it."""
+        session = cls.__new__(cls)
+        # What requests.Session.__init__ sets, but for the adapters, which are shared.
+        session.headers = requests.structures.CaseInsensitiveDict(template.headers)
+        session.auth = None
+        session.proxies = {}
+        session.hooks = requests.hooks.default_hooks()
+        session.params = {}
+        session.stream = False
+        session.verify = template.verify
+        session.cert = template.cert
+        session.max_redirects = template.max_redirects
+        session.trust_env = template.trust_env
+        session.cookies = requests.cookies.RequestsCookieJar()
+        session.adapters = collections.OrderedDict(template.adapters)
+        session._shared_adapters = tuple(template.adapters.values())
+        session.settings = settings
+        session.client_id = settings.require_client_id()
+        session.environment = settings.environment
+        urls = settings.endpoints
+        session.token_url = urls.token_url
+        session.api_url = urls.api_url
+        session._api_prefix = session.api_url + "/"
+        session._api_scope = scope
+        session.store = coordinator.store
+        session.company = company
+        session._coordinator = coordinator
+        session._detach = _NOT_ATTACHED
+        _LIVE_SESSIONS.add(session)
+        return session
 
     # -- public API -----------------------------------------------------------
 
@@ -297,7 +357,12 @@ class PleoSession(requests.Session):
             _session, _release_later, (key, coordinator, handle), _kwargs = released
             REGISTRY.detach(key, coordinator, handle)
         self._coordinator.endpoint.forget(self)
-        super().close()
+        if self._shared_adapters:
+            for adapter in self.adapters.values():
+                if adapter not in self._shared_adapters:
+                    adapter.close()
+        else:
+            super().close()
 
     def request(
         self,
@@ -403,7 +468,12 @@ class PleoSession(requests.Session):
         raise TypeError("PleoSession cannot be pickled: build one in each process")
 
 
-_LIVE_SESSIONS: weakref.WeakSet[PleoSession] = weakref.WeakSet()
+_LIVE_SESSIONS: weakref.WeakSet[requests.Session] = weakref.WeakSet()
+
+
+def track_pools(session: requests.Session) -> None:
+    """Give ``session`` new connection pools in a forked child, as a PleoSession gets."""
+    _LIVE_SESSIONS.add(session)
 
 
 def _coordinator(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
-from ..errors import TokensUnreadable
+from ..errors import TokenStoreError, TokensUnreadable
 from ..tokens import TokenSet
 
 if TYPE_CHECKING:
@@ -217,6 +217,21 @@ class TokenStore(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
+
+
+def save_login(store: TokenStore, tokens: TokenSet) -> None:
+    """Save a new login's ``tokens`` over whatever ``store`` holds.
+
+    Under the store's refresh lock, so that a refresh of the previous grant
+    running in another process cannot overwrite the login with its result; and
+    recorded as replacing the previous pair, so that pair never passes for newer.
+    """
+    with store.lock(timeout=60.0, lease=30.0):
+        try:
+            previous = store.load()
+        except TokenStoreError:
+            previous = None  # unreadable leftovers: the login replaces them
+        store.save(tokens.succeeding(previous), replaces=previous)
 
 
 def require_refresh_lock(store: TokenStore) -> None:

@@ -21,7 +21,15 @@ import pytest
 import requests
 from keyrings.alt.file import PlaintextKeyring
 from requests.adapters import HTTPAdapter
-from support.session_helpers import MakeSession, TimerlessClock, bearer, issued, timer_threads
+from support.session_helpers import (
+    MakeSession,
+    TimerlessClock,
+    bearer,
+    issued,
+    scheduled,
+    scheduler_threads,
+    stopped,
+)
 
 from pleo_auth import (
     FileStore,
@@ -35,6 +43,7 @@ from pleo_auth import (
     TokenStoreError,
 )
 from pleo_auth._clock import FakeClock
+from pleo_auth._scheduler import WORKERS
 from pleo_auth.testing import Emulator, Fault
 
 REPO = Path(__file__).resolve().parents[2]
@@ -229,41 +238,40 @@ def test_sessions_over_one_file_share_one_coordinator_through_separate_store_obj
     assert first._coordinator is second._coordinator
 
 
-def test_sessions_over_the_same_store_run_one_timer_thread(
+def test_sessions_over_the_same_store_share_one_coordinator_on_one_timer(
     emulator: Emulator, make_session: MakeSession
 ) -> None:
-    before = timer_threads()
     store = MemoryStore(issued(emulator))
     sessions = [make_session(emulator, store) for _ in range(4)]
     for session in sessions:
-        session.get("/v2/employees")
-    assert len(timer_threads() - before) == 1
+        assert session.get("/v2/employees").status_code == 200
+    assert len({id(session._coordinator) for session in sessions}) == 1
+    assert all(scheduled(session) for session in sessions)
 
 
-def test_sessions_over_different_stores_get_their_own_coordinator_and_timer(
+def test_sessions_over_many_stores_add_no_threads_beyond_the_one_scheduler(
     emulator: Emulator, make_session: MakeSession
 ) -> None:
-    before = timer_threads()
-    first = make_session(emulator, MemoryStore(issued(emulator)))
-    second = make_session(emulator, MemoryStore(issued(emulator)))
-    assert first._coordinator is not second._coordinator
-    assert len(timer_threads() - before) == 2
+    sessions = [make_session(emulator, MemoryStore(issued(emulator))) for _ in range(20)]
+    for session in sessions:
+        assert session.get("/v2/employees").status_code == 200
+    assert len({id(session._coordinator) for session in sessions}) == 20
+    assert all(scheduled(session) for session in sessions)
+    # 0.1 ran a thread per store; now the process has one scheduler and its workers.
+    assert len(scheduler_threads()) <= 1 + WORKERS
 
 
 def test_timer_runs_until_the_last_sharing_session_closes(
     emulator: Emulator, make_session: MakeSession
 ) -> None:
-    before = timer_threads()
     store = MemoryStore(issued(emulator))
     first, second = make_session(emulator, store), make_session(emulator, store)
-    (timer,) = timer_threads() - before
     first.close()
-    timer.join(0.3)  # a timer stopped by mistake would be gone by now
-    assert timer.is_alive()
+    assert scheduled(second)
+    assert not second._coordinator._entry.closed
     assert second.get("/v2/employees").status_code == 200
     second.close()
-    timer.join(10)
-    assert not timer.is_alive()
+    assert stopped(second)
 
 
 def test_a_session_made_after_all_were_closed_gets_a_fresh_coordinator(

@@ -168,7 +168,7 @@ def session_over(
 
 
 def refresh_timers() -> int:
-    return sum(1 for t in threading.enumerate() if t.name == "pleo-auth-refresh" and t.is_alive())
+    return sum(1 for t in threading.enumerate() if t.name == "pleo-auth-scheduler" and t.is_alive())
 
 
 # -- tests ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 from support.session_doubles import CaptureServer, Seen, status_sequence
-from support.session_helpers import MakeSession, bearer, issued, timer_threads
+from support.session_helpers import MakeSession, bearer, issued, scheduled, stopped
 
 from pleo_auth import (
     ConfigurationError,
@@ -312,18 +312,13 @@ def test_requests_after_a_refresh_carry_the_new_access_token(
 
 
 def test_close_stops_the_refresh_timer(emulator: Emulator, make_session: MakeSession) -> None:
-    before = timer_threads()
     session = make_session(emulator, tokens=issued(emulator))
-    started = timer_threads() - before
-    assert len(started) == 1
+    assert scheduled(session)
     session.close()
-    (timer,) = started
-    timer.join(10)
-    assert not timer.is_alive()
+    assert stopped(session)
 
 
 def test_context_manager_closes_the_session_and_stops_the_timer(emulator: Emulator) -> None:
-    before = timer_threads()
     with PleoSession(
         emulator.client_id,
         emulator.client_secret,
@@ -333,8 +328,5 @@ def test_context_manager_closes_the_session_and_stops_the_timer(emulator: Emulat
         tokens=issued(emulator),
     ) as session:
         assert session.get("/v2/employees").status_code == 200
-        started = timer_threads() - before
-    assert len(started) == 1
-    (timer,) = started
-    timer.join(10)
-    assert not timer.is_alive()
+        assert scheduled(session)
+    assert stopped(session)

@@ -375,7 +375,6 @@ except TokenStoreError:
 os.unlink(filler)  # room again: a write-back would succeed from now on
 held = coordinator._tokens.fingerprint
 withdrawn = store.load() is None
-timer = coordinator._timer
 
 gc.disable()  # the test, not chance, decides where the collector runs
 gc.collect()
@@ -383,13 +382,13 @@ Client(session)
 del session  # the wrapper is garbage now, in a cycle: only the collector runs its __del__
 with coordinator._cond:  # a request, or the timer, inside the Condition
     gc.collect()  # runs Client.__del__, so the last session's close(), here
-timer.join(10)
 import threading
 for finisher in [t for t in threading.enumerate() if t.name == "pleo-auth-close"]:
     finisher.join(10)  # the rest of that close() runs on a thread of its own
+timer_ended = coordinator._entry.closed and coordinator._entry.settle(10)
 stored = store.load()
 print(json.dumps({
-    "held": held, "withdrawn": withdrawn, "timer_ended": not timer.is_alive(),
+    "held": held, "withdrawn": withdrawn, "timer_ended": timer_ended,
     "stored": None if stored is None else stored.fingerprint,
 }))
 """

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.session_helpers import stopped
 
 from pleo_auth import FileStore, MemoryStore, PleoSession, TokenSet
 from pleo_auth._clock import FakeClock
@@ -56,19 +57,10 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Recording:
     return RecordingFileStore(tmp_path / "tokens.json")
 
 
-def timer_thread(session: PleoSession) -> threading.Thread:
-    timer = session._coordinator._timer
-    assert timer is not None
-    return timer
-
-
 def close_and_join_timer(session: PleoSession) -> None:
     """Close the session and wait for its timer to stop, so no refresh runs after."""
-    timer = session._coordinator._timer
     session.close()
-    if timer is not None:
-        timer.join(60)
-        assert not timer.is_alive()
+    assert stopped(session, 60)
 
 
 def check_rotation_chain(saves: list[TokenSet]) -> None:

@@ -75,7 +75,8 @@ come from :class:`pleo_auth.testing.FaultyStore` around the real store, in one
 process or both, once or for several calls. A restart closes every session of a
 process and, as many apps do at every start, may pass
 ``tokens=TokenSet.from_response(first_reply)`` again. A crash kills the child
-(SIGKILL). A fork runs one request in a real ``os.fork()`` child. A dropped session
+(SIGKILL). A fork runs one request in a real ``os.fork()`` child, which then lets
+its own timer finish what is due before it exits (finding E). A dropped session
 is left unclosed in a reference cycle for the garbage collector. Concurrent GETs
 run in every process at once, from threads started on a barrier. A lost reply lets
 the grant die; the model then logs in again, as a user would.
@@ -963,7 +964,8 @@ class SessionsModel(RuleBasedStateMachine):
     @precondition(on("fork_and_get", needs_sessions=True))
     @rule(index=st.integers(0, 15))
     def fork_and_get(self, index: int) -> None:
-        """os.fork(); the child sends one GET through the inherited session and exits."""
+        """os.fork(); the child sends one GET through the inherited session, lets its
+        own timer finish what is due, and exits."""
         self.step("fork")
         where, sid = self.pick(index)
         # The child is another process: it owes no write-back (actor None).
@@ -1224,5 +1226,45 @@ def test_a_sequence_the_model_found_keeps_the_grant(name: str, kind: str) -> Non
         for rule_name, arguments in FOUND[name]:
             getattr(state, rule_name)(**arguments)
             state.check()
+    finally:
+        state.teardown()
+
+
+# Finding E: a forked child's request starts a timer of its own, which refreshes at once
+# when the tokens are due for the timer (the parent's timers wait for a tick). The child
+# used to exit as soon as its GET returned, killing that refresh wherever it was: usually
+# before it reached Pleo (leaving a RedisStore's lock held for its lease), and on a loaded
+# machine after Pleo rotated but before the save, so the store kept the spent pair and the
+# next refresh anywhere was refused ("the authorisation has expired or was revoked").
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", ["file", "redis"])
+def test_a_forked_childs_due_timer_refresh_is_saved_before_the_child_exits(kind: str) -> None:
+    if kind == "redis" and redis_url() is None:
+        pytest.skip("redis-server is not installed")
+    state = SessionsModel()
+    try:
+        state.start(kind=kind)
+        state.check()
+        assert state.emu is not None
+        assert state.store is not None
+        # Due for a timer (any jitter share above 0.0002), not yet for a request.
+        state.advance(seconds=LIFETIME - SESSION_SETTINGS["refresh_margin"] - 0.001)
+        state.fork_and_get(index=0)
+        state.check()
+        assert state.emu.counters.refresh_grants == 1
+        stored = state.store.load()
+        assert stored is not None
+        assert state.emu.is_current(stored.access_token, stored.refresh_token)
+        if kind == "redis":
+            import redis
+
+            client = redis.Redis.from_url(state.config["redis_url"])
+            assert not client.exists(f"{state.config['redis_key']}:lock")
+        state.refresh(index=1)  # process B adopts the child's rotation from the store
+        state.check()
+        assert state.emu.counters.refresh_grants == 1
+        assert state.emu.counters.rejected_refreshes == 0
     finally:
         state.teardown()

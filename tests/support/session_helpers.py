@@ -35,3 +35,20 @@ def timer_threads() -> set[threading.Thread]:
 
 def bearer(response: requests.Response) -> str:
     return str(response.request.headers.get("Authorization", ""))
+
+
+def scheduler_threads() -> set[threading.Thread]:
+    """The threads of the process's refresh schedulers: their own and their workers."""
+    names = ("pleo-auth-scheduler", "pleo-auth-refresh")
+    return {t for t in threading.enumerate() if t.name in names and t.is_alive()}
+
+
+def scheduled(session: PleoSession) -> bool:
+    """Whether the session's grant is on its scheduler: due, or ticking now."""
+    return not session._coordinator._entry.idle
+
+
+def stopped(session: PleoSession, timeout: float = 10.0) -> bool:
+    """Whether the session's grant is off its scheduler for good, no tick running."""
+    entry = session._coordinator._entry
+    return entry.closed and entry.settle(timeout)
