@@ -29,8 +29,8 @@ from ._endpoint import TokenEndpoint
 from ._gate import RefreshGate
 from ._registry import REGISTRY
 from ._schedule import RefreshSchedule
-from ._urls import ApiScope
 from ._scheduler import scheduler_for
+from ._urls import ApiScope
 from ._warmup import warm_up
 from .company import Company
 from .errors import (
@@ -59,6 +59,9 @@ _SWEEPS_PER_KEEP_ALIVE = 8
 _MIN_SWEEP = 1.0
 
 _POOL_SIZE = 64
+
+#: How long remove() waits for, and may hold, a company's refresh lock: as a login.
+_REMOVE_TIMEOUT = 60.0
 
 
 @attrs.frozen
@@ -216,6 +219,7 @@ class Integration:
         self._api_scope = ApiScope(self.api_url)
         self._lock = threading.Lock()
         self._grants: dict[Company, _Grant] = {}
+        self._removing: dict[Company, int] = {}  # remove() calls under way
         self._closed = False
         self._sweeper = _KeepAlive(self)
         self._sweep = scheduler_for(self._clock).register(self._sweeper)
@@ -300,12 +304,24 @@ class Integration:
             TokenStoreError: The store failed.
         """
         company = Company(company)
-        if revoke:
-            self._revoke(company)
-        grant = self._release(company)
-        self.store.remove(company)
-        if grant is not None:
-            REGISTRY.detach(grant.key, grant.coordinator, grant.handle)
+        with self._lock:
+            self._removing[company] = self._removing.get(company, 0) + 1
+        try:
+            if revoke:
+                self._revoke(company)
+            grant = self._release(company)
+            # Under the company's refresh lock: a refresh under way (here or in
+            # another process) saves its pair first, and is then removed with it,
+            # instead of saving (or writing back) the pair over the removal.
+            with self.store.store(company).lock(timeout=_REMOVE_TIMEOUT, lease=_REMOVE_TIMEOUT):
+                self.store.remove(company)
+            if grant is not None:
+                REGISTRY.detach(grant.key, grant.coordinator, grant.handle)
+        finally:
+            with self._lock:
+                self._removing[company] -= 1
+                if not self._removing[company]:
+                    del self._removing[company]
 
     def _revoke(self, company: Company) -> None:
         session = self.session(company)
@@ -404,10 +420,17 @@ class Integration:
             return grant
 
     def _callback_for(self, company: Company) -> Callable[[], object] | None:
-        callback = self._callback
-        if callback is None:
+        if self._callback is None:
             return None
-        return functools.partial(callback, company)
+        return functools.partial(self._reauthentication_required, company)
+
+    def _reauthentication_required(self, company: Company) -> None:
+        """Tell the app that ``company`` needs a login, unless it is being removed:
+        nobody should be asked to log in again a company the app disconnects."""
+        with self._lock:
+            removing = company in self._removing
+        if not removing and self._callback is not None:
+            self._callback(company)
 
     def _coordinator(self, store: TokenStore) -> Coordinator:
         return Coordinator(
