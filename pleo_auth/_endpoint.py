@@ -513,6 +513,59 @@ class TokenEndpoint:
         except RefreshError as exc:
             raise RefreshError(f"{exc}{_SPENT}", status_code=200) from None
 
+    # -- beside the token endpoint: who a grant belongs to (pleo_auth._introspection) ------
+
+    def introspect(
+        self, url: str, token: str, *, token_type_hint: str = "access_token"
+    ) -> requests.Response:
+        """One POST of ``token`` to the introspection endpoint at ``url`` (RFC 7662),
+        with this client's authentication, as the token endpoint takes it.
+
+        Raises:
+            _Transient: A failure worth trying again: it spends nothing.
+            RefreshError: The request could not be sent at all.
+        """
+        data = {"token": token, "token_type_hint": token_type_hint}
+        auth: tuple[str, str] | None = None
+        if self.client_auth == "basic" and self._client_secret is not None:
+            auth = (
+                urllib.parse.quote_plus(self.client_id),
+                urllib.parse.quote_plus(self._client_secret),
+            )
+        else:
+            data["client_id"] = self.client_id
+            if self._client_secret is not None:
+                data["client_secret"] = self._client_secret
+        return self._send("POST", url, data=data, auth=auth)
+
+    def introspect_api(self, url: str, access_token: str) -> requests.Response:
+        """One ``GET`` of the API's introspection (``/v1/introspect``) at ``url``,
+        with ``access_token`` as the bearer. Raises as :meth:`introspect`."""
+        return self._send("GET", url, headers={"Authorization": f"Bearer {access_token}"})
+
+    def _send(self, method: str, url: str, **arguments: Any) -> requests.Response:
+        """One request through the private session, never following a redirect (it
+        would carry the token and the secret elsewhere); the response's request is
+        stripped of both."""
+        network = self._network.settings()
+        http = self._network.session(network)
+        try:
+            response = http.request(
+                method,
+                url,
+                timeout=self.timeout,
+                allow_redirects=False,
+                **network.request_arguments(),
+                **arguments,
+            )
+        except requests.RequestException as exc:
+            transient = _transport_failure(exc)
+            if transient is not None:
+                raise transient from exc
+            raise RefreshError(f"cannot call {url}: {type(exc).__name__}") from exc
+        response.request = _without_secrets(response.request)
+        return response
+
 
 def _without_secrets(request: requests.PreparedRequest) -> requests.PreparedRequest:
     """A copy of a token request with its form body and Authorization header removed."""

@@ -20,27 +20,39 @@ Example::
     ...
     pending = PendingAuthorization.from_dict(session.pop("pleo"))
     tokens = flow.finish(pending, request.url)   # checks state, exchanges, saves
+
+**A grant per company.** Over an :class:`~pleo_auth.Integration` (or a
+:class:`~pleo_auth.TokenStoreFamily`), the flow asks Pleo which company the new
+grant belongs to and saves it as that company's grant::
+
+    flow = AuthorizationFlow.for_integration(pleo, redirect_uri=REDIRECT_URI, scopes="users:read")
+    pending = flow.start()                       # or start(company=...) to pre-select one
+    ...
+    login = flow.finish_login(pending, request.url)
+    login.company                                # the Company whose grant it now is
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import logging
 import re
 import secrets
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 
+from ._callback import check_code, code_from_callback
 from ._clock import SYSTEM_CLOCK, Clock
 from ._endpoint import TokenEndpoint
-from ._text import one_line
+from ._introspection import company_of
+from ._login_target import LoginTarget
 from ._urls import parse_http_url
+from .company import Company
 from .errors import AuthorizationError, ConfigurationError
 from .settings import (
     ENDPOINTS,
@@ -51,14 +63,19 @@ from .settings import (
     normalize_scopes,
     settings_from_arguments,
 )
-from .stores.base import TokenStore, require_refresh_lock, save_login
+from .stores.base import TokenStore
+from .stores.family import TokenStoreFamily
 from .tokens import TokenSet
+
+if TYPE_CHECKING:
+    from .integration import Integration
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "AUTHORIZE_URLS",
     "AuthorizationFlow",
+    "Login",
     "PendingAuthorization",
     "authorize_url_for",
     "check_redirect_uri",
@@ -77,11 +94,6 @@ SUBJECT_PARAMETER = "urn_pleo_params_oauth_subject"
 
 _VERIFIER_RE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 _STATE_RE = re.compile(r"[A-Za-z0-9\-._~]{16,256}")
-# RFC 6749 appendix A.11: a code is visible ASCII and spaces.
-_CODE_RE = re.compile(r"[\x20-\x7e]+")
-_DESCRIPTION_LIMIT = 300
-_ERROR_LIMIT = 64
-_CALLBACK_PARAMETERS = ("state", "code", "error", "error_description")
 
 
 def authorize_url_for(
@@ -135,68 +147,6 @@ def check_redirect_uri(redirect_uri: object) -> str:
     return redirect_uri
 
 
-def _callback_parameters(callback: object) -> dict[str, str]:
-    """The callback's ``state``, ``code``, ``error`` and ``error_description``.
-
-    Raises:
-        AuthorizationError: The URL is malformed, or repeats one of them (RFC 6749
-            section 3.1 forbids it; a repeat is how a forged value is smuggled in).
-        ConfigurationError: ``callback`` is neither a URL nor a mapping, or a value
-            is not a string.
-    """
-    found: dict[str, list[object]]
-    if isinstance(callback, str):
-        try:
-            query = urllib.parse.urlsplit(callback).query
-        except ValueError:
-            raise AuthorizationError(
-                "the callback is not a valid URL. Start the login again."
-            ) from None
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        found = {
-            name: [value for key, value in pairs if key == name] for name in _CALLBACK_PARAMETERS
-        }
-    elif isinstance(callback, Mapping):
-        # Web frameworks' multi-value dicts (Flask's request.args, Django's
-        # request.GET) give one value by key; only getlist shows a repeat.
-        getlist = getattr(callback, "getlist", None)
-        found = {
-            name: list(getlist(name)) if callable(getlist) else [callback[name]]
-            for name in _CALLBACK_PARAMETERS
-            if name in callback
-        }
-    else:
-        raise ConfigurationError(
-            "the callback must be the callback URL (a string) or its query parameters "
-            f"(a mapping), not {type(callback).__name__}"
-        )
-    params: dict[str, str] = {}
-    for name, values in found.items():
-        if len(values) > 1:
-            raise AuthorizationError(
-                f"the callback repeats its {name} parameter, so it cannot be trusted. "
-                "Start the login again."
-            )
-        if values:
-            value = values[0]
-            if not isinstance(value, str):
-                raise ConfigurationError(
-                    f"the callback's {name} must be a string, not {type(value).__name__}"
-                )
-            params[name] = value
-    return params
-
-
-def _check_code(code: str) -> None:
-    # Never echo the code: it is a credential until it is spent.
-    if not code:
-        raise AuthorizationError("the authorization code is empty")
-    if not _CODE_RE.fullmatch(code):
-        raise AuthorizationError(
-            "the authorization code is malformed (not printable ASCII). Start the login again."
-        )
-
-
 def _s256(verifier: str) -> str:
     digest = hashlib.sha256(verifier.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
@@ -218,6 +168,8 @@ class PendingAuthorization:
         code_verifier: The PKCE secret; its S256 hash is in ``url``.
         redirect_uri: Where Pleo sends the person back; the code exchange repeats it.
         scope: The space-separated scopes asked for, if any.
+        company: The company this login must be for, if one was named: a login
+            for another company is refused, and nothing is saved.
 
     Thread safety:
         Immutable; share it freely.
@@ -228,6 +180,9 @@ class PendingAuthorization:
     code_verifier: str
     redirect_uri: str
     scope: str | None = None
+    company: Company | None = attrs.field(
+        default=None, converter=attrs.converters.optional(Company)
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-safe dict of strings, for a server-side session.
@@ -240,6 +195,7 @@ class PendingAuthorization:
             "code_verifier": self.code_verifier,
             "redirect_uri": self.redirect_uri,
             "scope": self.scope,
+            "company": self.company.urn if self.company is not None else None,
         }
 
     @classmethod
@@ -255,10 +211,11 @@ class PendingAuthorization:
                 name: data[name] for name in ("url", "state", "code_verifier", "redirect_uri")
             }
             scope = data.get("scope")
+            company = data.get("company")
         except (KeyError, TypeError, AttributeError):
             raise AuthorizationError("not a saved pending authorization") from None
-        if not all(isinstance(value, str) for value in values.values()) or not (
-            scope is None or isinstance(scope, str)
+        if not all(isinstance(value, str) for value in values.values()) or not all(
+            value is None or isinstance(value, str) for value in (scope, company)
         ):
             raise AuthorizationError("not a saved pending authorization")
         if not _VERIFIER_RE.fullmatch(values["code_verifier"]) or not _STATE_RE.fullmatch(
@@ -267,12 +224,39 @@ class PendingAuthorization:
             raise AuthorizationError("not a saved pending authorization")
         try:
             _check_http_url("redirect_uri", values["redirect_uri"])
+            return cls(scope=scope, company=company, **values)
         except ConfigurationError:
             raise AuthorizationError("not a saved pending authorization") from None
-        return cls(scope=scope, **values)
 
     def __repr__(self) -> str:
-        return f"PendingAuthorization(redirect_uri={self.redirect_uri!r}, scope={self.scope!r})"
+        company = f", company={self.company}" if self.company is not None else ""
+        return (
+            f"PendingAuthorization(redirect_uri={self.redirect_uri!r}, scope={self.scope!r}"
+            f"{company})"
+        )
+
+
+@attrs.frozen(repr=False)
+class Login:
+    """What :meth:`AuthorizationFlow.finish_login` did: the new tokens, saved, and
+    the company whose grant they are.
+
+    Attributes:
+        tokens: The new tokens, as :meth:`AuthorizationFlow.finish` returns them.
+        company: The company Pleo says the grant belongs to; None for a flow over
+            one store that was not asked to check (no ``company`` at start).
+        saved_to: Where they were saved, for a message.
+
+    Thread safety:
+        Immutable; share it freely.
+    """
+
+    tokens: TokenSet
+    company: Company | None
+    saved_to: str
+
+    def __repr__(self) -> str:
+        return f"Login(company={self.company}, tokens={self.tokens.fingerprint})"
 
 
 class AuthorizationFlow:
@@ -284,11 +268,18 @@ class AuthorizationFlow:
         redirect_uri: Where Pleo sends the person back; it must be registered
             with your Pleo integration exactly as written here.
         scopes: The scopes to ask for: ``"users:read export-jobs:read"`` or a list.
-        store: Where :meth:`finish` saves the tokens. Defaults to
+        store: Where :meth:`finish` saves the tokens. A
+            :class:`~pleo_auth.TokenStore` holds the one grant. Defaults to
             ``KeyringStore(account=client_id)``, like :class:`~pleo_auth.PleoSession`.
+            An :class:`~pleo_auth.Integration` (see :meth:`for_integration`) or a
+            :class:`~pleo_auth.TokenStoreFamily` holds a grant per company: each
+            login asks Pleo which company it is for, and replaces that company's
+            grant only.
         environment: ``"production"`` or ``"staging"``; picks the URLs below.
         authorize_url: Overrides the ``/oauth/authorize`` URL (see :func:`authorize_url_for`).
         token_url: Overrides the token endpoint.
+        api_url: Overrides the API base URL: recorded with the tokens, and where
+            ``GET /v1/introspect`` asks which company a login is for.
         subject: Pleo's optional ``urn_pleo_params_oauth_subject``, to pre-select
             what the person authorises.
         client_auth: ``"basic"`` (HTTP Basic, Pleo's documented method) or ``"body"``.
@@ -298,7 +289,8 @@ class AuthorizationFlow:
         clock: Time source, for tests.
 
     Raises:
-        ConfigurationError: An argument is invalid.
+        ConfigurationError: An argument is invalid, or an Integration given as
+            ``store`` has another client id or token endpoint.
 
     Thread safety:
         Safe to share between threads: :meth:`start` and :meth:`finish` keep all
@@ -314,10 +306,11 @@ class AuthorizationFlow:
         *,
         redirect_uri: str,
         scopes: str | Iterable[str] | None = None,
-        store: TokenStore | None = None,
+        store: TokenStore | TokenStoreFamily | Integration | None = None,
         environment: Environment = default("production"),  # noqa: B008
         authorize_url: str | None = None,
         token_url: str | None = None,
+        api_url: str | None = None,
         subject: str | None = None,
         client_auth: ClientAuth = default("basic"),  # noqa: B008
         timeout: float = default(10.0),
@@ -333,6 +326,7 @@ class AuthorizationFlow:
             environment=environment,
             authorize_url=authorize_url,
             token_url=token_url,
+            api_url=api_url,
             scopes=scopes,
             subject=subject,
             client_auth=client_auth,
@@ -351,9 +345,46 @@ class AuthorizationFlow:
         self.token_url = urls.token_url
         self.authorize_url = urls.authorize_url
         self.subject = settings.subject
-        self.store = store if store is not None else settings.build_store()
-        require_refresh_lock(self.store)
+        self._target = LoginTarget(store, settings)
+        #: The Integration whose ``add`` saves each login, if one was given.
+        self.integration = self._target.integration
+        #: Where logins are saved: a store, or a family with a grant per company.
+        self.store = self._target.store
         self._clock = clock or SYSTEM_CLOCK
+
+    @classmethod
+    def for_integration(
+        cls,
+        integration: Integration,
+        *,
+        redirect_uri: str,
+        scopes: str | Iterable[str] | None = None,
+        subject: str | None = None,
+        authorize_url: str | None = None,
+        clock: Clock | None = None,
+    ) -> AuthorizationFlow:
+        """A flow that logs companies in to ``integration``: its client, its
+        endpoints, and :meth:`~pleo_auth.Integration.add` for each new grant.
+
+        Args:
+            integration: The integration that keeps the grants.
+            redirect_uri, scopes, subject, authorize_url, clock: As for the
+                constructor; the integration's settings give the rest.
+
+        Raises:
+            ConfigurationError: An argument is invalid.
+        """
+        changes: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("scopes", scopes),
+                ("subject", subject),
+                ("authorize_url", authorize_url),
+            )
+            if value is not None
+        }
+        settings = integration.settings.evolve(**changes) if changes else integration.settings
+        return cls(settings=settings, redirect_uri=redirect_uri, store=integration, clock=clock)
 
     def _endpoint(self) -> TokenEndpoint:
         return TokenEndpoint.for_settings(self.settings, clock=self._clock)
@@ -363,18 +394,31 @@ class AuthorizationFlow:
         *,
         scopes: str | Iterable[str] | None = None,
         subject: str | None = None,
+        company: Company | str | None = None,
     ) -> PendingAuthorization:
         """Begin a login: a fresh verifier and state, and the URL to send the person to.
 
         Args:
             scopes: Overrides the flow's scopes for this login.
             subject: Overrides the flow's ``urn_pleo_params_oauth_subject``.
+            company: The company this login must be for: Pleo is asked to
+                pre-select it (as the subject), and :meth:`finish` refuses a login
+                for any other company and saves nothing.
 
         Returns:
             The pending login. Redirect the person to its ``url`` and keep the
             rest (``to_dict()``) until the callback.
+
+        Raises:
+            ConfigurationError: ``company`` is not a company id or URN, or
+                ``subject`` names another company.
         """
         scope = normalize_scopes(scopes) if scopes is not None else self.scope
+        expected = Company(company) if company is not None else None
+        if expected is not None:
+            if subject is not None and subject != expected.urn and subject != expected.id:
+                raise ConfigurationError("give either subject or company, not both")
+            subject = expected.urn
         subject = subject if subject is not None else self.subject
         # 64 random bytes make an 86-character verifier of [A-Za-z0-9_-].
         verifier = secrets.token_urlsafe(64)
@@ -403,6 +447,7 @@ class AuthorizationFlow:
             code_verifier=verifier,
             redirect_uri=self.redirect_uri,
             scope=scope,
+            company=expected,
         )
 
     def finish(
@@ -425,39 +470,76 @@ class AuthorizationFlow:
             code: The authorization code alone, instead of ``callback``.
 
         Returns:
-            The new tokens, already saved to the store.
+            The new tokens, already saved to the store (see :meth:`finish_login`
+            for the company too).
 
         Raises:
             AuthorizationError: Pleo reported an error (the person denied
                 access, ...), the state did not match, there was no code, or the
-                token endpoint refused the code.
+                token endpoint refused the code; over a grant per company, Pleo
+                did not say which company the login is for, or named another
+                company than the pending login's.
             RefreshError: The token endpoint could not be reached (transient
                 failures outlasted the retries).
             TokenStoreError: The tokens could not be saved.
+        """
+        return self.finish_login(pending, callback, code=code).tokens
+
+    def finish_login(
+        self,
+        pending: PendingAuthorization | Mapping[str, Any],
+        callback: str | Mapping[str, str] | None = None,
+        *,
+        code: str | None = None,
+    ) -> Login:
+        """:meth:`finish`, telling also which company's grant the login is.
+
+        The company is asked of Pleo after the code exchange (its token
+        introspection, else ``GET /v1/introspect``) when the flow keeps a grant per
+        company, or the pending login names one. The tokens are saved as that
+        company's grant, replacing its previous one and no other company's.
+        Nothing is saved when Pleo does not say, names a subject that is not a
+        company, or names another company than the pending login's.
+
+        Raises:
+            As :meth:`finish`.
         """
         if not isinstance(pending, PendingAuthorization):
             pending = PendingAuthorization.from_dict(pending)
         if (callback is None) == (code is None):
             raise ConfigurationError("give either the callback or code, not both or neither")
         if callback is not None:
-            code = self._code_from_callback(pending, callback)
+            code = code_from_callback(pending.state, callback)
         elif not isinstance(code, str):
             raise ConfigurationError(f"code must be a string, not {type(code).__name__}")
-        _check_code(code)
-        tokens = self._exchange(code, pending)
+        check_code(code)
+        endpoint = self._endpoint()
+        try:
+            tokens = self._exchange(endpoint, code, pending)
+            company = None
+            if pending.company is not None or self._target.per_company:
+                company = company_of(
+                    tokens, self.settings, endpoint, self._clock, expected=pending.company
+                )
+        finally:
+            endpoint.close()
         # Recorded, so `pleo-auth status` and `refresh` find where the tokens belong.
         issuer = self.settings.endpoints
-        self._save(attrs.evolve(tokens, token_url=issuer.token_url, api_url=issuer.api_url))
+        saved_to = self._target.save(
+            attrs.evolve(tokens, token_url=issuer.token_url, api_url=issuer.api_url), company
+        )
         logger.info(
-            "logged in: tokens %s saved to %s, scope %r",
+            "logged in%s: tokens %s saved to %s, scope %r",
+            f" to {company}" if company is not None else "",
             tokens.fingerprint,
-            self.store.describe(),
+            saved_to,
             tokens.scope,
         )
-        return tokens
+        return Login(tokens=tokens, company=company, saved_to=saved_to)
 
-    def _exchange(self, code: str, pending: PendingAuthorization) -> TokenSet:
-        endpoint = self._endpoint()
+    def _exchange(
+        self, endpoint: TokenEndpoint, code: str, pending: PendingAuthorization
+    ) -> TokenSet:
         try:
             return endpoint.exchange_code(
                 code, redirect_uri=pending.redirect_uri, code_verifier=pending.code_verifier
@@ -472,43 +554,6 @@ class AuthorizationFlow:
                 error=exc.error,
                 description=exc.description,
             ) from None
-        finally:
-            endpoint.close()
-
-    @staticmethod
-    def _code_from_callback(pending: PendingAuthorization, callback: object) -> str:
-        params = _callback_parameters(callback)
-        state = params.get("state")
-        # surrogatepass: a percent-encoded lone surrogate must compare unequal, not crash.
-        if state is not None and not hmac.compare_digest(
-            state.encode("utf-8", "surrogatepass"), pending.state.encode("utf-8", "surrogatepass")
-        ):
-            raise AuthorizationError(
-                "the callback's state does not match this login: it belongs to another "
-                "login attempt, or was forged. Start the login again."
-            )
-        if "error" in params:
-            # Both come from the browser: cut them short and keep them on one line.
-            error = one_line(params["error"], _ERROR_LIMIT) or "no error code"
-            description = one_line(params.get("error_description", ""), _DESCRIPTION_LIMIT)
-            detail = f": {description}" if description else ""
-            raise AuthorizationError(
-                f"Pleo did not authorise the login ({error}){detail}",
-                error=error,
-                description=description or None,
-            )
-        if state is None:
-            raise AuthorizationError(
-                "the callback has no state, so it cannot be matched to this login. "
-                "Start the login again."
-            )
-        code = params.get("code")
-        if code is None:
-            raise AuthorizationError("the callback carries no authorization code")
-        return code
-
-    def _save(self, tokens: TokenSet) -> None:
-        save_login(self.store, tokens)
 
     def __repr__(self) -> str:
         return (
