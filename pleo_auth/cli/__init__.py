@@ -10,8 +10,12 @@ flag                   environment             meaning
 (avoid the flag)       ``PLEO_CLIENT_SECRET``  its secret; ``--client-secret`` shows
                                                it to every user of ``ps``
 ``--environment``      ``PLEO_ENVIRONMENT``    ``production`` (default) or ``staging``
-``--store``            ``PLEO_STORE``          ``keyring`` (default), ``file:PATH``
-                                               or ``redis://HOST:PORT/DB?key=NAME``
+``--store``            ``PLEO_STORE``          one grant: ``keyring`` (default),
+                                               ``file:PATH`` or
+                                               ``redis://HOST:PORT/DB?key=NAME``; a
+                                               grant per company: ``family:file:DIR``,
+                                               ``family:redis://...?prefix=P`` or
+                                               ``family:keyring[:SERVICE]``
 ``--token-url``        ``PLEO_TOKEN_URL``      overrides the token endpoint (emulator);
                                                ``status`` and ``refresh`` default to
                                                the one the stored tokens came from
@@ -21,10 +25,17 @@ flag                   environment             meaning
 ``--scope`` (login)    ``PLEO_SCOPES``         space-separated scopes to ask for
 =====================  ======================  ======================================
 
+With a store family, ``--company`` (a company id or ``urn:pleo:company:<id>``)
+names the company whose grant ``refresh`` and ``logout`` work on, and the one a
+``login`` must be for (without it, Pleo says which company the login is for);
+``status`` lists every company as a table. ``logout --revoke`` also ends the
+installation at Pleo; a plain ``logout`` leaves the grant valid there.
+
 Exit status, the same for every command:
 
 * 0: success.
-* 1: a person must log in (``status``, ``refresh``), or the demo saw errors.
+* 1: a person must log in (``status``: for any company of a family, or for none
+  yet; ``refresh``), or the demo saw errors.
 * 2: bad usage or settings, a store this machine cannot use (no keyring
   backend) included: fix the command line or the environment.
 * 3: any other failure: the login was refused or timed out, the token endpoint
@@ -35,8 +46,9 @@ Nothing this command prints contains a token, a code or the client secret.
 
 The package has one module per part: ``_parser`` (the parser, the settings and
 the dispatch), ``_commands`` (the commands), ``_loopback`` (the loopback login
-server), ``_demo`` (the demo and its report), ``_render`` (the one function that
-writes a login command) and ``_output`` (everything printed).
+server), ``_grants`` (what ``--store`` and ``--company`` name, and a family's
+status table), ``_demo`` (the demo and its report), ``_render`` (the one function
+that writes a login command) and ``_output`` (everything printed).
 """
 
 from __future__ import annotations

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
 import logging
 import threading
 import webbrowser
 from typing import TYPE_CHECKING, TextIO
+
+import requests
 
 from .._clock import SYSTEM_CLOCK
 from .._urls import same_endpoint
@@ -18,7 +19,7 @@ from ..errors import (
     PleoAuthError,
     ReauthenticationRequired,
     RefreshError,
-    StoreUnusable,
+    RevocationError,
     TokensUnreadable,
 )
 from ..flow import AuthorizationFlow
@@ -26,9 +27,9 @@ from ..session import PleoSession
 from ..settings import ENDPOINTS, Settings
 from ..stores.base import TokenStore
 from ..tokens import TokenSet
+from ._grants import Grants, build_store, family_status, require_client_id
 from ._loopback import CallbackServer, callback_address, login_through
-from ._output import error, say
-from ._render import login_command
+from ._output import error, say, when
 
 if TYPE_CHECKING:
     from ..testing import Emulator
@@ -43,28 +44,6 @@ EXIT_FAILURE = 3
 DEMO_SECRET = "demo-secret"
 
 
-# -- time, as a person reads it -------------------------------------------------------
-
-
-def when(expires_at: float, now: float) -> str:
-    """``2025-01-31 14:00:00 CET (in 12 min)``: a moment, and how far it is."""
-    moment = datetime.datetime.fromtimestamp(expires_at).astimezone()
-    left = expires_at - now
-    span = _span(abs(left))
-    relative = f"in {span}" if left >= 0 else f"{span} ago"
-    return f"{moment:%Y-%m-%d %H:%M:%S %Z} ({relative})"
-
-
-def _span(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.0f} days"
-
-
 def _describe_tokens(tokens: TokenSet, out: TextIO) -> None:
     say(out, f"  scope: {tokens.scope or '(none reported)'}")
     say(out, f"  access token expires: {when(tokens.expires_at, SYSTEM_CLOCK.time())}")
@@ -74,45 +53,34 @@ def _describe_tokens(tokens: TokenSet, out: TextIO) -> None:
 
 # -- the commands that use settings ------------------------------------------------------
 
-#: What the command adds where the core says only that a client id is missing.
-_CLIENT_ID_HELP = "give --client-id or set PLEO_CLIENT_ID"
 
-
-def require_client_id(settings: Settings) -> str:
-    """The client id, or a usage error naming this command's flag and variable."""
-    if not settings.client_id:
-        raise ConfigurationError(f"no client id: {_CLIENT_ID_HELP}")
-    return settings.client_id
-
-
-def build_store(settings: Settings) -> TokenStore:
-    """The store the settings name; a keyring without a client id names the flag."""
-    try:
-        return settings.build_store()
-    except ConfigurationError as exc:
-        if settings.client_id or isinstance(exc, StoreUnusable):
-            raise
-        raise ConfigurationError(f"{exc}: {_CLIENT_ID_HELP}") from None
-
-
-def login(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    """Log in through a browser and store the tokens."""
+def login(args: argparse.Namespace, settings: Settings, out: TextIO, grants: Grants) -> int:
+    """Log in through a browser and store the tokens: in the one store, or as the
+    grant of the company Pleo names (which must be ``--company``'s, if given)."""
     require_client_id(settings)
-    store = build_store(settings)
+    family = grants.family
+    if family is not None:
+        # Lists the family: a directory others can write, or a Redis that does not
+        # answer, is found out before the person logs in.
+        family.companies()
+    store = family.store(grants.company) if family and grants.company else None
+    if family is None:
+        store = build_store(settings)
     # Before any URL is shown: a store that refuses (no keyring on a headless box,
     # a token file others can read) must not be found out after the person logged in.
-    try:
-        store.load()
-    except TokensUnreadable:
-        # Not tokens (a foreign or corrupt document): the login replaces them, as
-        # AuthorizationFlow does. Anything else (no keyring, an insecure file) stops here.
-        say(out, f"Note: {store.describe()} holds no pleo-auth tokens; logging in replaces it.")
+    if store is not None:
+        try:
+            store.load()
+        except TokensUnreadable:
+            # Not tokens (a foreign or corrupt document): the login replaces them, as
+            # AuthorizationFlow does. Anything else (no keyring, an insecure file) stops here.
+            say(out, f"Note: {store.describe()} holds no pleo-auth tokens; logging in replaces it.")
     host, port, path = callback_address(args.redirect_uri, args.port)
     with CallbackServer(host=host, port=port, path=path) as server:
         flow = AuthorizationFlow(
             settings=settings,
             redirect_uri=args.redirect_uri or server.redirect_uri,
-            store=store,
+            store=family if family is not None else store,
         )
 
         def present(url: str) -> None:
@@ -127,20 +95,24 @@ def login(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
                     say(out, "(No browser could be opened: visit the URL yourself.)")
             say(out, f"Waiting for the callback on {server.redirect_uri} ...")
 
-        tokens = login_through(flow, server, present, timeout=args.timeout)
-    say(out, f"Logged in. Stored the tokens in {store.describe()}.")
-    _describe_tokens(tokens, out)
+        done = login_through(flow, server, present, timeout=args.timeout, company=grants.company)
+    company = f" to {done.company}" if done.company is not None else ""
+    say(out, f"Logged in{company}. Stored the tokens in {done.saved_to}.")
+    _describe_tokens(done.tokens, out)
     return EXIT_OK
 
 
-def status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    """Show the stored tokens; 1 when a person must log in."""
-    store = build_store(settings)
+def status(args: argparse.Namespace, settings: Settings, out: TextIO, grants: Grants) -> int:
+    """Show the stored tokens (of every company, as a table, for a family); 1 when
+    a person must log in."""
+    if grants.family is not None:
+        return family_status(settings, grants, out)
+    store = grants.store(settings, "status")
     say(out, f"Store: {store.describe()}")
     tokens = store.load()
     if tokens is None:
         say(out, "Tokens: none. A person must log in:")
-        say(out, f"  {login_command(settings.login_hint(store))}")
+        say(out, f"  {grants.login_command(settings, store)}")
         return EXIT_LOGIN_NEEDED
     say(out, f"Tokens: present (fingerprint {tokens.fingerprint})")
     _describe_tokens(tokens, out)
@@ -149,10 +121,10 @@ def status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     return EXIT_OK
 
 
-def refresh(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+def refresh(args: argparse.Namespace, settings: Settings, out: TextIO, grants: Grants) -> int:
     """Refresh now, coordinated with every other process over the store."""
     require_client_id(settings)
-    store = build_store(settings)
+    store = grants.store(settings, "refresh")
     stored = store.load()
     if stored is not None:
         settings = issuing_settings(settings, stored, store)
@@ -160,7 +132,7 @@ def refresh(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     try:
         tokens = session.refresh()
     except ReauthenticationRequired as exc:
-        error(exc.reason, f"A person must log in: {login_command(settings.login_hint(store))}")
+        error(exc.reason, f"A person must log in: {grants.login_command(settings, store)}")
         return EXIT_LOGIN_NEEDED
     except RefreshError as exc:
         # Name the endpoint: a forgotten --token-url shows up as the wrong host here.
@@ -207,19 +179,65 @@ def issuing_settings(settings: Settings, tokens: TokenSet, store: TokenStore) ->
     )
 
 
-def logout(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    """Delete the stored tokens."""
-    store = build_store(settings)
-    try:
-        had_tokens = store.load() is not None
-    except PleoAuthError:
-        had_tokens = True  # unreadable: clear it all the same
-    store.clear()
-    if had_tokens:
-        say(out, f"Logged out: removed the tokens from {store.describe()}.")
+def logout(args: argparse.Namespace, settings: Settings, out: TextIO, grants: Grants) -> int:
+    """Delete the stored tokens; with ``--revoke``, end the installation at Pleo first."""
+    store = grants.store(settings, "logout")
+    if args.revoke:
+        if not end_installation(settings, store, out):
+            return EXIT_OK
     else:
-        say(out, f"No tokens in {store.describe()}; nothing to remove.")
+        try:
+            had_tokens = store.load() is not None
+        except PleoAuthError:
+            had_tokens = True  # unreadable: clear it all the same
+        if not had_tokens:
+            say(out, f"No tokens in {store.describe()}; nothing to remove.")
+            return EXIT_OK
+    if grants.family is not None and grants.company is not None:
+        grants.family.remove(grants.company)
+    else:
+        store.clear()
+    say(out, f"Logged out: removed the tokens from {store.describe()}.")
+    if not args.revoke:
+        say(out, "The grant stays valid at Pleo until it expires: `logout --revoke` ends it.")
     return EXIT_OK
+
+
+def end_installation(settings: Settings, store: TokenStore, out: TextIO) -> bool:
+    """End the installation of ``store``'s grant at Pleo (``DELETE
+    /v1/installations/me``, which revokes all its tokens). False when there was
+    nothing to end: no tokens, or a grant already dead (and so cleared).
+
+    Raises:
+        RevocationError: Pleo did not confirm; the tokens are kept.
+    """
+    require_client_id(settings)
+    stored = store.load()
+    if stored is None:
+        say(out, f"No tokens in {store.describe()}; nothing to end at Pleo or to remove.")
+        return False
+    settings = issuing_settings(settings, stored, store)
+    session = PleoSession(settings=settings, store=store)
+    kept = f"the tokens are kept in {store.describe()}"
+    try:
+        response = session.delete("/v1/installations/me")
+    except ReauthenticationRequired as exc:
+        say(out, f"{exc.reason} Nothing is left to end at Pleo; the tokens were removed.")
+        return False
+    except PleoAuthError as exc:
+        raise RevocationError(f"could not end the installation at Pleo: {exc}; {kept}") from exc
+    except requests.RequestException as exc:
+        raise RevocationError(
+            f"could not reach Pleo to end the installation: {type(exc).__name__}; {kept}"
+        ) from exc
+    finally:
+        session.close()
+    if response.status_code not in (200, 202, 204, 404):
+        raise RevocationError(
+            f"Pleo answered HTTP {response.status_code} to ending the installation; {kept}"
+        )
+    say(out, "Ended the installation at Pleo: every token of the grant is revoked.")
+    return True
 
 
 # -- the emulator ------------------------------------------------------------------

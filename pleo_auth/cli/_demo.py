@@ -102,7 +102,7 @@ def demo(args: argparse.Namespace, out: TextIO) -> int:
                 authorize_url=emulator.authorize_url,
                 token_url=emulator.token_url,
             )
-            tokens = login_through(flow, server, headless_browser(server), timeout=30.0)
+            tokens = login_through(flow, server, headless_browser(server), timeout=30.0).tokens
         say(out, f"Logged in. Stored the tokens in {store.describe()} (scope {tokens.scope}).")
         say(
             out,

@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from ..company import Company
 from ..errors import AuthorizationError, ConfigurationError, PleoAuthError
-from ..flow import AuthorizationFlow
-from ..tokens import TokenSet
+from ..flow import AuthorizationFlow, Login
 
 __all__ = ["CallbackServer", "CallbackTimeout", "callback_address", "login_through", "page"]
 
@@ -200,17 +200,19 @@ def login_through(
     present: Callable[[str], None],
     *,
     timeout: float,
-) -> TokenSet:
+    company: Company | None = None,
+) -> Login:
     """Run one login: start the flow, show the URL, take the callback, exchange, save.
 
     ``present`` gets the authorize URL: it opens a browser, prints the URL, or
-    (in the demo) plays the browser itself.
+    (in the demo) plays the browser itself. ``company``, if given, is the company
+    the login must be for.
     """
-    pending = flow.start()
+    pending = flow.start(company=company)
     present(pending.url)
     params = server.wait(timeout)
     try:
-        tokens = flow.finish(pending, params)
+        login = flow.finish_login(pending, params)
     except PleoAuthError as exc:
         server.respond(False, f"{exc} You can close this tab.")
         raise
@@ -218,7 +220,7 @@ def login_through(
         server.respond(False, "The login failed. Look at your terminal. You can close this tab.")
         raise
     server.respond(True, "pleo-auth stored your Pleo authorisation. You can close this tab.")
-    return tokens
+    return login
 
 
 def callback_address(redirect_uri: str | None, port: int | None) -> tuple[str, int, str]:

@@ -12,6 +12,7 @@ from typing import TextIO
 from .. import __version__
 from ..errors import ConfigurationError, PleoAuthError, ReauthenticationRequired, StoreUnusable
 from ..settings import ENDPOINTS, Settings
+from ..stores.family_spec import FAMILY_SPEC_HELP
 from ..stores.spec import SPEC_HELP
 from ._output import error
 
@@ -111,7 +112,9 @@ def _settings_flags() -> argparse.ArgumentParser:
         help="Pleo environment [PLEO_ENVIRONMENT, default production]",
     )
     group.add_argument(
-        "--store", help=f"where tokens live: {SPEC_HELP} [PLEO_STORE, default keyring]"
+        "--store",
+        help=f"where tokens live: one grant in {SPEC_HELP}; or a grant per Pleo company "
+        f"in {FAMILY_SPEC_HELP} [PLEO_STORE, default keyring]",
     )
     group.add_argument(
         "--token-url",
@@ -135,7 +138,17 @@ def _add_login(
         parents=[common],
         help="log in through the browser and store the tokens",
         description="Log in through the browser and store the tokens. The store is checked "
-        "first, so a store this machine cannot use is found out before the browser step.",
+        "first, so a store this machine cannot use is found out before the browser step. "
+        "With a store family (--store family:...), Pleo is asked which company the login "
+        "is for, and the tokens become that company's grant, replacing its previous one; "
+        "other companies' grants are not touched.",
+    )
+    login.add_argument(
+        "--company",
+        metavar="COMPANY",
+        help="the Pleo company this login must be for (its id, or urn:pleo:company:ID): "
+        "Pleo pre-selects it, and a login for another company is refused with nothing "
+        "saved; default: the company the person picks, as Pleo reports it",
     )
     login.add_argument(
         "--scope",
@@ -162,14 +175,20 @@ def _add_login(
 def _add_token_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    commands.add_parser(
+    status = commands.add_parser(
         "status",
         parents=[common],
         help="show the stored tokens' expiry; exit 1 when a login is needed",
         description="Show where the tokens live, when the access token expires, and which "
-        "token endpoint issued them. Exits 1 when there are none and a person must log in.",
+        "token endpoint issued them. Exits 1 when there are none and a person must log in. "
+        "With a store family, a table of every company: its access token's expiry, when "
+        "it was refreshed, and whether it needs a login; exits 1 when any does, or when "
+        "the family holds no company.",
     )
-    commands.add_parser(
+    status.add_argument(
+        "--company", metavar="COMPANY", help="show this company's grant only (store family)"
+    )
+    refresh = commands.add_parser(
         "refresh",
         parents=[common],
         help="refresh the tokens now, coordinated with other processes",
@@ -177,12 +196,31 @@ def _add_token_commands(
         "coordinated with every other process that shares the store (one refresh, "
         "whoever asks). Exits 1 when the grant is dead and a person must log in.",
     )
-    commands.add_parser(
+    refresh.add_argument(
+        "--company",
+        metavar="COMPANY",
+        help="the company whose grant to refresh (required with a store family)",
+    )
+    logout = commands.add_parser(
         "logout",
         parents=[common],
-        help="delete the stored tokens",
-        description="Delete the stored tokens from the store. The grant itself stays "
-        "valid at Pleo until it expires or is revoked.",
+        help="delete the stored tokens; --revoke also ends the grant at Pleo",
+        description="Delete the stored tokens from the store. Without --revoke this is "
+        "local only: the grant stays valid at Pleo until it expires, and anyone holding a "
+        "copy of its tokens can still use it. --revoke ends the installation at Pleo "
+        "first (DELETE /v1/installations/me), which revokes every token of the grant; if "
+        "Pleo does not confirm, the tokens are kept and the command exits 3.",
+    )
+    logout.add_argument(
+        "--company",
+        metavar="COMPANY",
+        help="the company whose grant to remove (required with a store family)",
+    )
+    logout.add_argument(
+        "--revoke",
+        action="store_true",
+        help="also end the installation at Pleo (DELETE /v1/installations/me), revoking "
+        "all its tokens; without it the grant stays valid at Pleo until it expires",
     )
 
 
@@ -289,11 +327,13 @@ def main(
 
 def _dispatch(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     from . import _commands, _demo
+    from ._grants import read_grants
 
     if args.command == "emulator":
         return _commands.emulator(args, out)
     if args.command == "demo":
         return _demo.demo(args, out)
+    grants, args, env = read_grants(args, env)  # --company is checked before anything
     settings = read_settings(args, env)
     command = {
         "login": _commands.login,
@@ -301,4 +341,4 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
         "refresh": _commands.refresh,
         "logout": _commands.logout,
     }[args.command]
-    return command(args, settings, out)
+    return command(args, settings, out, grants)
