@@ -40,6 +40,7 @@ class RefreshGate:
         self._busy = 0
         self._proactive = 0
         self._waiting = 0  # requests waiting for a slot
+        self._queued = 0  # proactive refreshes waiting for a slot
         #: The most slots ever taken at once, for tests and benchmarks.
         self.peak = 0
 
@@ -60,12 +61,16 @@ class RefreshGate:
                 finally:
                     self._waiting -= 1
             else:
-                while (
-                    self._waiting
-                    or self._busy >= self.slots
-                    or self._proactive >= max(1, self.slots - 1)
-                ):
-                    self._cond.wait()
+                self._queued += 1
+                try:
+                    while (
+                        self._waiting
+                        or self._busy >= self.slots
+                        or self._proactive >= max(1, self.slots - 1)
+                    ):
+                        self._cond.wait()
+                finally:
+                    self._queued -= 1
                 self._proactive += 1
             self._busy += 1
             self.peak = max(self.peak, self._busy)
@@ -78,9 +83,15 @@ class RefreshGate:
                     self._proactive -= 1
                 self._cond.notify_all()
 
+    @property
+    def waiting(self) -> tuple[int, int]:
+        """Refreshes waiting for a slot now: (for requests, proactive)."""
+        with self._cond:
+            return self._waiting, self._queued
+
     def _after_fork_in_child(self) -> None:
         self._cond = threading.Condition()
-        self._busy = self._proactive = self._waiting = 0
+        self._busy = self._proactive = self._waiting = self._queued = 0
 
 
 class _NoGate:

@@ -261,7 +261,10 @@ class Integration:
         if not isinstance(tokens, TokenSet):
             raise ConfigurationError("tokens must be a TokenSet (see TokenSet.from_response)")
         self._check_open()
-        save_login(self.store.store(company), tokens)
+        # Through the store this process's sessions of the company use, if any: a
+        # store that caches its version (Redis) then shows them the login at once.
+        grant = self._grants.get(company)
+        save_login(grant.coordinator.store if grant else self.store.store(company), tokens)
 
     def companies(self) -> list[Company]:
         """The companies with a stored grant, sorted.
