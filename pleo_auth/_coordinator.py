@@ -31,9 +31,10 @@ from typing import Literal, TypeVar
 from ._clock import Clock
 from ._endpoint import TokenEndpoint
 from ._gate import NO_GATE, RefreshGate
-from ._rotation import _Outcome, _StoreProtocol
+from ._rotation import Operation, _Outcome, _StoreProtocol
 from ._schedule import RefreshSchedule
 from ._scheduler import WORKER_NAME, scheduler_for
+from ._timer import _ProactiveTimer
 from .errors import PleoAuthError, ReauthenticationRequired, RefreshError, TokenStoreError
 from .login_hint import LoginHint
 from .stores.base import TokenStore
@@ -46,11 +47,6 @@ _NEVER: Hashable = object()  # a version no store ever reports
 #: After that, the pause between the timer's attempts to write the pair back.
 _WRITE_BACK_PAUSE = 1.0
 
-#: How often the timer of a session's grant looks at the store, due or not: to
-#: take up a rotation or a login made elsewhere, and to notice a clock that jumped.
-_POLL = 30.0
-
-Operation = Literal["refresh", "sync"]
 
 #: Which grants the scheduler refreshes ahead of expiry: ``"always"`` (a session's
 #: grant, as 0.1 did), or ``"when-used"``: only grants a request used within the
@@ -58,7 +54,7 @@ Operation = Literal["refresh", "sync"]
 Policy = Literal["always", "when-used"]
 
 
-class Coordinator(_StoreProtocol):
+class Coordinator(_ProactiveTimer, _StoreProtocol):
     """Serialises refreshes of one set of stored tokens within a process.
 
     Thread safety:
@@ -374,10 +370,6 @@ class Coordinator(_StoreProtocol):
                 return
             self._cond.wait(left)
 
-    def _timer_due_at(self, tokens: TokenSet) -> float:
-        """When the proactive timer refreshes ``tokens``, with this rotation's jitter."""
-        return self.schedule.timer_due_at(tokens, self._jitter)
-
     def _peek_version(self) -> Hashable:
         """The store's version, or, when it cannot be read, the one the tokens in
         memory came from: a store that is down must not stop a request whose token
@@ -409,92 +401,6 @@ class Coordinator(_StoreProtocol):
         return ReauthenticationRequired(
             f"No Pleo tokens in {self.store.describe()}.", login_hint=self.login_hint
         )
-
-    # -- the proactive timer: ticks on the shared scheduler ------------------------------
-
-    def start(self) -> None:
-        """Load the tokens and schedule the proactive refresh, on a scheduler worker,
-        unless an earlier session over these tokens did."""
-        with self._cond:
-            started, self._started = self._started, True
-        if not started:
-            self._entry.wake()
-
-    def _wake_locked(self) -> None:
-        when = self._next_tick_locked()
-        if when is not None:
-            self._entry.wake(when)
-
-    def _next_tick_locked(self) -> float | None:
-        """When the timer should next look at these tokens; None for never, until a
-        request or a publish says otherwise. Does no I/O."""
-        if self._closed:
-            return None
-        now = self._clock.time()
-        tokens = self._tokens
-        cooldown = max(0.0, self._retry_not_before - self._clock.monotonic())
-        if self._unsaved:
-            return now + cooldown  # write it back: the stored pair is spent
-        if self.policy == "when-used":
-            if tokens is None or not self._recently_used(tokens):
-                self._dormant = True
-                return None
-            return max(self._timer_due_at(tokens), now + cooldown)
-        due = now + _POLL if tokens is None else min(self._timer_due_at(tokens), now + _POLL)
-        return max(due, now + cooldown)
-
-    def _recently_used(self, tokens: TokenSet) -> bool:
-        """Whether a request used this grant within one access-token lifetime."""
-        issued = tokens.issued_at if tokens.issued_at is not None else self._clock.time()
-        lifetime = max(tokens.expires_at - issued, self.schedule.refresh_margin)
-        return self._clock.monotonic() - self._last_used <= lifetime
-
-    def tick(self) -> float | None:
-        """One pass of the proactive timer, on a scheduler worker: load the tokens if
-        another process changed them, refresh them if due, write back a pair a failed
-        save left in memory. Returns when to look again (see :mod:`._scheduler`)."""
-        if not self._warmed:
-            self._warmed = True
-            _warm_up(self.store)
-        version = self._peek_version()
-        with self._cond:
-            if self._closed:
-                return None
-            cooldown = self._retry_not_before - self._clock.monotonic()
-            if self._busy is None and version != self._version and cooldown <= 0:
-                # Nothing has loaded the tokens yet, or another process changed them.
-                self._run_locked("sync", self._sync)
-                return self._next_tick_locked()
-            tokens = self._tokens
-            due = self._next_tick_locked()
-            if self._busy is not None or tokens is None or due is None or due > self._clock.time():
-                return due
-        try:
-            self._refresh_if_due(tokens)
-        except PleoAuthError as exc:
-            logger.warning("proactive refresh failed: %s", exc)
-        except Exception:
-            logger.exception("proactive refresh crashed")
-            with self._cond:  # never spin on a bug
-                self._retry_not_before = self._clock.monotonic() + self.schedule.failure_cooldown
-        with self._cond:
-            return self._next_tick_locked()
-
-    def _refresh_if_due(self, basis: TokenSet) -> None:
-        version = self._peek_version()
-        with self._cond:
-            if self._busy is not None:
-                self._wait_until_idle_locked(version)
-                return
-            if self._tokens is not basis or self._clock.monotonic() < self._retry_not_before:
-                return
-            if version != self._version:
-                self._run_locked("sync", self._sync)
-            elif self._clock.time() >= self._timer_due_at(basis):
-                proactive = functools.partial(self._refresh, basis, False, urgent=False)
-                self._run_locked("refresh", proactive)
-            elif self._unsaved:
-                self._run_locked("sync", self._write_back)
 
     # -- lifetime -------------------------------------------------------------
 
@@ -544,6 +450,16 @@ class Coordinator(_StoreProtocol):
         with self._cond:
             self._wake_locked()
 
+    def settle(self, timeout: float) -> bool:
+        """Wait for an operation under way to publish (a refresh to save its tokens);
+        False if it still ran after ``timeout`` seconds."""
+        if not self.may_wait_here():
+            return False
+        with self._cond:
+            if self._busy == "refresh":
+                logger.info("waiting for a refresh under way to save its tokens")
+            return self._cond.wait_for(lambda: self._busy is None, timeout)
+
     def close(self) -> None:
         """Stop the timer. A refresh already under way is allowed to finish and
         save: the old refresh token is spent, and exiting now would lose the new one.
@@ -591,14 +507,6 @@ class Coordinator(_StoreProtocol):
 
 
 _E = TypeVar("_E", bound=PleoAuthError)
-
-
-def _warm_up(store: TokenStore) -> None:
-    """The timer's first act: nothing left to import, and the store touched once,
-    both where a fork waits for them (see :mod:`pleo_auth._warmup`)."""
-    from ._warmup import warm_up_store
-
-    warm_up_store(store)
 
 
 def _fresh_copy(error: _E) -> _E:

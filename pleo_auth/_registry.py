@@ -142,6 +142,14 @@ class _Registry:
             coordinator.linger()
         self._retire(only_saved=True)
 
+    def settle(self, timeout: float) -> None:
+        """At interpreter exit: wait for every refresh under way on a thread of the
+        application's to save its tokens (each coordinator at most ``timeout``)."""
+        with self._lock:
+            coordinators = [coordinator for coordinator, _handles in self._entries.values()]
+        for coordinator in coordinators:
+            coordinator.settle(timeout)
+
     def get(self, key: Hashable) -> Coordinator | None:
         with self._lock:
             entry = self._entries.get(key)

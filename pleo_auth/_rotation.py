@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Hashable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from ._clock import Clock
 from ._endpoint import TokenEndpoint
@@ -27,6 +27,10 @@ logger = logging.getLogger("pleo_auth")
 
 #: Pauses between the attempts to save a pair whose parent was just spent.
 _SAVE_RETRY_PAUSES = (0.1, 0.4, 1.0)
+
+
+#: What the single flight does: spend the refresh token, or read the store.
+Operation = Literal["refresh", "sync"]
 
 
 class _Outcome(NamedTuple):

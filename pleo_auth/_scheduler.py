@@ -27,6 +27,7 @@ Thread safety:
 
 from __future__ import annotations
 
+import atexit
 import heapq
 import itertools
 import logging
@@ -39,6 +40,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ._clock import SYSTEM_CLOCK, Clock
+from ._registry import REGISTRY
 
 logger = logging.getLogger("pleo_auth")
 
@@ -123,6 +125,7 @@ class Scheduler:
         self._foreign = clock is not SYSTEM_CLOCK
         self._seq = itertools.count()
         self._reset()
+        _ALL.add(self)
 
     def _reset(self) -> None:
         self._cond = threading.Condition()
@@ -134,6 +137,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._workers = 0
         self._idle_workers = 0
+        self._stopped = False
 
     def register(self, item: Scheduled) -> Entry:
         """An entry for ``item``, not yet scheduled: :meth:`Entry.wake` it."""
@@ -174,6 +178,8 @@ class Scheduler:
                 entry.when = math.inf
                 self._stale += 1
                 self._compact_locked()
+                self._wakeup.set()  # it may have been the last: the threads may leave
+                self._cond.notify_all()
 
     def settle(self, entry: Entry, timeout: float) -> bool:
         with self._cond:
@@ -198,7 +204,7 @@ class Scheduler:
         """Drop superseded entries once they are most of the heap: a web app that
         builds a session per request must not grow it for ever."""
         if self._stale > 64 and self._stale * 2 > len(self._heap):
-            self._heap = [e for e in self._heap if e[2].when == e[0] and not e[2].closed]
+            self._heap = [e for e in self._heap if not _superseded(e)]
             heapq.heapify(self._heap)
             self._stale = 0
 
@@ -227,9 +233,9 @@ class Scheduler:
 
     def _pop_due_locked(self, now: float) -> None:
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        while heap and (heap[0][0] <= now or _superseded(heap[0])):
             when, _seq, entry = heapq.heappop(heap)
-            if entry.when != when or entry.closed:
+            if _superseded((when, _seq, entry)):
                 self._stale = max(0, self._stale - 1)
                 continue
             entry.when = math.inf
@@ -248,21 +254,20 @@ class Scheduler:
         cond = self._cond
         while True:
             with cond:
-                while not self._ready:
-                    if self._cond is not cond:
+                while not self._ready or self._stopped:
+                    if self._cond is not cond or self._stopped:
                         return  # a forked child's leftover: never here, but harmless
                     self._idle_workers += 1
                     woken = cond.wait(_WORKER_IDLE)
                     self._idle_workers -= 1
-                    if not woken and not self._ready:
-                        self._workers -= 1
+                    if not self._ready and (not woken or self._thread is None):
+                        self._workers -= 1  # idle, or nothing is scheduled any more
+                        self._cond.notify_all()
                         return
                 entry = self._ready.popleft()
             self._tick(entry)
 
     def _tick(self, entry: Entry) -> None:
-        from ._registry import REGISTRY  # the registry imports coordinators, which import us
-
         item = entry.item()
         after: float | None = None
         if item is not None:
@@ -282,6 +287,23 @@ class Scheduler:
                 self._push_locked(entry, when)
             self._cond.notify_all()
 
+    def stop(self, timeout: float) -> bool:
+        """Start no tick from now on, and wait for those under way: at interpreter
+        exit, a refresh cut off between Pleo's reply and the save loses the grant.
+
+        Returns:
+            False if a tick was still running after ``timeout`` seconds.
+        """
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+            if self._running_locked():
+                logger.info("waiting for a proactive refresh under way to save its tokens")
+            return self._cond.wait_for(lambda: not self._running_locked(), timeout)
+
+    def _running_locked(self) -> bool:
+        return any(entry.ticking for entry in self._ticking if entry not in self._ready)
+
     def _after_fork_in_child(self) -> None:
         # The parent's threads are gone; what they had queued or were running is due.
         pending = list(self._ticking)
@@ -296,10 +318,17 @@ class Scheduler:
                 entry.when = now
                 heap.append((now, next(self._seq), entry))
         # Each entry keeps its place: no thread starts until the next wake.
-        self._heap = [e for e in heap if e[2].when == e[0] and not e[2].closed]
+        self._heap = [e for e in heap if not _superseded(e)]
         heapq.heapify(self._heap)
 
 
+def _superseded(item: tuple[float, int, Entry]) -> bool:
+    """Whether a heap item is left over: its entry closed, or due at another time."""
+    when, _seq, entry = item
+    return entry.when != when or entry.closed
+
+
+_ALL: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 _schedulers: weakref.WeakKeyDictionary[Clock, Scheduler] = weakref.WeakKeyDictionary()
 _by_id: dict[int, Scheduler] = {}  # clocks that take no weak reference
 _SYSTEM = Scheduler(SYSTEM_CLOCK)
@@ -323,11 +352,33 @@ def scheduler_for(clock: Clock) -> Scheduler:
         return scheduler
 
 
+#: At interpreter exit, the longest to wait for refreshes under way (one refresh,
+#: retries included, takes at most about 45 s with the default settings).
+_EXIT_WAIT = 60.0
+
+
+def _finish_at_exit() -> None:
+    """Let refreshes under way save their tokens before the interpreter exits.
+
+    Workers are daemon threads: the interpreter would kill one between Pleo's
+    reply and the save, and the stored refresh token is spent by then. A cron job
+    whose main thread ends while the timer refreshes would lose the grant.
+    """
+    for scheduler in list(_ALL):
+        if not scheduler.stop(_EXIT_WAIT):
+            logger.error(
+                "exiting while a proactive refresh is still under way after %gs", _EXIT_WAIT
+            )
+    REGISTRY.settle(_EXIT_WAIT)
+
+
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
-    for scheduler in [_SYSTEM, *_schedulers.values(), *_by_id.values()]:
+    for scheduler in list(_ALL):
         scheduler._after_fork_in_child()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+# After the registry's own exit handler is registered, so this one runs first.
+atexit.register(_finish_at_exit)

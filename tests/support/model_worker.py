@@ -93,7 +93,14 @@ _endpoint_logger.addHandler(UNANSWERED_ATTEMPTS)
 
 
 def _is_timer(thread: threading.Thread) -> bool:
-    return thread.name.startswith("pleo-auth") and thread.is_alive()
+    """The scheduler's thread: it sleeps on the clock only once no tick is queued or
+    running on its workers (see pleo_auth._scheduler), so it alone tells."""
+    return thread.name == "pleo-auth-scheduler" and thread.is_alive()
+
+
+def _is_closing(thread: threading.Thread) -> bool:
+    """The rest of a close() that runs on a thread of its own: settled once it ends."""
+    return thread.name == "pleo-auth-close" and thread.is_alive()
 
 
 class ModelClock:
@@ -158,6 +165,8 @@ class ModelClock:
 
     def _settled_locked(self) -> bool:
         for thread in threading.enumerate():
+            if _is_closing(thread):
+                return False
             if not _is_timer(thread):
                 continue
             entry = self._waiting.get(thread)
