@@ -11,6 +11,16 @@ Each gives a web app:
 * handling of :class:`~pleo_auth.ReauthenticationRequired` anywhere in a view:
   the person is redirected to the connect view.
 
+**A grant per company.** When ``STORE`` is a store family (``family:file:DIR``,
+``family:redis://...``, or a :class:`~pleo_auth.TokenStoreFamily`), or
+``INTEGRATION`` is an :class:`~pleo_auth.Integration`, the app keeps a grant per
+Pleo company: the callback asks Pleo which company the login is for and saves it
+as that company's grant (a second login for a company replaces its grant; no
+other company's is touched), and remembers the company in the framework's
+session (:data:`COMPANY_KEY`). ``get_session(company)`` is that company's
+session, and the connect view's ``?company=`` pre-selects a company and refuses a
+login for another.
+
 The frameworks are optional extras (``pleo-auth[flask]``, ``pleo-auth[django]``):
 this package imports neither; each submodule imports its own framework.
 
@@ -24,38 +34,61 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ..company import Company
 from ..errors import ConfigurationError
 from ..flow import AuthorizationFlow, check_redirect_uri
 from ..session import PleoSession
 from ..settings import Settings
 from ..stores.base import TokenStore
+from ..stores.family import TokenStoreFamily
+from ..stores.family_spec import family_from_spec, is_family_spec
+
+if TYPE_CHECKING:
+    from ..integration import Integration
 
 __all__: list[str] = []
 
 #: Session keys of the pending login and of where to go after it.
 PENDING_KEY = "pleo_auth.pending"
 NEXT_KEY = "pleo_auth.next"
+#: Session key of the company the last login was for (its URN), with a grant per company.
+COMPANY_KEY = "pleo_auth.company"
 
 #: The settings only a web app has; the rest are :class:`~pleo_auth.Settings`'.
-_WEB_KEYS = ("REDIRECT_URI", "AFTER_CONNECT")
+_WEB_KEYS = ("REDIRECT_URI", "AFTER_CONNECT", "INTEGRATION")
+
+#: What may go with INTEGRATION: what a login asks for. The rest is the Integration's.
+_LOGIN_KEYS = ("SCOPES", "SUBJECT", "AUTHORIZE_URL")
 
 
 @attrs.frozen(repr=False)
 class _WebSettings:
-    """One app's Pleo settings, with its store built once.
+    """One app's Pleo settings, with its store (or family) built once.
+
+    Attributes:
+        store: The store of the app's one grant, or None with a grant per company.
+        family: The family the app's own Integration is built over, if any.
+        integration: The Integration the app was given (``INTEGRATION``), if any.
 
     Thread safety:
         Immutable; the store it holds is shared by every request.
     """
 
     settings: Settings
-    store: TokenStore
+    store: TokenStore | None
     redirect_uri: str | None = None
     after_connect: str = "/"
+    family: TokenStoreFamily | None = None
+    integration: Integration | None = None
+
+    @property
+    def per_company(self) -> bool:
+        """Whether the app keeps a grant per company."""
+        return self.store is None
 
     @classmethod
     def from_mapping(
@@ -63,20 +96,32 @@ class _WebSettings:
     ) -> _WebSettings:
         """Read settings named without prefix (``CLIENT_ID``, ``STORE``, ...).
 
-        Everything but ``REDIRECT_URI`` and ``AFTER_CONNECT`` is read by
-        :meth:`pleo_auth.Settings.from_mapping`, and the store is built here, once,
-        so a mistyped ``STORE`` is found when the app starts.
+        Everything but ``REDIRECT_URI``, ``AFTER_CONNECT`` and ``INTEGRATION`` is
+        read by :meth:`pleo_auth.Settings.from_mapping`, and the store (or family)
+        is built here, once, so a mistyped ``STORE`` is found when the app starts.
 
         Raises:
             ConfigurationError: A setting is missing or invalid; the message
                 says where (``where``) it should be.
         """
-        settings = Settings.from_mapping(
-            {key: value for key, value in values.items() if key not in _WEB_KEYS},
-            where=where,
-            prefix=prefix,
-        )
-        web = {key: values.get(key) or None for key in _WEB_KEYS}
+        integration = _given_integration(values, where=where, prefix=prefix)
+        store = values.get("STORE")
+        family = _family(store, where=where, prefix=prefix)
+        if integration is not None:
+            settings = integration.settings.evolve(
+                **{key.lower(): values[key] for key in _LOGIN_KEYS if values.get(key)}
+            )
+        else:
+            settings = Settings.from_mapping(
+                {
+                    key: value
+                    for key, value in values.items()
+                    if key not in _WEB_KEYS and not (family is not None and key == "STORE")
+                },
+                where=where,
+                prefix=prefix,
+            )
+        web = {key: values.get(key) or None for key in _WEB_KEYS if key != "INTEGRATION"}
         for key, value in web.items():
             if value is not None and not isinstance(value, str):
                 raise ConfigurationError(f"{where}: {prefix}{key} must be a string")
@@ -87,32 +132,70 @@ class _WebSettings:
             except ConfigurationError as exc:
                 reason = str(exc).removeprefix("redirect_uri ")
                 raise ConfigurationError(f"{where}: {prefix}REDIRECT_URI {reason}") from None
+        per_company = integration is not None or family is not None
         return cls(
             settings=settings,
-            store=settings.build_store(),
+            store=None if per_company else settings.build_store(),
             redirect_uri=web["REDIRECT_URI"],
             after_connect=web["AFTER_CONNECT"] or "/",
+            family=family,
+            integration=integration,
         )
 
     def session(self, connect_view: str | None = None) -> PleoSession:
         """A new :class:`~pleo_auth.PleoSession` over the app's store; a dead grant
         tells to log in at ``connect_view``."""
+        if self.store is None:
+            raise ConfigurationError(
+                "this app keeps a grant per Pleo company (its STORE is a store family, "
+                "or it has an INTEGRATION): call get_session(company)"
+            )
         hint = self.settings.login_hint(self.store, view=connect_view) if connect_view else None
         return PleoSession(settings=self.settings, store=self.store, login_hint=hint)
 
-    def flow(self, redirect_uri: str) -> AuthorizationFlow:
-        """An :class:`~pleo_auth.flow.AuthorizationFlow` that saves to the app's store."""
-        return AuthorizationFlow(
-            settings=self.settings,
-            redirect_uri=self.redirect_uri or redirect_uri,
-            store=self.store,
-        )
-
     def __repr__(self) -> str:
+        where = self.store if self.store is not None else (self.family or self.integration)
         return (
             f"<_WebSettings client_id={self.settings.client_id!r} {self.settings.target()} "
-            f"store={self.store!r}>"
+            f"store={where!r}>"
         )
+
+
+def _given_integration(values: Mapping[str, Any], *, where: str, prefix: str) -> Integration | None:
+    """The ``INTEGRATION`` setting: an Integration, alone but for the login's keys."""
+    given = values.get("INTEGRATION")
+    if given is None:
+        return None
+    from ..integration import Integration
+
+    if not isinstance(given, Integration):
+        raise ConfigurationError(
+            f"{where}: {prefix}INTEGRATION must be a pleo_auth.Integration, "
+            f"not {type(given).__name__}"
+        )
+    extra = sorted(
+        f"{prefix}{key}"
+        for key, value in values.items()
+        if value not in (None, "") and key not in (*_WEB_KEYS, *_LOGIN_KEYS)
+    )
+    if extra:
+        raise ConfigurationError(
+            f"{where}: {prefix}INTEGRATION brings the client, its endpoints and its store: "
+            f"drop {', '.join(extra)}"
+        )
+    return given
+
+
+def _family(store: object, *, where: str, prefix: str) -> TokenStoreFamily | None:
+    """The family ``STORE`` names, if it names one (a family spec, or a family)."""
+    if isinstance(store, TokenStoreFamily):
+        return store
+    if not is_family_spec(store):
+        return None
+    try:
+        return family_from_spec(store)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {prefix}STORE: {exc}") from None
 
 
 class _Lazy:
@@ -134,6 +217,7 @@ class _Lazy:
         self._lock = threading.Lock()
         self._settings: _WebSettings | None = None
         self._session: PleoSession | None = None
+        self._integration: Integration | None = None  # built here, closed by reset()
 
     def settings(self) -> _WebSettings:
         settings = self._settings
@@ -154,12 +238,57 @@ class _Lazy:
                 session = self._session
         return session
 
+    def integration(self) -> Integration:
+        """The app's :class:`~pleo_auth.Integration`: ``INTEGRATION``, or one built
+        on first use over the ``STORE`` family.
+
+        Raises:
+            ConfigurationError: The app keeps one grant, not a grant per company.
+        """
+        settings = self.settings()
+        if settings.integration is not None:
+            return settings.integration
+        if settings.family is None:
+            raise ConfigurationError(
+                "this app keeps one grant: give it a store family (STORE = family:...) "
+                "or an INTEGRATION to keep a grant per company, or call get_session()"
+            )
+        integration = self._integration
+        if integration is None:
+            from ..integration import Integration
+
+            with self._lock:
+                if self._integration is None:
+                    self._integration = Integration(
+                        settings=settings.settings, store=settings.family
+                    )
+                integration = self._integration
+        return integration
+
+    def company_session(self, company: Company | str) -> PleoSession:
+        """``company``'s session, from the app's Integration (cheap: per request)."""
+        return self.integration().session(company)
+
+    def flow(self, redirect_uri: str) -> AuthorizationFlow:
+        """An :class:`~pleo_auth.flow.AuthorizationFlow` that saves to the app's
+        store, or as the grant of the company each login is for."""
+        settings = self.settings()
+        return AuthorizationFlow(
+            settings=settings.settings,
+            redirect_uri=settings.redirect_uri or redirect_uri,
+            store=self.integration() if settings.per_company else settings.store,
+        )
+
     def reset(self) -> None:
-        """Forget the settings and close the shared session; the next use rebuilds."""
+        """Forget the settings, close the shared session and the Integration built
+        here (never one given as ``INTEGRATION``); the next use rebuilds."""
         with self._lock:
             session, self._session, self._settings = self._session, None, None
+            integration, self._integration = self._integration, None
         if session is not None:
             session.close()
+        if integration is not None:
+            integration.close()
 
 
 def _safe_next(target: object) -> str | None:

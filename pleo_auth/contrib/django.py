@@ -25,6 +25,14 @@ In a view::
     def employees(request):
         return JsonResponse(get_session().get("/v2/employees").json())
 
+**A grant per company.** With ``"STORE": "family:file:/var/lib/myapp/pleo"`` (or
+``family:redis://...``, a :class:`~pleo_auth.TokenStoreFamily`), or
+``"INTEGRATION"`` set to your :class:`~pleo_auth.Integration`, each login is saved
+as the grant of the company Pleo says it is for, which the callback keeps in
+``request.session["pleo_auth.company"]`` (its URN); ``connect/?company=<id>``
+pre-selects a company and refuses a login for another. In a view,
+``get_session(company)`` is that company's session.
+
 When the grant dies, the :class:`~pleo_auth.ReauthenticationRequired` a view
 raises is turned by the middleware into a redirect to the connect view, which
 brings the person back afterwards.
@@ -37,7 +45,9 @@ middleware checks it when the app starts.
 ``ENVIRONMENT``, ``SCOPES``, ``TOKEN_URL``, ``API_URL``, ``AUTHORIZE_URL``,
 ``REDIRECT_URI`` (default: the callback view's absolute URL), ``AFTER_CONNECT``
 (default ``/``), ``SUBJECT``, and every other field of :class:`~pleo_auth.Settings`
-in capitals (``REFRESH_MARGIN``, ``CLIENT_AUTH``, ``REFRESH_TIMEOUT``, ...).
+in capitals (``REFRESH_MARGIN``, ``CLIENT_AUTH``, ``REFRESH_TIMEOUT``, ...), and
+``INTEGRATION`` (an Integration, which brings the client, its endpoints and its
+store: only ``SCOPES``, ``SUBJECT``, ``AUTHORIZE_URL`` and the web keys go with it).
 
 Guard the two views like your admin pages: include them under a path your
 authentication protects, or wrap :func:`connect` and :func:`callback` yourself
@@ -49,7 +59,7 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from django.apps import AppConfig
@@ -59,10 +69,14 @@ from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
 from django.urls import NoReverseMatch, path, reverse
 
+from ..company import Company
 from ..errors import AuthorizationError, ConfigurationError, ReauthenticationRequired
 from ..flow import PendingAuthorization
 from ..session import PleoSession
-from . import NEXT_KEY, PENDING_KEY, _Lazy, _safe_next, _WebSettings
+from . import COMPANY_KEY, NEXT_KEY, PENDING_KEY, _Lazy, _safe_next, _WebSettings
+
+if TYPE_CHECKING:
+    from ..integration import Integration
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +87,7 @@ __all__ = [
     "callback",
     "check_settings",
     "connect",
+    "get_integration",
     "get_session",
     "urlpatterns",
 ]
@@ -131,17 +146,31 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
 setting_changed.connect(_on_setting_changed, dispatch_uid="pleo_auth.contrib.django")
 
 
-def get_session() -> PleoSession:
-    """The process's shared :class:`~pleo_auth.PleoSession`, built from ``settings.PLEO_AUTH``.
+def get_session(company: Company | str | None = None) -> PleoSession:
+    """The process's shared :class:`~pleo_auth.PleoSession`, built from
+    ``settings.PLEO_AUTH``; with a grant per company, ``company``'s session.
 
     Built on first use, then the same object for every request and thread of
     this process. Do not close it. A change of ``PLEO_AUTH`` (``override_settings``
-    in tests) builds a new one.
+    in tests) builds a new one. A company's session comes from the app's
+    :func:`get_integration` and is cheap: ask per request.
 
     Raises:
-        ConfigurationError: ``PLEO_AUTH`` is missing or invalid.
+        ConfigurationError: ``PLEO_AUTH`` is missing or invalid; ``company`` is
+            given with one grant, or missing with a grant per company, or names
+            no company.
     """
-    return _LAZY.session()
+    return _LAZY.session() if company is None else _LAZY.company_session(company)
+
+
+def get_integration() -> Integration:
+    """The process's :class:`~pleo_auth.Integration`, with a grant per company:
+    ``INTEGRATION``, or one built on first use over the ``STORE`` family.
+
+    Raises:
+        ConfigurationError: ``PLEO_AUTH`` keeps one grant, or is invalid.
+    """
+    return _LAZY.integration()
 
 
 def _page(status: int, title: str, message: str, link: str | None = None) -> HttpResponse:
@@ -158,11 +187,14 @@ def connect(request: HttpRequest) -> HttpResponse:
     """Start a Pleo login: keep the pending login in the session, redirect to Pleo.
 
     A ``next`` query parameter (a path on this site) is where the callback
-    sends the person afterwards.
+    sends the person afterwards; a ``company`` one (a company id or URN) is the
+    company the login must be for.
     """
-    settings = _LAZY.settings()
-    flow = settings.flow(request.build_absolute_uri(reverse("pleo_auth:callback")))
-    pending = flow.start()
+    flow = _LAZY.flow(request.build_absolute_uri(reverse("pleo_auth:callback")))
+    try:
+        pending = flow.start(company=request.GET.get("company"))
+    except ConfigurationError as exc:
+        return _page(400, "Pleo login not started", str(exc))
     request.session[PENDING_KEY] = pending.to_dict()
     target = _safe_next(request.GET.get("next"))
     if target is not None:
@@ -187,10 +219,12 @@ def callback(request: HttpRequest) -> HttpResponse:
         )
     try:
         pending = PendingAuthorization.from_dict(saved)
-        settings.flow(pending.redirect_uri).finish(pending, request.GET.dict())
+        login = _LAZY.flow(pending.redirect_uri).finish_login(pending, request.GET.dict())
     except AuthorizationError as exc:
         logger.warning("Pleo login failed: %s", exc)
         return _page(400, "Pleo login failed", str(exc), connect_url)
+    if login.company is not None:
+        request.session[COMPANY_KEY] = login.company.urn
     return HttpResponseRedirect(target or settings.after_connect)
 
 

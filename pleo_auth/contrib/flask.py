@@ -19,6 +19,17 @@ Needs the ``pleo-auth[flask]`` extra. Example::
     def employees():
         return get_session().get("/v2/employees").json()
 
+**A grant per company.** With ``PLEO_STORE="family:file:/var/lib/myapp/pleo"``
+(or ``family:redis://...``, a :class:`~pleo_auth.TokenStoreFamily`), or
+``PLEO_INTEGRATION`` set to your :class:`~pleo_auth.Integration`, each login is
+saved as the grant of the company Pleo says it is for, which the callback keeps
+in ``session["pleo_auth.company"]`` (its URN); ``/pleo/connect?company=<id>``
+pre-selects a company and refuses a login for another::
+
+    @app.get("/companies/<company>/employees")
+    def company_employees(company):
+        return get_session(company).get("/v2/employees").json()
+
 When the grant dies (revoked, expired, a refresh token spent twice), the
 :class:`~pleo_auth.ReauthenticationRequired` a view raises is turned into a
 redirect to ``/pleo/connect?next=<this page>``; after the login the person
@@ -30,7 +41,10 @@ Settings (``app.config``): ``PLEO_CLIENT_ID`` (required), ``PLEO_CLIENT_SECRET``
 ``PLEO_AUTHORIZE_URL``, ``PLEO_REDIRECT_URI`` (default: the callback view's
 external URL), ``PLEO_AFTER_CONNECT`` (default ``/``), ``PLEO_SUBJECT``, and every
 other field of :class:`~pleo_auth.Settings` (``PLEO_REFRESH_MARGIN``,
-``PLEO_CLIENT_AUTH``, ...). They are checked, and the store built, by
+``PLEO_CLIENT_AUTH``, ...), and ``PLEO_INTEGRATION`` (an Integration, which brings
+the client, its endpoints and its store: only ``PLEO_SCOPES``, ``PLEO_SUBJECT``,
+``PLEO_AUTHORIZE_URL`` and the web settings go with it). They are checked, and
+the store built, by
 :meth:`PleoAuth.init_app`: a mistyped setting stops the app at start-up.
 
 Flask's default session is a *signed*, not encrypted, cookie: the person's own
@@ -51,18 +65,22 @@ from __future__ import annotations
 
 import html
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, Response, current_app, redirect, request, session, url_for
 
-from ..errors import AuthorizationError, ReauthenticationRequired
+from ..company import Company
+from ..errors import AuthorizationError, ConfigurationError, ReauthenticationRequired
 from ..flow import PendingAuthorization
 from ..session import PleoSession
-from . import NEXT_KEY, PENDING_KEY, _Lazy, _safe_next, _WebSettings
+from . import COMPANY_KEY, NEXT_KEY, PENDING_KEY, _Lazy, _safe_next, _WebSettings
+
+if TYPE_CHECKING:
+    from ..integration import Integration
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PleoAuth", "get_session"]
+__all__ = ["PleoAuth", "get_integration", "get_session"]
 
 _EXTENSION = "pleo_auth"
 
@@ -117,17 +135,34 @@ class PleoAuth:
         return get_session()
 
 
-def get_session() -> PleoSession:
-    """The current app's shared :class:`~pleo_auth.PleoSession`.
+def get_session(company: Company | str | None = None) -> PleoSession:
+    """The current app's shared :class:`~pleo_auth.PleoSession`; with a grant per
+    company, ``company``'s session.
 
     Built on first use from ``app.config``, then the same object for every
-    request and thread of this process. Do not close it.
+    request and thread of this process. Do not close it. A company's session
+    comes from the app's :func:`get_integration` and is cheap: ask per request.
 
     Raises:
-        ConfigurationError: The settings are missing or invalid.
+        ConfigurationError: The settings are missing or invalid; ``company`` is
+            given to an app with one grant, or missing with a grant per company,
+            or names no company.
         RuntimeError: Outside an app context, or :class:`PleoAuth` was not set up.
     """
-    return _lazy().session()
+    lazy = _lazy()
+    return lazy.session() if company is None else lazy.company_session(company)
+
+
+def get_integration() -> Integration:
+    """The current app's :class:`~pleo_auth.Integration`, with a grant per company:
+    ``PLEO_INTEGRATION``, or one built on first use over the ``PLEO_STORE`` family
+    (for its ``companies()`` and ``status()``).
+
+    Raises:
+        ConfigurationError: The app keeps one grant.
+        RuntimeError: Outside an app context, or :class:`PleoAuth` was not set up.
+    """
+    return _lazy().integration()
 
 
 def _lazy() -> _Lazy:
@@ -158,9 +193,11 @@ def _page(status: int, title: str, message: str, link: str | None = None) -> Res
 
 
 def _connect() -> Any:
-    settings = _lazy().settings()
-    flow = settings.flow(url_for("pleo_auth.callback", _external=True))
-    pending = flow.start()
+    flow = _lazy().flow(url_for("pleo_auth.callback", _external=True))
+    try:
+        pending = flow.start(company=request.args.get("company"))
+    except ConfigurationError as exc:
+        return _page(400, "Pleo login not started", str(exc))
     session[PENDING_KEY] = pending.to_dict()
     target = _safe_next(request.args.get("next"))
     if target is not None:
@@ -171,7 +208,8 @@ def _connect() -> Any:
 
 
 def _callback() -> Any:
-    settings = _lazy().settings()
+    lazy = _lazy()
+    settings = lazy.settings()
     saved = session.pop(PENDING_KEY, None)
     target = _safe_next(session.pop(NEXT_KEY, None))
     connect = url_for("pleo_auth.connect")
@@ -184,10 +222,12 @@ def _callback() -> Any:
         )
     try:
         pending = PendingAuthorization.from_dict(saved)
-        settings.flow(pending.redirect_uri).finish(pending, request.args)
+        login = lazy.flow(pending.redirect_uri).finish_login(pending, request.args)
     except AuthorizationError as exc:
         logger.warning("Pleo login failed: %s", exc)
         return _page(400, "Pleo login failed", str(exc), connect)
+    if login.company is not None:
+        session[COMPANY_KEY] = login.company.urn
     return redirect(target or settings.after_connect)
 
 

@@ -13,9 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.web_contract import PENDING_KEY, Reply, StartApp, WebApp, WebIntegrationContract
+from support.web_contract import (
+    PENDING_KEY,
+    CompanyGrantsContract,
+    Reply,
+    StartApp,
+    WebApp,
+)
 
-from pleo_auth import ConfigurationError, PleoSession
+from pleo_auth import Company, ConfigurationError, Integration, PleoSession
 
 django = pytest.importorskip("django")
 
@@ -96,8 +102,26 @@ class DjangoApp(WebApp):
 
         self._overrides.enter_context(override_settings(PLEO_AUTH=dict(settings)))
 
+    def company_session(self, company: Company | str) -> PleoSession:
+        from pleo_auth.contrib.django import get_session
 
-class TestDjangoIntegration(WebIntegrationContract):
+        return get_session(company)
+
+    def integration(self) -> Integration:
+        from pleo_auth.contrib.django import get_integration
+
+        return get_integration()
+
+    def value(self, key: str) -> Any:
+        return self.client.session.get(key)
+
+    def browser(self) -> WebApp:
+        from django.test import Client
+
+        return DjangoApp(Client(), self._overrides)
+
+
+class TestDjangoIntegration(CompanyGrantsContract):
     connect_path = "/pleo/connect/"
     callback_url = "http://testserver/pleo/callback/"
     employees_path = "/employees/"

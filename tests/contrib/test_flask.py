@@ -9,10 +9,16 @@ from typing import Any
 import pytest
 from flask import Flask, jsonify
 from flask.testing import FlaskClient
-from support.web_contract import PENDING_KEY, Reply, StartApp, WebApp, WebIntegrationContract
+from support.web_contract import (
+    PENDING_KEY,
+    CompanyGrantsContract,
+    Reply,
+    StartApp,
+    WebApp,
+)
 
-from pleo_auth import PleoSession
-from pleo_auth.contrib.flask import PleoAuth, get_session
+from pleo_auth import Company, Integration, PleoSession
+from pleo_auth.contrib.flask import PleoAuth, get_integration, get_session
 
 
 def flask_app(settings: Mapping[str, Any]) -> Flask:
@@ -65,8 +71,23 @@ class FlaskApp(WebApp):
         self.app.config.update({f"PLEO_{key}": value for key, value in settings.items()})
         PleoAuth.reset(self.app)  # documented: after changing the config
 
+    def company_session(self, company: Company | str) -> PleoSession:
+        with self.app.app_context():
+            return get_session(company)
 
-class TestFlaskIntegration(WebIntegrationContract):
+    def integration(self) -> Integration:
+        with self.app.app_context():
+            return get_integration()
+
+    def value(self, key: str) -> Any:
+        with self.client.session_transaction() as session:
+            return session.get(key)
+
+    def browser(self) -> WebApp:
+        return FlaskApp(self.app)
+
+
+class TestFlaskIntegration(CompanyGrantsContract):
     connect_path = "/pleo/connect"
     callback_url = "http://localhost/pleo/callback"
     employees_path = "/employees"

@@ -13,7 +13,9 @@ subclasses it (``TestFlaskIntegration``, ``TestDjangoIntegration``) and gives it
   name a setting) and ``framework_modules``.
 
 Everything is real: the emulator is Pleo on loopback, the browser's trip to it
-is a real HTTP request, and the tokens land in a real FileStore (or MemoryStore).
+is a real HTTP request, and the tokens land in a real FileStore (or MemoryStore),
+or, for an app with a grant per company, a real ``FileStore.family`` (the
+emulator says which company each login is for).
 """
 
 from __future__ import annotations
@@ -28,15 +30,17 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import attrs
 import pytest
 import requests
 
 from pleo_auth import (
+    Company,
     ConfigurationError,
     FileStore,
+    Integration,
     MemoryStore,
     PleoSession,
     ReauthenticationRequired,
@@ -45,6 +49,11 @@ from pleo_auth.testing import Emulator
 
 #: The framework session key of the pending login (pleo_auth.contrib.PENDING_KEY).
 PENDING_KEY = "pleo_auth.pending"
+#: The framework session key of the last login's company (pleo_auth.contrib.COMPANY_KEY).
+COMPANY_KEY = "pleo_auth.company"
+
+A = Company("3f2504e0-4f89-11d3-9a0c-0305e82c3301")
+B = Company("9b2c1f6e-1d2a-4c3b-8e4f-5a6b7c8d9e0f")
 
 
 def approve(authorize_url: str) -> str:
@@ -101,6 +110,22 @@ class WebApp(abc.ABC):
     @abc.abstractmethod
     def reconfigure(self, settings: Mapping[str, Any]) -> None:
         """Change the app's settings the way the framework documents it."""
+
+    @abc.abstractmethod
+    def company_session(self, company: Company | str) -> PleoSession:
+        """``get_session(company)`` in a view; any thread."""
+
+    @abc.abstractmethod
+    def integration(self) -> Integration:
+        """``get_integration()`` in a view."""
+
+    @abc.abstractmethod
+    def value(self, key: str) -> Any:
+        """A value of the browser's framework session, or None."""
+
+    @abc.abstractmethod
+    def browser(self) -> WebApp:
+        """The same app, seen through another browser (cookies of its own)."""
 
 
 StartApp = Callable[[Mapping[str, Any]], WebApp]
@@ -377,3 +402,182 @@ class WebIntegrationContract:
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
         )
         assert result.stdout.strip() == "[]"
+
+
+def with_subject(url: str, company: Company) -> str:
+    """The authorize URL as if the person picked ``company`` on Pleo's page."""
+    parts = urlsplit(url)
+    query = query_of(url)
+    query["urn_pleo_params_oauth_subject"] = company.urn
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+class CompanyGrantsContract(WebIntegrationContract):
+    """The promises of a web integration with a grant per company (``STORE`` a
+    store family, or ``INTEGRATION``); a framework's test class subclasses this
+    one, which runs the one-grant promises too."""
+
+    @pytest.fixture
+    def grants_dir(self, tmp_path: Path) -> Path:
+        return tmp_path / "grants"
+
+    @pytest.fixture
+    def family_app(self, start_app: StartApp, settings: dict[str, Any], grants_dir: Path) -> WebApp:
+        return start_app({**settings, "STORE": f"family:file:{grants_dir}"})
+
+    def grant_of(self, grants_dir: Path, company: Company) -> Any:
+        return FileStore.family(grants_dir).store(company).load()
+
+    def test_the_callback_saves_the_grant_of_the_company_pleo_names(
+        self, family_app: WebApp, emulator: Emulator, grants_dir: Path
+    ) -> None:
+        emulator.set_default_company(A)  # the person picks A on Pleo's page
+        assert self.log_in(family_app, emulator) == "/"
+        stored = self.grant_of(grants_dir, A)
+        assert stored is not None
+        assert emulator.is_current(stored.access_token, stored.refresh_token)
+        assert FileStore.family(grants_dir).companies() == [A]
+        assert family_app.value(COMPANY_KEY) == A.urn
+        assert family_app.company_session(A).get("/v2/employees").status_code == 200
+        assert family_app.integration().companies() == [A]
+
+    def test_a_login_for_another_company_never_touches_the_first(
+        self, family_app: WebApp, emulator: Emulator, grants_dir: Path
+    ) -> None:
+        emulator.set_default_company(A)
+        self.log_in(family_app, emulator)
+        first = self.grant_of(grants_dir, A)
+        emulator.set_default_company(B)
+        self.log_in(family_app, emulator)
+        assert self.grant_of(grants_dir, A) == first
+        assert family_app.value(COMPANY_KEY) == B.urn
+        assert FileStore.family(grants_dir).companies() == [A, B]
+
+    def test_a_second_login_for_a_company_replaces_its_grant(
+        self, family_app: WebApp, emulator: Emulator, grants_dir: Path
+    ) -> None:
+        emulator.set_default_company(A)
+        self.log_in(family_app, emulator)
+        first = self.grant_of(grants_dir, A)
+        self.log_in(family_app, emulator)
+        second = self.grant_of(grants_dir, A)
+        assert second.access_token != first.access_token
+        assert emulator.is_current(second.access_token, second.refresh_token)
+        assert emulator.counters_for(A).code_exchanges == 2
+        assert FileStore.family(grants_dir).companies() == [A]
+
+    def test_two_browsers_logging_in_two_companies_at_once_each_get_their_own_grant(
+        self, family_app: WebApp, emulator: Emulator, grants_dir: Path
+    ) -> None:
+        browsers = {A: family_app, B: family_app.browser()}
+        callbacks = {}
+        for company, browser in browsers.items():
+            reply = browser.get(f"{self.connect_path}?company={company.id}")
+            assert reply.location is not None
+            callbacks[company] = local(approve(reply.location))
+        barrier = threading.Barrier(2)
+        replies: dict[Company, Reply] = {}
+
+        def finish(company: Company) -> None:
+            barrier.wait()
+            replies[company] = browsers[company].get(callbacks[company])
+
+        threads = [threading.Thread(target=finish, args=(company,)) for company in browsers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert {company: reply.status for company, reply in replies.items()} == {A: 302, B: 302}
+        for company, browser in browsers.items():
+            stored = self.grant_of(grants_dir, company)
+            assert emulator.is_current(stored.access_token, stored.refresh_token)
+            assert emulator.counters_for(company).code_exchanges == 1
+            assert browser.value(COMPANY_KEY) == company.urn
+
+    def test_connect_with_a_company_preselects_it_and_refuses_a_login_for_another(
+        self, family_app: WebApp, emulator: Emulator, grants_dir: Path
+    ) -> None:
+        reply = family_app.get(f"{self.connect_path}?company={A.urn}")
+        assert reply.location is not None
+        assert query_of(reply.location)["urn_pleo_params_oauth_subject"] == A.urn
+        assert family_app.pending()["company"] == A.urn
+        callback = approve(with_subject(reply.location, B))
+        reply = family_app.get(local(callback))
+        assert reply.status == 400
+        assert f"this login is for {B}, not for {A} as asked" in reply.text
+        assert not grants_dir.exists() or FileStore.family(grants_dir).companies() == []
+        assert family_app.value(COMPANY_KEY) is None
+
+    @pytest.mark.parametrize("bad", ["../etc/passwd", "*", "", "urn:pleo:user:x"])
+    def test_connect_with_a_bad_company_is_refused_without_echo(
+        self, family_app: WebApp, emulator: Emulator, grants_dir: Path, bad: str
+    ) -> None:
+        reply = family_app.get(f"{self.connect_path}?{urlencode({'company': bad})}")
+        assert reply.status == 400
+        assert "not a Pleo company id" in reply.text
+        if bad:
+            assert bad not in reply.text
+        assert family_app.value(PENDING_KEY) is None
+        assert not grants_dir.exists()
+        assert emulator.counters.token_requests == 0
+
+    def test_an_app_with_a_grant_per_company_needs_a_company_for_a_session(
+        self, family_app: WebApp
+    ) -> None:
+        with pytest.raises(ConfigurationError, match=r"call get_session\(company\)"):
+            family_app.session()
+        with pytest.raises(ConfigurationError, match="not a Pleo company id"):
+            family_app.company_session("../x")
+
+    def test_an_app_with_one_grant_has_no_company_sessions(self, app: WebApp) -> None:
+        with pytest.raises(ConfigurationError, match="this app keeps one grant"):
+            app.company_session(A)
+        with pytest.raises(ConfigurationError, match="this app keeps one grant"):
+            app.integration()
+
+    def test_an_integration_can_be_configured(
+        self, start_app: StartApp, emulator: Emulator, tmp_path: Path
+    ) -> None:
+        family = MemoryStore.family()
+        with Integration(
+            emulator.client_id,
+            emulator.client_secret,
+            store=family,
+            token_url=emulator.token_url,
+            api_url=emulator.api_url,
+        ) as integration:
+            app = start_app(
+                {
+                    "INTEGRATION": integration,
+                    "SCOPES": "users:read",
+                    "AUTHORIZE_URL": emulator.authorize_url,
+                }
+            )
+            emulator.set_default_company(B)
+            self.log_in(app, emulator)
+            assert app.integration() is integration
+            assert integration.companies() == [B]
+            assert app.company_session(B).get("/v2/employees").status_code == 200
+
+    def test_an_integration_with_client_settings_beside_it_stops_the_app_at_start_up(
+        self, start_app: StartApp, emulator: Emulator
+    ) -> None:
+        with (
+            Integration(
+                emulator.client_id, store=MemoryStore.family(), token_url=emulator.token_url
+            ) as integration,
+            pytest.raises(ConfigurationError) as caught,
+        ):
+            start_app({"INTEGRATION": integration, "CLIENT_ID": "c", "TOKEN_URL": "x"})
+        assert str(caught.value) == (
+            f"{self.where}: {self.prefix}INTEGRATION brings the client, its endpoints and "
+            f"its store: drop {self.prefix}CLIENT_ID, {self.prefix}TOKEN_URL"
+        )
+
+    def test_a_mistyped_family_stops_the_app_at_start_up(
+        self, start_app: StartApp, tmp_path: Path
+    ) -> None:
+        message = f"{self.where}: {self.prefix}STORE: unknown store family 'family:fiel:"
+        with pytest.raises(ConfigurationError) as caught:
+            start_app({"CLIENT_ID": "c", "STORE": f"family:fiel:{tmp_path}"})
+        assert str(caught.value).startswith(message)
