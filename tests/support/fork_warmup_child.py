@@ -45,7 +45,7 @@ PRELOADED = [name for name in COLD if name in sys.modules]  # before pleo_auth: 
 
 # Imported before the test begins, as an app that builds a session at import time
 # would have: the library itself, not what it loads later.
-import pleo_auth._coordinator as coordinator_module  # noqa: E402
+import pleo_auth._timer as timer_module  # noqa: E402
 from pleo_auth import FileStore, PleoSession  # noqa: E402
 
 BOUND = 30.0  # seconds; only a deadlock ever gets near it
@@ -124,7 +124,7 @@ def main(config: dict[str, Any]) -> dict[str, Any]:
 
     timer_warmed = threading.Event()
     builder_done = threading.Event()
-    original_warm_up = coordinator_module._warm_up
+    original_warm_up = timer_module._warm_up
 
     def warm_up_over() -> None:
         # Called after setting either event: whichever comes last sees both.
@@ -138,7 +138,7 @@ def main(config: dict[str, Any]) -> dict[str, Any]:
             timer_warmed.set()
             warm_up_over()
 
-    coordinator_module._warm_up = observed_warm_up  # type: ignore[assignment]
+    timer_module._warm_up = observed_warm_up  # type: ignore[assignment]
 
     def build() -> PleoSession:
         return PleoSession(
