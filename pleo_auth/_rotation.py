@@ -8,6 +8,7 @@ whole protocol.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Hashable
@@ -78,18 +79,25 @@ class _StoreProtocol:
         return _Outcome(tokens=tokens, version=version, grant_dead=tokens is None)
 
     def _refresh(
-        self, basis: TokenSet | None, force: bool, *, after_401: bool = False, urgent: bool = True
+        self,
+        basis: TokenSet | None,
+        force: bool,
+        *,
+        after_401: bool = False,
+        slot_held: bool = False,
     ) -> _Outcome:
         """Refresh under the store's lock, or adopt what another process stored.
 
         Args:
-            urgent: A request waits for this refresh; False for the proactive timer,
-                which yields to requests for a slot of the refresh pool.
+            slot_held: The caller holds a slot of the refresh pool already: a
+                proactive refresh takes its slot before it makes the coordinator
+                busy, so requests never wait behind the pool for its sake. Else
+                a request waits for this refresh, and takes the next free slot.
         """
         store = self.store
         # The pool's slot before the store's lock, whose lease must not run while we wait.
         with (
-            self.gate.slot(urgent=urgent),
+            contextlib.nullcontext() if slot_held else self.gate.slot(urgent=True),
             store.lock(timeout=self._lock_timeout, lease=self._lease) as lease,
         ):
             version = store.version()

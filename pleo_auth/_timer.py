@@ -135,11 +135,17 @@ class _ProactiveTimer:
                 return
             if version != self._version:
                 self._run_locked("sync", self._sync)
-            elif self._clock.time() >= self._timer_due_at(basis):
-                proactive = functools.partial(self._refresh, basis, False, urgent=False)
+                return
+            if self._clock.time() < self._timer_due_at(basis):
+                if self._unsaved:
+                    self._run_locked("sync", self._write_back)
+                return
+        # The pool's slot before the coordinator is busy: requests wait for a busy
+        # coordinator, and one whose token is fresh must never wait for the pool.
+        with self.gate.slot(urgent=False), self._cond:
+            if self._busy is None and self._tokens is basis and not self._closed:
+                proactive = functools.partial(self._refresh, basis, False, slot_held=True)
                 self._run_locked("refresh", proactive)
-            elif self._unsaved:
-                self._run_locked("sync", self._write_back)
 
 
 def _warm_up(store: TokenStore) -> None:

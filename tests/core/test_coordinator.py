@@ -27,7 +27,6 @@ from support.session_helpers import (
     bearer,
     issued,
     scheduled,
-    scheduler_threads,
     stopped,
 )
 
@@ -41,8 +40,9 @@ from pleo_auth import (
     TokenSet,
     TokenStore,
     TokenStoreError,
+    _scheduler,
 )
-from pleo_auth._clock import FakeClock
+from pleo_auth._clock import SYSTEM_CLOCK, FakeClock
 from pleo_auth._scheduler import WORKERS
 from pleo_auth.testing import Emulator, Fault
 
@@ -258,7 +258,9 @@ def test_sessions_over_many_stores_add_no_threads_beyond_the_one_scheduler(
     assert len({id(session._coordinator) for session in sessions}) == 20
     assert all(scheduled(session) for session in sessions)
     # 0.1 ran a thread per store; now the process has one scheduler and its workers.
-    assert len(scheduler_threads()) <= 1 + WORKERS
+    schedulers = {id(session._coordinator._entry._scheduler) for session in sessions}
+    assert schedulers == {id(_scheduler.scheduler_for(SYSTEM_CLOCK))}
+    assert 1 <= _scheduler.scheduler_for(SYSTEM_CLOCK).threads <= 1 + WORKERS
 
 
 def test_timer_runs_until_the_last_sharing_session_closes(
