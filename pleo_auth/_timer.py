@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Hashable
 
 from ._clock import Clock
+from ._gate import RefreshGate, _NoGate
 from ._rotation import Operation, _Outcome
 from ._schedule import RefreshSchedule
 from ._scheduler import Entry
@@ -28,6 +29,7 @@ class _ProactiveTimer:
     called holding the coordinator's Condition."""
 
     store: TokenStore
+    gate: RefreshGate | _NoGate
     schedule: RefreshSchedule
     policy: str
     _clock: Clock
