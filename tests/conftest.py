@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.databases import Database, private_database, sqlite_url_for
 from support.leakguard import _leak_guard_installed, leak_guard  # guards every test
 from support.secret_service import private_secret_service
 from support.session_helpers import MakeSession, TimerlessClock
@@ -150,3 +151,49 @@ def timerless_emulator(timerless: TimerlessClock) -> Iterator[Emulator]:
     """An emulator on the timerless clock, issuing 100-second access tokens."""
     with Emulator(access_token_lifetime=100, clock=timerless) as emu:
         yield emu
+
+
+# -- SQL databases (tests/support/databases.py) ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[Database]:
+    """A database of this test session's own on the PostgreSQL server (127.0.0.1:5432),
+    dropped afterwards. Skipped where the server does not answer; failed under CI."""
+    with private_database("postgresql") as database:
+        yield database
+
+
+@pytest.fixture(scope="session")
+def mariadb_database() -> Iterator[Database]:
+    """A database of this test session's own on the MariaDB server (127.0.0.1:3306),
+    dropped afterwards. Skipped where the server does not answer; failed under CI."""
+    with private_database("mariadb") as database:
+        yield database
+
+
+@pytest.fixture
+def postgres_url(postgres_database: Database) -> str:
+    """The SQLAlchemy URL (``postgresql+psycopg://``) of the session's PostgreSQL database."""
+    return postgres_database.url
+
+
+@pytest.fixture
+def mariadb_url(mariadb_database: Database) -> str:
+    """The SQLAlchemy URL (``mysql+pymysql://``) of the session's MariaDB database."""
+    return mariadb_database.url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """The SQLAlchemy URL of a SQLite file private to the test."""
+    return sqlite_url_for(tmp_path)
+
+
+@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
+def sql_url(request: pytest.FixtureRequest) -> str:
+    """Each SQL database in turn: PostgreSQL, MariaDB and a SQLite file. The server
+    databases are shared by the session: use a table or prefix of the test's own."""
+    fixture = {"postgresql": "postgres_url", "mariadb": "mariadb_url", "sqlite": "sqlite_url"}
+    url: str = request.getfixturevalue(fixture[request.param])
+    return url
