@@ -15,11 +15,7 @@ import requests
 from ._checks import check_attempts, check_seconds
 from ._clock import SYSTEM_CLOCK, Clock
 from ._failures import MAX_RETRY_AFTER as MAX_RETRY_AFTER  # where callers found it in 0.1
-from ._failures import (
-    _retry_after,
-    _Transient,
-    _transport_failure,
-)
+from ._failures import _retry_after, _Transient, _transport_failure
 from ._network import SharedNetwork
 from ._urls import check_secure_url
 from .errors import AuthorizationError, ConfigurationError, ReauthenticationRequired, RefreshError
@@ -212,6 +208,8 @@ class TokenEndpoint:
         self.backoff_max = backoff_max
         self._clock = clock
         self._network = SharedNetwork(token_url)
+        #: Told when the server refuses a request as over its capacity (the pool's pace).
+        self.on_throttled: Callable[[], object] | None = None
 
     @property
     def budget(self) -> float:
@@ -308,6 +306,12 @@ class TokenEndpoint:
                 description=refused.description,
             ) from None
 
+    def _note(self, failure: _Transient, unanswered: list[str]) -> None:
+        if failure.unanswered:
+            unanswered.append(failure.reason)
+        if failure.throttled and self.on_throttled is not None:
+            self.on_throttled()
+
     def _request_tokens(
         self,
         form: Mapping[str, str],
@@ -337,8 +341,7 @@ class TokenEndpoint:
             try:
                 return self._attempt(form, deadline, secrets)
             except _Transient as failure:
-                if failure.unanswered:
-                    unanswered.append(failure.reason)
+                self._note(failure, unanswered)
                 raise
 
         def stop(failure: Exception) -> bool:

@@ -42,6 +42,11 @@ class _Transient(Exception):
         self.unanswered = unanswered
         self.stopped_by: str | None = None
 
+    @property
+    def throttled(self) -> bool:
+        """The server refused the request as over its capacity, spending nothing."""
+        return self.status_code == 429 or (self.status_code == 503 and self.retry_after is not None)
+
 
 def _retry_after(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After")

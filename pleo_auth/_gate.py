@@ -12,16 +12,27 @@ Requests come first: a refresh that a request is waiting for takes the next free
 slot, and a proactive refresh takes one only when no request waits, and never
 the last one.
 
+The pool also keeps the token endpoint's pace. When Pleo answers a refresh with
+429 (or 503 and ``Retry-After``), the refresh that got it waits as the server
+asks, but the other slots would only run into the same limit, each then waiting
+out a whole ``Retry-After``: a cold start would go in bursts, at well under the
+server's rate. So the pool learns a rate instead (additive increase,
+multiplicative decrease, as TCP does): it spaces its sends at 90% of the rate it
+had sent at when refused, raises that rate a little every second without a
+refusal, and stops spacing once the rate is far above anything refused.
+
 Thread safety:
     Every method may be called from any thread.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 from collections.abc import Iterator
 
+from ._clock import SYSTEM_CLOCK, Clock
 from .errors import ConfigurationError
 
 __all__ = ["NO_GATE", "RefreshGate"]
@@ -30,7 +41,7 @@ __all__ = ["NO_GATE", "RefreshGate"]
 class RefreshGate:
     """Slots for token requests: ``slots`` at once, requests before the timer."""
 
-    def __init__(self, slots: int):
+    def __init__(self, slots: int, *, clock: Clock = SYSTEM_CLOCK):
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ConfigurationError(
                 f"max_concurrent_refreshes must be an integer >= 1, not {slots!r}"
@@ -43,6 +54,9 @@ class RefreshGate:
         self._queued = 0  # proactive refreshes waiting for a slot
         #: The most slots ever taken at once, for tests and benchmarks.
         self.peak = 0
+        self._clock = clock
+        self._pace = _Pace()
+        self._never = threading.Event()
 
     @contextlib.contextmanager
     def slot(self, *, urgent: bool) -> Iterator[None]:
@@ -74,7 +88,11 @@ class RefreshGate:
                 self._proactive += 1
             self._busy += 1
             self.peak = max(self.peak, self._busy)
+            now = self._clock.monotonic()
+            send_at = self._pace.reserve(now)
         try:
+            if send_at > now:  # holding the slot, so the order of the turns holds too
+                self._clock.wait(self._never, send_at - now)
             yield
         finally:
             with self._cond:
@@ -82,6 +100,17 @@ class RefreshGate:
                 if not urgent:
                     self._proactive -= 1
                 self._cond.notify_all()
+
+    def throttled(self) -> None:
+        """The token endpoint refused a refresh as over its capacity: slow down."""
+        with self._cond:
+            self._pace.refused(self._clock.monotonic())
+
+    @property
+    def rate(self) -> float | None:
+        """Token requests a second the pool spaces its sends at; None: unspaced."""
+        with self._cond:
+            return self._pace.rate(self._clock.monotonic())
 
     @property
     def waiting(self) -> tuple[int, int]:
@@ -92,6 +121,64 @@ class RefreshGate:
     def _after_fork_in_child(self) -> None:
         self._cond = threading.Condition()
         self._busy = self._proactive = self._waiting = self._queued = 0
+        self._pace = _Pace()
+
+
+class _Pace:
+    """The pool's learned rate of token requests. Called holding the gate's lock."""
+
+    #: Of the rate sent at when refused, the share to go on at.
+    DECREASE = 0.9
+    #: Each second without a refusal raises the rate by this share of the rate
+    #: set at the last refusal, and by at least ``MIN_STEP`` requests a second.
+    INCREASE = 0.05
+    MIN_STEP = 2.0
+    #: Never slower than this, whatever the server says.
+    MIN_RATE = 1.0
+    #: Spacing stops once the rate is this many times the last one refused.
+    RELEASE = 4.0
+    #: Refusals within this many seconds of a slow-down are one event: the
+    #: slots in flight meet the same limit together.
+    SETTLE = 1.0
+
+    def __init__(self) -> None:
+        self._sent: collections.deque[float] = collections.deque()  # the last second's
+        self._base: float | None = None  # the rate set at the last refusal
+        self._since = 0.0
+        self._next = float("-inf")
+
+    def rate(self, now: float) -> float | None:
+        if self._base is None:
+            return None
+        rate = self._base + max(self._base * self.INCREASE, self.MIN_STEP) * (now - self._since)
+        if rate >= self.RELEASE * self._base / self.DECREASE:
+            self._base = None  # far above the rate refused: no longer spaced
+            return None
+        return rate
+
+    def reserve(self, now: float) -> float:
+        """When the send that takes a slot now may go: ``now`` when unspaced."""
+        while self._sent and self._sent[0] <= now - 1.0:
+            self._sent.popleft()
+        rate = self.rate(now)
+        at = now if rate is None else max(now, self._next)
+        if rate is not None:
+            self._next = at + 1.0 / rate
+        self._sent.append(at)
+        return at
+
+    def refused(self, now: float) -> None:
+        if self._base is not None and now - self._since < self.SETTLE:
+            return
+        while self._sent and self._sent[0] <= now - 1.0:
+            self._sent.popleft()
+        sent = float(len(self._sent))
+        current = self.rate(now)
+        if current is not None:
+            sent = min(sent, current)
+        self._base = max(self.MIN_RATE, sent * self.DECREASE)
+        self._since = now
+        self._next = now + 1.0 / self._base
 
 
 class _NoGate:
@@ -100,6 +187,9 @@ class _NoGate:
     @contextlib.contextmanager
     def slot(self, *, urgent: bool) -> Iterator[None]:
         yield
+
+    def throttled(self) -> None:
+        """A single grant sends one refresh at a time: Retry-After is pace enough."""
 
 
 NO_GATE = _NoGate()

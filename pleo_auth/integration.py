@@ -202,10 +202,10 @@ class Integration:
         self.api_url = settings.endpoints.api_url
         self.store = store
         self.keep_alive = float(keep_alive)
-        self._gate = RefreshGate(max_concurrent_refreshes)
         self.max_concurrent_refreshes = max_concurrent_refreshes
         self._callback = on_reauthentication_required
         self._clock = clock or SYSTEM_CLOCK
+        self._gate = RefreshGate(max_concurrent_refreshes, clock=self._clock)
         warm_up()  # here, not on a worker: see pleo_auth._warmup
         # The connection pool every company's sessions share, and the network
         # settings (verify, proxies, trust_env) the token requests take.
@@ -213,6 +213,7 @@ class Integration:
         for prefix in ("https://", "http://"):
             self._template.mount(prefix, requests.adapters.HTTPAdapter(pool_maxsize=_POOL_SIZE))
         self._endpoint = TokenEndpoint.for_settings(settings, clock=self._clock)
+        self._endpoint.on_throttled = self._gate.throttled
         self._endpoint.serve(self._template)
         track_pools(self._template)
         self._schedule = RefreshSchedule.for_margin(settings.refresh_margin)
