@@ -4,10 +4,14 @@ the correctness figures it reports hold. Never a timing: this machine is noisy.
 PleoSession's figures are always checked. The anchors (requests-oauthlib, Authlib)
 are the ``bench`` extra; their tests skip when it is not installed. They run on
 one thread in one process, the only load where their figures are deterministic.
+
+The many-grants parts (issue 12) run in their ``--quick`` sizes: a few hundred
+grants, an emulator in a process of its own, real client processes.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +25,15 @@ if str(ROOT) not in sys.path:
     # benchmarks/ is not installed with the package; its worker processes get this path too.
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import contention, hot_path  # noqa: E402
+from benchmarks import __main__ as cli  # noqa: E402
+from benchmarks import (  # noqa: E402
+    contention,
+    hot_path,
+    idle_grants,
+    integration_cold_start,
+    many_grants,
+    shared_grants,
+)
 from benchmarks.contention import ContentionConfig, Emulators, RunResult  # noqa: E402
 
 # Two rotations of 2-second tokens per run: a few seconds each. (Authlib keeps
@@ -113,6 +125,102 @@ def test_hot_path_sessions_all_send_a_bearer_token_through_the_stub(tmp_path: Pa
     assert all(value.startswith("Bearer ") for value in headers.values()), headers
 
 
+# -- many grants (issue 12) -----------------------------------------------------------------
+
+
+def test_many_grants_quick_serves_every_grant_with_at_most_three_library_threads() -> None:
+    config = many_grants.ManyGrantsConfig.quick()
+
+    section = many_grants.run(replace(config, trace_grants=0))
+
+    result = section.raw["result"]
+    rss = result["rss"]
+    assert result["grants"] == config.grants
+    assert result["errors"] == []
+    assert result["peak_library_threads"] <= many_grants.MAX_LIBRARY_THREADS
+    assert result["peak_threads_beyond_caller"] <= many_grants.MAX_LIBRARY_THREADS
+    assert rss["baseline"] <= rss["stored"] <= rss["idle"]
+    assert all(len(batches) == config.hot_batches for batches in result["hot_path"].values()), (
+        result["hot_path"]
+    )
+    assert section.raw["emulator_counters"].api_requests >= config.grants
+    assert section.raw["emulator_counters"].refresh_grants == 0
+
+
+def test_many_grants_memory_sources_charge_the_sessions_to_pleo_auth_lines() -> None:
+    config = replace(many_grants.ManyGrantsConfig.quick(), grants=20, trace_grants=20)
+
+    section = many_grants.run(config)
+
+    where = section.raw["where"]
+    assert set(where) == {"stored", "idle", "used"}
+    idle_total, *idle_sources = where["idle"]
+    assert idle_total[0] == "total"
+    assert idle_total[1] > 0
+    assert any(name.startswith("pleo_auth/") for name, _size in idle_sources), idle_sources
+
+
+@pytest.mark.parametrize("mode", ["delay", "reject"])
+def test_integration_cold_start_refreshes_every_expired_grant_exactly_once(mode: str) -> None:
+    config = replace(integration_cold_start.IntegrationColdStartConfig.quick(), modes=(mode,))
+
+    section = integration_cold_start.run(config)
+
+    (result,) = section.raw["runs"]
+    counters = result["counters"]
+    assert result["refreshes_per_grant"] == {1: config.grants}
+    assert counters.refresh_grants == config.grants
+    assert counters.rejected_refreshes == 0
+    assert counters.reuse_detections == 0
+    assert result["errors"] == {}
+    assert len(result["done"]) == config.grants
+    assert result["gate_peak"] <= result["max_concurrent_refreshes"]
+
+
+@pytest.mark.parametrize("store", ["file", "redis"])
+def test_shared_grants_make_one_refresh_grant_per_rotation_per_grant(store: str) -> None:
+    if store == "redis":
+        pytest.importorskip("redis")
+        if shutil.which("redis-server") is None:
+            pytest.skip("redis-server is not installed")
+    config = shared_grants.SharedGrantsConfig.quick(stores=(store,))
+
+    section = shared_grants.run(config)
+
+    (result,) = section.raw["runs"]
+    counters = result["counters"]
+    assert result["rotations"] >= 1, "the run must span a rotation to prove anything"
+    assert result["refresh_grants"] == result["rotations"]
+    assert counters.rejected_refreshes == 0
+    assert counters.reuse_detections == 0
+    assert result["errors"] == {}
+    assert result["requests"] > 0
+
+
+def test_idle_grants_cost_only_keep_alives_and_the_used_grant_is_refreshed_ahead() -> None:
+    config = idle_grants.IdleGrantsConfig.quick()
+
+    section = idle_grants.run(config)
+
+    default, kept = section.raw["runs"]
+    assert default["idle_refreshes_with_session"] == 0
+    assert default["idle_refreshes_stored_only"] == 0
+    assert kept["idle_refreshes_with_session"] > 0
+    assert kept["shortest_idle_gap"] >= config.keep_alive_lifetimes * config.token_lifetime
+    for run in (default, kept):
+        assert run["used_refreshes"] >= config.lifetimes - 1
+        assert run["used_found_due"] == 0
+        assert run["used_errors"] == 0
+
+
+def test_parts_are_named_alone_or_by_group_and_an_unknown_name_is_refused() -> None:
+    assert cli.chosen_parts([]) == list(cli.PARTS)
+    assert cli.chosen_parts(["grants"]) == list(cli.GROUPS["grants"])
+    assert cli.chosen_parts(["idle_grants", "hot_path"]) == ["hot_path", "idle_grants"]
+    with pytest.raises(SystemExit):
+        cli.chosen_parts(["no_such_part"])
+
+
 @pytest.mark.soak
 def test_quick_command_writes_a_report_and_a_plot(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
@@ -128,3 +236,4 @@ def test_quick_command_writes_a_report_and_a_plot(tmp_path: Path) -> None:
     assert "| target |" in done.stdout
     assert "## Benchmark results" in (tmp_path / "RESULTS.md").read_text()
     assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "grants.png").read_bytes().startswith(b"\x89PNG")
