@@ -1,7 +1,8 @@
 """Token stores: where tokens live, and the lock that serialises refreshes.
 
 Each backend is imported on first use; :class:`RedisStore` needs the
-``pleo-auth[redis]`` extra. Families of stores keyed by Pleo company
+``pleo-auth[redis]`` extra, and :class:`SQLStore` (grants in the application's
+own database) the ``pleo-auth[sql]`` extra. Families of stores keyed by Pleo company
 (:class:`TokenStoreFamily`, one per backend) live in :mod:`pleo_auth.stores.family`,
 :mod:`pleo_auth.stores.redis_family` and :mod:`pleo_auth.stores.keyring_family`.
 The refresh locks the stores compose
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from .memory import MemoryStore
     from .redis import RedisStore
     from .redis_family import RedisStoreFamily
+    from .sql import SQLGrantStore, SQLStore
 
 _LAZY = {
     "FileStore": ".file",
@@ -40,6 +42,8 @@ _LAZY = {
     "FileStoreFamily": ".family",
     "KeyringStoreFamily": ".keyring_family",
     "RedisStoreFamily": ".redis_family",
+    "SQLStore": ".sql",
+    "SQLGrantStore": ".sql",
 }
 
 __all__ = [
@@ -55,6 +59,8 @@ __all__ = [
     "RedisStore",
     "RedisStoreFamily",
     "RefreshLock",
+    "SQLGrantStore",
+    "SQLStore",
     "ThreadRefreshLock",
     "TokenStore",
     "TokenStoreFamily",

@@ -36,9 +36,11 @@ __all__ = [
     "SERVERS",
     "Database",
     "Server",
+    "dispose_engines",
     "private_database",
     "require_server",
     "server_answers",
+    "shared_engine",
     "sqlite_url_for",
     "unique_name",
 ]
@@ -159,3 +161,26 @@ def private_database(kind: str) -> Iterator[Database]:
 def sqlite_url_for(directory: Path, name: str = "grants.sqlite3") -> str:
     """A SQLAlchemy URL for a SQLite file in ``directory`` (created on first use)."""
     return f"sqlite:///{directory / name}"
+
+
+_ENGINES: dict[str, Any] = {}
+
+
+def shared_engine(url: str) -> Any:
+    """One SQLAlchemy engine per URL in this process, so that the many handles a
+    test makes share one connection pool instead of opening a pool each (the
+    servers allow about a hundred connections, for every test run at once).
+    :func:`dispose_engines` closes them."""
+    engine = _ENGINES.get(url)
+    if engine is None:
+        import sqlalchemy
+
+        engine = _ENGINES[url] = sqlalchemy.create_engine(url, pool_pre_ping=True)
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every :func:`shared_engine`'s connections."""
+    while _ENGINES:
+        _url, engine = _ENGINES.popitem()
+        engine.dispose()
