@@ -236,15 +236,16 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
         """Refresh ``basis``, read from the store, unless another process or thread
         has rotated it since: a refresh token that is never spent dies of disuse.
         Yields to requests for a slot of the refresh pool. The failure, if any."""
-        # The pool's slot before the coordinator is busy (see _timer._refresh_if_due).
-        with self.gate.slot(urgent=False):
-            version = self._peek_version()
-            with self._cond:
-                self._wait_until_idle_locked(version)
-                if self._closed:
-                    return None
-                refresh = functools.partial(self._refresh, basis, False, slot_held=True)
-                return self._run_locked("refresh", refresh)
+        with self._cond:
+            self._wait_until_idle_locked(self._version)
+        # The pool's slot before the coordinator is busy (see _timer._refresh_if_due),
+        # and never waiting for it with the slot in hand: a request's refresh makes it
+        # busy first, then waits for a slot, maybe this one.
+        with self.gate.slot(urgent=False), self._cond:
+            if self._closed or self._busy is not None:
+                return None  # an operation under way: the next sweep looks again
+            refresh = functools.partial(self._refresh, basis, False, slot_held=True)
+            return self._run_locked("refresh", refresh)
 
     def recover_from_unauthorized(self, used: TokenSet) -> TokenSet | None:
         """After a 401 for ``used``: the tokens to replay with, or None to give up.
