@@ -20,9 +20,9 @@ from .._clock import Clock, as_clock
 from ..company import Company
 from ..errors import ConfigurationError, TokenStoreError
 from ..tokens import TokenSet
-from ._lease import HELD, RENEWER, LeaseTerms, check_requested, fence, new_owner, wait_for_lease
 from .base import Lease, TokenStore, decode_tokens, encode_tokens
 from .family import TokenStoreFamily
+from .lease import HELD, RENEWER, LeaseTerms, check_requested, fence, new_owner, wait_for_lease
 
 try:
     import sqlalchemy
@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from ._sql import DEFAULT_TABLE, database_now, describe_url, grants_table, identity, translate
-from ._versions import Reading, Version, VersionCache
+from .versions import Reading, Version, VersionCache
 
 __all__ = ["DEFAULT_TABLE", "SQLGrantStore", "SQLStore", "grants_table"]
 

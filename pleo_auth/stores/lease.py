@@ -1,0 +1,310 @@
+"""The lease protocol of the database stores, apart from any SQL: public, so that a
+store over another database layer (the Django model store) follows it exactly.
+
+A database store (:class:`~pleo_auth.stores.sql.SQLStore`, and the Django model
+store) keeps each grant in one row, and its refresh lock in the same row: a
+*lease* with an owner and an expiry time taken from the database's clock. This
+module holds the parts of that protocol that are the same whatever talks to the
+database:
+
+* :func:`fence`: what a fenced write compares (a hash of the refresh token);
+* :func:`new_owner`: the random name of one acquisition;
+* :class:`LeaseTerms`: how long a row lease lasts, how often it is renewed, and
+  the deadline the holder is given;
+* :func:`wait_for_lease`: backoff with jitter while another owner holds it;
+* :data:`RENEWER`: one thread per process that renews every lease it holds;
+* :data:`HELD`: which leases the current thread holds, so a store's own
+  ``save``/``clear`` inside its ``lock`` reuse the lease (re-entrance).
+
+The statements a store runs are described in docs/guide/stores.md ("The lease
+protocol").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import itertools
+import logging
+import math
+import os
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator
+
+import attrs
+
+from ..errors import ConfigurationError, TokenStoreError
+from ..tokens import TokenSet
+
+__all__ = [
+    "DEFAULT_LEASE",
+    "HELD",
+    "MAX_PAUSE",
+    "RENEWER",
+    "Held",
+    "Holding",
+    "LeaseTerms",
+    "Renewer",
+    "check_requested",
+    "fence",
+    "new_owner",
+    "wait_for_lease",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The row lease when none is given, in seconds.
+DEFAULT_LEASE = 10.0
+#: The longest pause between two attempts to take a lease, in seconds.
+MAX_PAUSE = 0.2
+_FIRST_PAUSE = 0.005
+
+
+def fence(tokens: TokenSet) -> str:
+    """What a fenced write compares: the SHA-256 of the refresh token, in hex.
+
+    The row keeps it beside the tokens, so that the database compares 64
+    characters instead of parsing JSON; it reveals nothing of the token.
+    """
+    return hashlib.sha256(tokens.refresh_token.encode()).hexdigest()
+
+
+def new_owner() -> str:
+    """A fresh owner for one acquisition: 32 random hex digits."""
+    return secrets.token_hex(16)
+
+
+@attrs.frozen
+class LeaseTerms:
+    """How long a row lease lasts, and when it is renewed.
+
+    The row's lease is short (``lease`` seconds, 10 by default), and renewed every
+    ``lease / 3`` seconds while its holder lives, so a slow refresh keeps it for as
+    long as it runs, and a holder that dies (SIGKILL, a lost host) keeps the others
+    waiting at most ``lease`` seconds after its last renewal.
+
+    Attributes:
+        lease: Seconds a lease lasts past its last renewal, on the database's clock.
+    """
+
+    lease: float = DEFAULT_LEASE
+
+    def __attrs_post_init__(self) -> None:
+        lease = self.lease
+        if (
+            isinstance(lease, bool)
+            or not isinstance(lease, int | float)
+            or not (0 < lease <= 300 and math.isfinite(lease))
+        ):
+            raise ConfigurationError(
+                f"lease must be a number of seconds in (0, 300], not {lease!r}"
+            )
+
+    @property
+    def renew_every(self) -> float:
+        """Seconds between two renewals: a third of the lease, so two may fail."""
+        return self.lease / 3.0
+
+    def deadline(self, acquired_at: float, requested: float) -> float:
+        """The :class:`~pleo_auth.Lease` deadline for a holder that asked for
+        ``requested`` seconds at monotonic time ``acquired_at``.
+
+        The row lease renews itself, so the holder may run as long as it asked
+        (at least one row lease), less a margin (10%, at most a second) for the
+        round trips, as for a Redis lease.
+        """
+        span = max(requested, self.lease)
+        return acquired_at + span - min(1.0, span * 0.1)
+
+
+def check_requested(lease: object) -> float:
+    """The lease a caller of ``lock`` asked for, checked.
+
+    Raises:
+        ConfigurationError: Not a positive, finite number of seconds.
+    """
+    if isinstance(lease, bool) or not isinstance(lease, int | float) or not (0 < lease < math.inf):
+        raise ConfigurationError("the lock's lease must be a positive number of seconds")
+    return float(lease)
+
+
+def wait_for_lease(attempt: Callable[[], float | None], *, timeout: float, where: str) -> None:
+    """Call ``attempt`` until it takes the lease, pausing with backoff and jitter.
+
+    Args:
+        attempt: Tries once. Returns None when it took the lease, else the
+            seconds left on the current holder's lease (0 when unknown).
+        timeout: Seconds of real time to keep trying.
+        where: How the message names the lock.
+
+    Raises:
+        TokenStoreError: Not taken within ``timeout`` (retryable).
+    """
+    # Real time: the holder's lease runs out on the database's clock, not ours.
+    give_up_at = time.monotonic() + max(timeout, 0.0)
+    pause = _FIRST_PAUSE
+    while True:
+        left_on_holder = attempt()
+        if left_on_holder is None:
+            return
+        left = give_up_at - time.monotonic()
+        if left <= 0:
+            raise TokenStoreError(
+                f"timed out after {timeout:.1f}s waiting for the refresh lock of {where}",
+                retryable=True,
+            )
+        # Full jitter under a doubling cap; never past the holder's expiry by more
+        # than a little, so a dead holder's successor starts soon after it.
+        cap = pause if left_on_holder <= 0 else min(pause, left_on_holder + _FIRST_PAUSE)
+        time.sleep(min(left, random.uniform(cap / 2, cap)))
+        pause = min(pause * 2, MAX_PAUSE)
+
+
+# -- renewal -----------------------------------------------------------------------------
+
+
+class _Renewal:
+    """One held lease the renewer keeps alive."""
+
+    def __init__(self, renew: Callable[[], bool], every: float, where: str):
+        self.renew = renew
+        self.every = every
+        self.where = where
+        self.stopped = False
+
+
+class Renewer:
+    """One thread per process that renews the leases this process holds.
+
+    It runs only while some lease is held, and leaves when none is. A renewal is
+    one short statement (``renew`` returns False when the lease was lost: it then
+    stops). Renewals run one after another on this thread, never on the holder's.
+
+    Thread safety:
+        :meth:`keep` and :meth:`stop` may be called from any thread.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Condition()
+        self._queue: list[tuple[float, int, _Renewal]] = []
+        self._serial = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def keep(self, renew: Callable[[], bool], *, every: float, where: str) -> _Renewal:
+        """Call ``renew`` every ``every`` seconds until :meth:`stop` or it returns False."""
+        renewal = _Renewal(renew, every, where)
+        with self._guard:
+            heapq.heappush(self._queue, (time.monotonic() + every, next(self._serial), renewal))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="pleo-auth-lease-renewer", daemon=True
+                )
+                self._thread.start()
+            self._guard.notify()
+        return renewal
+
+    def stop(self, renewal: _Renewal) -> None:
+        """Stop renewing (the lease is being released); a renewal under way finishes."""
+        with self._guard:
+            renewal.stopped = True
+            self._guard.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._guard:
+                while True:
+                    while self._queue and self._queue[0][2].stopped:
+                        heapq.heappop(self._queue)
+                    if not self._queue:
+                        self._thread = None
+                        return
+                    due, _, renewal = self._queue[0]
+                    wait = due - time.monotonic()
+                    if wait <= 0:
+                        heapq.heappop(self._queue)
+                        break
+                    self._guard.wait(wait)
+            try:
+                kept = renewal.renew()
+            except TokenStoreError as exc:
+                kept = True  # try again at the next turn: the lease may outlast a blip
+                logger.warning("could not renew the refresh lock of %s: %s", renewal.where, exc)
+            except Exception:
+                kept = False
+                logger.exception("renewing the refresh lock of %s failed", renewal.where)
+            if not kept:
+                logger.warning(
+                    "the refresh lock of %s was taken over: its lease ran out under its holder",
+                    renewal.where,
+                )
+                continue
+            with self._guard:
+                if not renewal.stopped:
+                    heapq.heappush(
+                        self._queue,
+                        (time.monotonic() + renewal.every, next(self._serial), renewal),
+                    )
+
+    def _reset_after_fork(self) -> None:
+        # The thread does not exist in a child, nor do the parent's holders.
+        self._guard = threading.Condition()
+        self._queue = []
+        self._thread = None
+
+
+#: The process's renewer.
+RENEWER = Renewer()
+
+
+# -- leases this thread holds --------------------------------------------------------------
+
+
+@attrs.frozen
+class Holding:
+    """A lease the current thread holds: its owner, and the deadline it was granted."""
+
+    owner: str
+    deadline: float
+    pid: int
+
+
+class Held(threading.local):
+    """The leases the current thread holds, by the grant's key.
+
+    A store's ``save`` or ``clear`` called inside its own ``lock`` (the coordinator
+    does this) finds the owner here and writes under that lease; outside a lock it
+    takes a lease of its own for the write.
+    """
+
+    def __init__(self) -> None:
+        self.by_key: dict[Hashable, Holding] = {}
+
+    def get(self, key: Hashable) -> Holding | None:
+        holding = self.by_key.get(key)
+        if holding is not None and holding.pid != os.getpid():
+            return None  # a forked child's copy of its parent's frame: not ours
+        return holding
+
+    @contextlib.contextmanager
+    def holding(self, key: Hashable, owner: str, deadline: float) -> Iterator[Holding]:
+        holding = Holding(owner, deadline, os.getpid())
+        self.by_key[key] = holding
+        try:
+            yield holding
+        finally:
+            self.by_key.pop(key, None)
+
+
+#: The current thread's leases.
+HELD = Held()
+
+
+def _after_fork_in_child() -> None:
+    RENEWER._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
