@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.django_project import configure
 from support.web_contract import (
     PENDING_KEY,
     CompanyGrantsContract,
@@ -26,48 +27,10 @@ from pleo_auth import Company, ConfigurationError, Integration, PleoSession
 django = pytest.importorskip("django")
 
 
-def employees(request: Any) -> Any:
-    from django.http import JsonResponse
-
-    from pleo_auth.contrib.django import get_session
-
-    return JsonResponse(get_session().get("/v2/employees").json())
-
-
-class Urls:
-    """The test's ROOT_URLCONF: the app's own view and pleo_auth's views."""
-
-    @staticmethod
-    def patterns() -> list[Any]:
-        from django.urls import include, path
-
-        return [
-            path("employees/", employees),
-            path("pleo/", include("pleo_auth.contrib.django")),
-        ]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def django_settings() -> None:
-    from django.conf import settings
-
-    if not settings.configured:
-        Urls.urlpatterns = Urls.patterns()  # type: ignore[attr-defined]
-        settings.configure(
-            DEBUG=False,
-            SECRET_KEY="test-only",
-            ALLOWED_HOSTS=["testserver"],
-            ROOT_URLCONF=Urls,
-            INSTALLED_APPS=[],
-            DATABASES={},
-            MIDDLEWARE=[
-                "django.contrib.sessions.middleware.SessionMiddleware",
-                "pleo_auth.contrib.django.PleoAuthMiddleware",
-            ],
-            SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
-            USE_TZ=True,
-        )
-        django.setup()
+    # The URLconf (support.django_urls) has the app's /employees/ view and pleo_auth's views.
+    configure()
 
 
 class DjangoApp(WebApp):

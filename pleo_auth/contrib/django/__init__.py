@@ -62,25 +62,28 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from django.apps import AppConfig
 from django.conf import settings as django_settings
 from django.core import checks
 from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
 from django.urls import NoReverseMatch, path, reverse
 
-from ..company import Company
-from ..errors import AuthorizationError, ConfigurationError, ReauthenticationRequired
-from ..flow import PendingAuthorization
-from ..session import PleoSession
-from . import COMPANY_KEY, NEXT_KEY, PENDING_KEY, _Lazy, _safe_next, _WebSettings
+from ...company import Company
+from ...errors import AuthorizationError, ConfigurationError, ReauthenticationRequired
+from ...flow import PendingAuthorization
+from ...session import PleoSession
+from .. import COMPANY_KEY, NEXT_KEY, PENDING_KEY, _Lazy, _safe_next, _WebSettings
+from .apps import PleoAuthConfig
+from .store import DjangoGrantStore, DjangoStoreFamily
 
 if TYPE_CHECKING:
-    from ..integration import Integration
+    from ...integration import Integration
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DjangoGrantStore",
+    "DjangoStoreFamily",
     "PleoAuthConfig",
     "PleoAuthMiddleware",
     "app_name",
@@ -97,7 +100,32 @@ def _read_settings() -> _WebSettings:
     values = getattr(django_settings, "PLEO_AUTH", None)
     if not isinstance(values, dict):
         raise ConfigurationError("settings.PLEO_AUTH must be a dict with at least CLIENT_ID")
+    store = values.get("STORE")
+    if isinstance(store, str) and (store == "django" or store.startswith("django:")):
+        values = {**values, "STORE": _model_store(store, values.get("CLIENT_ID"))}
     return _WebSettings.from_mapping(values, where="settings.PLEO_AUTH")
+
+
+def _model_store(spec: str, client_id: object) -> DjangoStoreFamily | None:
+    """The family ``STORE = "django"`` (or ``"django:<alias>"``) names: the model
+    store over the client's rows; None without a client id (reported as missing)."""
+    from django.apps import apps
+
+    where = "settings.PLEO_AUTH: STORE"
+    if apps.ready and not apps.is_installed("pleo_auth.contrib.django"):
+        raise ConfigurationError(
+            f'{where} is "django": add "pleo_auth.contrib.django" to INSTALLED_APPS '
+            "and run `python manage.py migrate pleo_auth`"
+        )
+    alias = spec.removeprefix("django").removeprefix(":") or "default"
+    if alias not in django_settings.DATABASES:
+        raise ConfigurationError(f"{where} names database {alias!r}, which DATABASES lacks")
+    if not isinstance(client_id, str) or not client_id:
+        return None
+    try:
+        return DjangoStoreFamily(client_id, using=alias)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
 
 
 def _connect_view() -> str | None:
@@ -127,15 +155,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
 
 
 checks.register(check_settings, "pleo_auth")
-
-
-class PleoAuthConfig(AppConfig):  # type: ignore[misc]  # Django ships no type hints
-    """Add ``"pleo_auth.contrib.django.PleoAuthConfig"`` to ``INSTALLED_APPS`` so that
-    ``manage.py check`` checks ``PLEO_AUTH`` (:func:`check_settings`)."""
-
-    name = "pleo_auth.contrib.django"
-    label = "pleo_auth"
-    verbose_name = "pleo-auth"
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
