@@ -95,26 +95,28 @@ def database_now(dialect: str) -> sqlalchemy.ColumnElement[float]:
 
 # What each database answers for a missing table, a refused privilege, a read-only
 # server, and a conflict worth trying again at once.
-_PG_MISSING = {"42P01", "3F000"}  # undefined table, undefined schema
-_PG_PRIVILEGE = {"42501"}
-_PG_READ_ONLY = {"25006"}
-_PG_CONFLICT = {"40001", "40P01", "55P03"}
-_MY_MISSING = {1146, 1049}  # no such table, no such database
-_MY_PRIVILEGE = {1142, 1143, 1044, 1227, 1370}
-_MY_READ_ONLY = {1290, 1792, 1036}
-_MY_CONFLICT = {1213, 1205}  # deadlock, lock wait timeout
+_PG_MISSING: set[object] = {"42P01", "3F000"}  # undefined table, undefined schema
+_PG_PRIVILEGE: set[object] = {"42501"}
+_PG_READ_ONLY: set[object] = {"25006"}
+_PG_CONFLICT: set[object] = {"40001", "40P01", "55P03"}
+_MY_MISSING: set[object] = {1146, 1049}  # no such table, no such database
+_MY_PRIVILEGE: set[object] = {1142, 1143, 1044, 1227, 1370}
+_MY_READ_ONLY: set[object] = {1290, 1792, 1036}
+_MY_CONFLICT: set[object] = {1213, 1205}  # deadlock, lock wait timeout
 
 
-def _code(orig: BaseException | None) -> object:
+def _codes(orig: BaseException | None) -> set[object]:
+    """The error's SQLSTATE (psycopg; PyMySQL too, lately) and number (MySQL drivers)."""
     if orig is None:
-        return None
-    sqlstate = getattr(orig, "sqlstate", None)  # psycopg
+        return set()
+    codes: set[object] = set()
+    sqlstate = getattr(orig, "sqlstate", None)
     if sqlstate is not None:
-        return sqlstate
-    args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int):  # PyMySQL, mysqlclient
-        return args[0]
-    return None
+        codes.add(sqlstate)
+    args: tuple[object, ...] = tuple(getattr(orig, "args", ()))
+    if args and isinstance(args[0], int):
+        codes.add(args[0])
+    return codes
 
 
 def _first_line(orig: BaseException | None) -> str:
@@ -133,15 +135,15 @@ def kind_of(exc: sqlalchemy.exc.SQLAlchemyError) -> str:
     if isinstance(exc, sqlalchemy.exc.TimeoutError | sqlalchemy.exc.DisconnectionError):
         return "unreachable"  # the pool had no connection to give, or lost it
     orig = getattr(exc, "orig", None)
-    code = _code(orig)
+    codes = _codes(orig)
     message = _first_line(orig).lower()
-    if code in _PG_MISSING or code in _MY_MISSING or message.startswith("no such table"):
+    if codes & (_PG_MISSING | _MY_MISSING) or message.startswith("no such table"):
         return "missing"
-    if code in _PG_PRIVILEGE or code in _MY_PRIVILEGE:
+    if codes & (_PG_PRIVILEGE | _MY_PRIVILEGE):
         return "privilege"
-    if code in _PG_READ_ONLY or code in _MY_READ_ONLY or "readonly database" in message:
+    if codes & (_PG_READ_ONLY | _MY_READ_ONLY) or "readonly database" in message:
         return "read-only"
-    if code in _PG_CONFLICT or code in _MY_CONFLICT or "database is locked" in message:
+    if codes & (_PG_CONFLICT | _MY_CONFLICT) or "database is locked" in message:
         return "conflict"
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return "unreachable"
