@@ -180,7 +180,7 @@ def translate(
     if kind == "privilege":
         return TokenStoreError(
             f"cannot {action} in {where}: the database refused {privilege} on table {table} "
-            f"({said}); grant SELECT, INSERT, UPDATE and DELETE on {table} to the "
+            f"({said}); grant SELECT, INSERT and UPDATE on {table} to the "
             "application's database user"
         )
     if kind == "read-only":

@@ -225,7 +225,7 @@ def test_a_missing_privilege_is_an_error_naming_the_table_and_the_privilege(
                 call()
             message = str(raised.value)
             assert f"refused {privilege} on table {table}" in message
-            assert "grant SELECT, INSERT, UPDATE" in message
+            assert "grant SELECT, INSERT and UPDATE" in message
     finally:
         family.close()
 
