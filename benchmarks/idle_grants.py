@@ -18,9 +18,10 @@ ahead of expiry by the scheduler: no request of it may find its token due.
 from __future__ import annotations
 
 import collections
-import time
 from dataclasses import dataclass
 from typing import Any
+
+from pleo_auth.testing import settle
 
 from ._common import CLIENT_ID, CLIENT_SECRET, Section, Table, Verdict
 from ._remote import _TimedEmulator
@@ -53,26 +54,9 @@ class IdleGrantsConfig:
 
 
 def _settled(clock: Any, timeout: float = 60.0) -> None:
-    """Wait until the clock's scheduler has nothing due and runs no tick.
-
-    Reads the scheduler's private state, as the project's own scheduler tests do:
-    its public surface has no "idle" to wait for."""
-    from pleo_auth._scheduler import scheduler_for
-
-    scheduler = scheduler_for(clock)
-    give_up_at = time.monotonic() + timeout
-    with scheduler._cond:
-        while True:
-            now = clock.time()
-            due = any(
-                entry.when == when and not entry.closed and when <= now
-                for when, _, entry in scheduler._heap
-            )
-            if not scheduler._ready and not scheduler._ticking and not due:
-                return
-            if time.monotonic() > give_up_at:
-                raise RuntimeError(f"the scheduler did not settle within {timeout:g} s")
-            scheduler._cond.wait(0.01)
+    """Wait until the clock's scheduler has nothing due and runs no tick."""
+    if not settle(clock, timeout):
+        raise RuntimeError(f"the scheduler did not settle within {timeout:g} s")
 
 
 def run_policy(config: IdleGrantsConfig, keep_alive: float | None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from pleo_auth.testing import TokenCapacity
 
 from ._common import CLIENT_ID, CLIENT_SECRET, Section, Table, Verdict, fmt, median, percentile
 from ._remote import Child, ChildPipe, RemoteEmulator
-from .many_grants import PATH, _Sampler, _Threads, company_ids
+from .many_grants import PATH, Sampler, Threads, company_ids
 
 #: The lifetime of the tokens the run starts with: it has passed when the run starts.
 EXPIRED_LIFETIME = 1.0
@@ -74,7 +74,7 @@ def _client(pipe: ChildPipe, config: IntegrationColdStartConfig, url: str) -> di
     from pleo_auth import Integration, MemoryStore
     from pleo_auth.tokens import TokenSet
 
-    threads = _Threads()
+    threads = Threads()
     pool = (
         {}
         if config.max_concurrent_refreshes is None
@@ -118,7 +118,7 @@ def _client(pipe: ChildPipe, config: IntegrationColdStartConfig, url: str) -> di
         threading.Thread(target=call, args=(companies[n :: config.caller_threads],))
         for n in range(config.caller_threads)
     ]
-    with _Sampler(threads):
+    with Sampler(threads):
         for caller in callers:
             threads.ours(caller)
         cpu_before = _cpu_seconds()

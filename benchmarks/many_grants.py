@@ -84,7 +84,7 @@ def company_ids(count: int, seed: int = 12) -> list[str]:
 # -- the client process -------------------------------------------------------------------
 
 
-class _Threads:
+class Threads:
     """The caller's own threads, and what the library runs beside them."""
 
     def __init__(self) -> None:
@@ -116,16 +116,16 @@ class _Threads:
         return len(library), beyond
 
 
-class _Sampler:
+class Sampler:
     """Samples the threads every ``every`` seconds while a phase runs."""
 
-    def __init__(self, threads: _Threads, every: float = 0.02):
+    def __init__(self, threads: Threads, every: float = 0.02):
         self._threads = threads
         self._every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-thread-sampler", daemon=True)
 
-    def __enter__(self) -> _Sampler:
+    def __enter__(self) -> Sampler:
         self._threads.ours(self._thread)
         return self
 
@@ -230,7 +230,7 @@ def _client(pipe: ChildPipe, config: ManyGrantsConfig, url: str, trace: bool) ->
     from pleo_auth import Integration, MemoryStore, PleoSession
     from pleo_auth.tokens import TokenSet
 
-    threads = _Threads()
+    threads = Threads()
     api = dict(token_url=url + "/oauth/token", api_url=url)
     integration = Integration(CLIENT_ID, CLIENT_SECRET, store=MemoryStore.family(), **api)
     warm_company, warm_reply, plain_reply = pipe.recv()
@@ -285,7 +285,7 @@ def _client(pipe: ChildPipe, config: ManyGrantsConfig, url: str, trace: bool) ->
                 errors.append(type(exc).__name__)
 
     started = time.perf_counter()
-    with _Sampler(threads):
+    with Sampler(threads):
         step = config.caller_threads
         callers = [
             threads.ours(threading.Thread(target=call, args=(sessions[n::step],)))

@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -67,6 +68,9 @@ _FOREIGN_POLL = 0.05
 
 #: A tick that crashed runs again after this many seconds, never in a loop.
 _CRASH_PAUSE = 5.0
+
+#: How often :meth:`Scheduler.settled` looks again when nothing notified it.
+_SETTLE_POLL = 0.01
 
 
 class Scheduled(Protocol):
@@ -300,6 +304,26 @@ class Scheduler:
             if self._running_locked():
                 logger.info("waiting for a proactive refresh under way to save its tokens")
             return self._cond.wait_for(lambda: not self._running_locked(), timeout)
+
+    def settled(self, timeout: float) -> bool:
+        """Wait until nothing is due by the clock and no tick is queued or running:
+        all the clock's last step made due is done. False after ``timeout`` real seconds."""
+
+        def quiet() -> bool:
+            now = self._clock.time()
+            due = any(
+                entry.when == when and not entry.closed and when <= now
+                for when, _, entry in self._heap
+            )
+            return not self._ready and not self._ticking and not due
+
+        give_up_at = time.monotonic() + timeout
+        with self._cond:
+            while not quiet():
+                if time.monotonic() > give_up_at:
+                    return False
+                self._cond.wait(_SETTLE_POLL)  # a due time passes without a notify
+        return True
 
     def _running_locked(self) -> bool:
         return any(entry.ticking for entry in self._ticking if entry not in self._ready)

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._clock import FakeClock
+from .._clock import Clock, FakeClock
 from .._lazy import lazy_attributes
+from .._scheduler import scheduler_for
 from ._emulator import (
     DEFAULT_COMPANY,
     Emulator,
@@ -80,7 +81,20 @@ __all__ = [
     "free_port",
     "redis_server",
     "run_workload",
+    "settle",
 ]
+
+
+def settle(clock: Clock, timeout: float = 10.0) -> bool:
+    """Wait until pleo_auth's refresh scheduler has done everything ``clock`` made due.
+
+    For tests that drive sessions or an :class:`~pleo_auth.Integration` on a
+    :class:`FakeClock`: advance the clock, ``settle``, then assert on what the
+    proactive refreshes did. Returns False if the scheduler was still busy after
+    ``timeout`` real seconds.
+    """
+    return scheduler_for(clock).settled(timeout)
+
 
 _WORKLOAD_NAMES = frozenset(
     {

@@ -72,7 +72,8 @@ def test_a_request_with_a_fresh_token_never_waits_for_other_companies_refreshes(
         session = pleo.session(used)
         assert session.get("/v2/employees").status_code == 200  # refreshed, and used
         issued = session.tokens
-        assert issued is not None and issued.issued_at == clock.time()
+        assert issued is not None
+        assert issued.issued_at == clock.time()
         emu.set_access_token_lifetime(100 * LIFETIME)
         clock.advance(87)  # not yet due: the timer at 87.525 s, a request at 90 s
         assert settled(clock)

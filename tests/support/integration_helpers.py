@@ -14,10 +14,9 @@ from typing import Any
 
 from pleo_auth import Company, Integration, MemoryStore, TokenSet, TokenStore
 from pleo_auth._clock import Clock, FakeClock
-from pleo_auth._scheduler import scheduler_for
 from pleo_auth.stores.base import Lease
 from pleo_auth.stores.family import TokenStoreFamily
-from pleo_auth.testing import Emulator
+from pleo_auth.testing import Emulator, settle
 
 
 def new_companies(count: int) -> list[str]:
@@ -59,23 +58,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 def settled(clock: Clock, timeout: float = 10.0) -> bool:
     """Wait until the scheduler of ``clock`` has nothing due and runs no tick:
     everything the last ``advance`` made due has been done. False on timeout."""
-    scheduler = scheduler_for(clock)
-
-    def quiet() -> bool:
-        now = clock.time()
-        due = any(
-            entry.when == when and not entry.closed and when <= now
-            for when, _, entry in scheduler._heap
-        )
-        return not scheduler._ready and not scheduler._ticking and not due
-
-    give_up_at = time.monotonic() + timeout
-    with scheduler._cond:
-        while not quiet():
-            if time.monotonic() > give_up_at:
-                return False
-            scheduler._cond.wait(0.01)
-    return True
+    return settle(clock, timeout)
 
 
 def advance(clock: FakeClock, seconds: float, step: float) -> Iterator[float]:
