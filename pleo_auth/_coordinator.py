@@ -97,6 +97,7 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
         self._retry_not_before = float("-inf")
         self._jitter = 0.0  # this rotation's share of the timer's jitter, in [0, 1)
         self._unsaved = False
+        self._removals = 0  # grants removed from the store (see abandon_unsaved)
         self._store_unreachable = False
         self._callbacks: dict[int, Callable[[], object]] = {}
         self._closed = False
@@ -306,6 +307,7 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
         """Run ``work`` as the single flight. Called, and returns, holding the Condition."""
         self._busy = operation
         previous = self._tokens
+        removals = self._removals
         outcome: _Outcome | None = None
         try:
             if operation == "refresh":
@@ -325,6 +327,9 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
             finally:
                 self._cond.acquire()
         finally:
+            if outcome is not None and removals != self._removals:
+                # The grant was removed meanwhile: nothing of it is written back.
+                outcome = outcome._replace(unsaved=False)
             self._publish_locked(outcome, previous)
         if outcome.grant_dead and previous is not None and self._callbacks:
             self._notify_reauthentication_locked()
@@ -410,6 +415,14 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
     def forget(self, handle: int) -> None:
         with self._cond:
             self._callbacks.pop(handle, None)
+
+    def abandon_unsaved(self) -> None:
+        """The grant was removed from the store, whose lock the caller holds: a pair
+        a failed save left only in memory must never be written back over the
+        removal, by the timer, a lingering close, or an operation under way."""
+        with self._cond:
+            self._unsaved = False
+            self._removals += 1
 
     @property
     def owes_write_back(self) -> bool:

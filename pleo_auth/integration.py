@@ -317,8 +317,13 @@ class Integration:
             # Under the company's refresh lock: a refresh under way (here or in
             # another process) saves its pair first, and is then removed with it,
             # instead of saving (or writing back) the pair over the removal.
-            with self.store.store(company).lock(timeout=_REMOVE_TIMEOUT, lease=_REMOVE_TIMEOUT):
+            store = self.store.store(company)
+            with store.lock(timeout=_REMOVE_TIMEOUT, lease=_REMOVE_TIMEOUT):
                 self.store.remove(company)
+                # A pair a failed save left in memory must not bring the grant back.
+                coordinator = REGISTRY.get((store.key, self.token_url, self.client_id))
+                if coordinator is not None:
+                    coordinator.abandon_unsaved()
             if grant is not None:
                 REGISTRY.detach(grant.key, grant.coordinator, grant.handle)
         finally:
