@@ -1,21 +1,19 @@
 """``Integration.remove(company)`` stays removed, even when a failed save left the
 company's live pair only in memory.
 
-Bug: when a refresh's save fails, the coordinator keeps the new pair in memory
-(``_unsaved``) and withdraws the spent one from the store. ``remove()`` then
-deletes the store's grant and detaches the coordinator; the registry sees that it
-owes a write-back and lets it *linger*, and its write-back (``_write_back``) takes
-an empty store for its own withdrawal (``_owes_write_back(None)`` is
-``_unsaved``) and saves the pair again. The company the app removed is back:
-``companies()`` lists it, ``status()`` says no login is needed, the keep-alive
-refreshes it for ever, and after ``remove(revoke=True)`` it is a revoked grant
-that later asks a person to log in for a company the app disconnected.
+Found by review: when a refresh's save fails, the coordinator keeps the new
+pair in memory (``_unsaved``) and withdraws the spent one from the store.
+``remove()`` then deleted the store's grant and detached the coordinator; the
+registry saw that it owed a write-back and let it *linger*, and its write-back
+(``_write_back``) took the empty store for its own withdrawal and saved the pair
+again. The company the app removed came back: ``companies()`` listed it,
+``status()`` said no login was needed, the keep-alive refreshed it for ever, and
+after ``remove(revoke=True)`` it was a revoked grant that later asked a person
+to log in for a company the app had disconnected.
 
-Proposed fix: ``remove()`` tells the company's coordinator, under the store's
-lock, that the store's state is now the truth (clear ``_unsaved``, drop the
-tokens in memory), and ``_publish_locked`` must not set ``_unsaved`` again for
-an operation that started before the removal (a removal generation the outcome
-is checked against).
+The fix: ``remove()`` tells the company's coordinator, under the store's lock,
+that the removal is the truth (``Coordinator.abandon_unsaved``), and an operation
+under way at that moment publishes nothing to write back.
 """
 
 from __future__ import annotations
