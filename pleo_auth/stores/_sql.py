@@ -14,7 +14,14 @@ import sqlalchemy.exc
 
 from ..errors import ConfigurationError, TokenStoreError
 
-__all__ = ["DEFAULT_TABLE", "check_name", "database_now", "grants_table", "translate"]
+__all__ = [
+    "DEFAULT_TABLE",
+    "DatabaseError",
+    "check_name",
+    "database_now",
+    "grants_table",
+    "translate",
+]
 
 #: The table's name when none is given.
 DEFAULT_TABLE = "pleo_auth_grants"
@@ -152,9 +159,18 @@ def kind_of(exc: sqlalchemy.exc.SQLAlchemyError) -> str:
     return "other"
 
 
+class DatabaseError(TokenStoreError):
+    """A :class:`~pleo_auth.TokenStoreError` from the database, with what kind of
+    failure it was (:func:`kind_of`), so the lease can try a conflict again at once."""
+
+    def __init__(self, message: str, *, kind: str, retryable: bool = False):
+        super().__init__(message, retryable=retryable)
+        self.kind = kind
+
+
 def translate(
     exc: sqlalchemy.exc.SQLAlchemyError, *, action: str, privilege: str, table: str, where: str
-) -> TokenStoreError:
+) -> DatabaseError:
     """The :class:`~pleo_auth.TokenStoreError` for a failed statement.
 
     Never built from ``str(exc)``: SQLAlchemy's message repeats the statement's
@@ -171,25 +187,28 @@ def translate(
     cause = type(orig if orig is not None else exc).__name__
     detail = _first_line(orig)
     said = f"{cause}: {detail}" if detail else cause
+    failed = f"cannot {action} in {where}"
     if kind == "missing":
-        return TokenStoreError(
-            f"cannot {action} in {where}: the table {table} does not exist ({said}). Create it "
-            "with SQLStore.create_table(), or add pleo_auth.stores.sql.grants_table(metadata) "
-            "to your Alembic migrations"
+        return DatabaseError(
+            f"{failed}: the table {table} does not exist ({said}). Create it with "
+            "SQLStore.create_table(), or add pleo_auth.stores.sql.grants_table(metadata) "
+            "to your Alembic migrations",
+            kind=kind,
         )
     if kind == "privilege":
-        return TokenStoreError(
-            f"cannot {action} in {where}: the database refused {privilege} on table {table} "
-            f"({said}); grant SELECT, INSERT and UPDATE on {table} to the "
-            "application's database user"
+        return DatabaseError(
+            f"{failed}: the database refused {privilege} on table {table} ({said}); grant "
+            f"SELECT, INSERT and UPDATE on {table} to the application's database user",
+            kind=kind,
         )
     if kind == "read-only":
-        return TokenStoreError(
-            f"cannot {action} in {where}: the database is read-only ({said}), so {privilege} "
-            f"on table {table} is refused; point the store at the primary, not a replica"
+        return DatabaseError(
+            f"{failed}: the database is read-only ({said}), so {privilege} on table "
+            f"{table} is refused; point the store at the primary, not a replica",
+            kind=kind,
         )
     retryable = kind in ("unreachable", "conflict")
-    return TokenStoreError(f"cannot {action} in {where}: {said}", retryable=retryable)
+    return DatabaseError(f"{failed}: {said}", kind=kind, retryable=retryable)
 
 
 def describe_url(url: sqlalchemy.URL) -> str:
@@ -203,5 +222,6 @@ def describe_url(url: sqlalchemy.URL) -> str:
 
 
 def identity(url: sqlalchemy.URL) -> tuple[Any, ...]:
-    """What tells two databases apart, free of the password."""
-    return (url.get_backend_name(), url.host, url.port, url.database, url.username)
+    """What tells two databases apart: not the user or password, which reach the
+    same rows under other names."""
+    return (url.get_backend_name(), url.host, url.port, url.database)

@@ -236,7 +236,7 @@ class Renewer:
             except Exception:
                 kept = False
                 logger.exception("renewing the refresh lock of %s failed", renewal.where)
-            if not kept:
+            if not kept and not renewal.stopped:  # stopped: released meanwhile, not lost
                 logger.warning(
                     "the refresh lock of %s was taken over: its lease ran out under its holder",
                     renewal.where,

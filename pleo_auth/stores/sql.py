@@ -32,7 +32,15 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "SQLStore needs SQLAlchemy 2: install it with `pip install 'pleo-auth[sql]'`"
     ) from exc
 
-from ._sql import DEFAULT_TABLE, database_now, describe_url, grants_table, identity, translate
+from ._sql import (
+    DEFAULT_TABLE,
+    DatabaseError,
+    database_now,
+    describe_url,
+    grants_table,
+    identity,
+    translate,
+)
 from .versions import Reading, Version, VersionCache
 
 __all__ = ["DEFAULT_TABLE", "SQLGrantStore", "SQLStore", "grants_table"]
@@ -286,13 +294,18 @@ class SQLStore(TokenStoreFamily):
             .where(self._row(company), t.c.lease_until.is_(None) | (t.c.lease_until <= now))
             .values(lease_owner=owner, lease_until=now + seconds)
         )
-        with self._talking("take the refresh lock", "UPDATE") as connection:
-            if connection.execute(take).rowcount == 1:
-                return None
-        with self._talking("read the refresh lock", "SELECT") as connection:
-            left = connection.execute(
-                sqlalchemy.select(t.c.lease_until - now).where(self._row(company))
-            ).first()
+        try:
+            with self._talking("take the refresh lock", "UPDATE") as connection:
+                if connection.execute(take).rowcount == 1:
+                    return None
+            with self._talking("read the refresh lock", "SELECT") as connection:
+                left = connection.execute(
+                    sqlalchemy.select(t.c.lease_until - now).where(self._row(company))
+                ).first()
+        except DatabaseError as exc:
+            if exc.kind != "conflict":
+                raise
+            return 0.0  # a deadlock, a lock wait, a busy SQLite file: try again
         if left is not None:
             return max(0.0, float(left[0] or 0.0))
         # No row yet (no tokens were ever saved): make it, holding the lease.
@@ -309,8 +322,8 @@ class SQLStore(TokenStoreFamily):
         try:
             with self._talking("take the refresh lock", "INSERT") as connection:
                 connection.execute(insert)
-        except TokenStoreError:
-            if self._exists(company):
+        except DatabaseError as exc:
+            if exc.kind == "conflict" or self._exists(company):
                 return 0.0  # another process made it first: try again
             raise
         return None
