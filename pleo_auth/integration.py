@@ -226,6 +226,8 @@ class Integration:
         self._sweep = scheduler_for(self._clock).register(self._sweeper)
         self._sweep.wake()
         _LIVE.add(self)
+        # Dropped without close(), it lets go of its grants, as a session does.
+        weakref.finalize(self, _release_grants, self.__dict__).atexit = False
 
     # -- grants ---------------------------------------------------------------------------
 
@@ -431,7 +433,8 @@ class Integration:
     def _callback_for(self, company: Company) -> Callable[[], object] | None:
         if self._callback is None:
             return None
-        return functools.partial(self._reauthentication_required, company)
+        # Weakly: the registry keeps the callback, and must not keep the integration.
+        return functools.partial(_tell, weakref.ref(self), self._callback, company)
 
     def _reauthentication_required(self, company: Company) -> None:
         """Tell the app that ``company`` needs a login, unless it is being removed:
@@ -508,6 +511,25 @@ class _KeepAlive:
             else:
                 upcoming = min(upcoming, due)
         return max(upcoming, clock.time() + _MIN_SWEEP)
+
+
+def _tell(
+    integration: weakref.ref[Integration], callback: Callable[[Company], object], company: Company
+) -> None:
+    """``on_reauthentication_required`` for ``company``, through its integration."""
+    live = integration()
+    if live is not None:
+        live._reauthentication_required(company)
+    else:
+        callback(company)
+
+
+def _release_grants(state: dict[str, Any]) -> None:
+    """The finaliser of an integration collected without close(): its grants are
+    let go at the registry's next safe point, as a collected session's are (a
+    finaliser may run inside any allocation, even one holding the registry's lock)."""
+    for grant in list(state["_grants"].values()):
+        REGISTRY.release_later(grant.key, grant.coordinator, grant.handle)
 
 
 _LIVE: weakref.WeakSet[Integration] = weakref.WeakSet()
