@@ -10,13 +10,16 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import requests
 import sqlalchemy
 from support.databases import dispose_engines, shared_engine, unique_name
+from support.session_helpers import MakeSession
 
-from pleo_auth import Company, ConfigurationError, TokenStoreError
+from pleo_auth import Company, ConfigurationError, TokenSet, TokenStoreError
 from pleo_auth.stores import SQLStore
 from pleo_auth.stores.sql import grants_table
 from pleo_auth.testing import (
+    Emulator,
     FakeClock,
     MakeFamily,
     MakeStore,
@@ -161,6 +164,9 @@ class CountingEngine:
 
     def __init__(self, engine: sqlalchemy.Engine):
         self.selects = 0
+        #: SELECTs run on the thread that made the counter (the test's requests).
+        self.selects_here = 0
+        self._thread = threading.current_thread()
         self._engine = engine
         sqlalchemy.event.listen(engine, "before_cursor_execute", self._count)
 
@@ -168,6 +174,8 @@ class CountingEngine:
         statement = args[2]
         if isinstance(statement, str) and statement.lstrip().upper().startswith("SELECT"):
             self.selects += 1
+            if threading.current_thread() is self._thread:
+                self.selects_here += 1
 
     def close(self) -> None:
         sqlalchemy.event.remove(self._engine, "before_cursor_execute", self._count)
@@ -355,3 +363,49 @@ def test_describe_key_and_repr_never_show_a_password(postgres_url: str) -> None:
             assert password not in text
     finally:
         family.close()
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+def test_requests_cost_no_query_while_the_grants_version_is_fresh(
+    sql_url: str, table: str, counted: CountingEngine, emulator: Emulator, make_session: MakeSession
+) -> None:
+    store = sql_family(sql_url, table, check_interval=3600.0).for_company(A)
+    store.save(TokenSet.from_response(emulator.issue_tokens(company=A)))
+    session = make_session(emulator, store)
+    assert session.get("/v2/employees").status_code == 200  # loads the grant
+    counted.selects_here = 0
+    for _ in range(200):
+        assert session.get("/v2/employees").status_code == 200
+    # On the requests' thread: the refresh timer reads the grant once when it first
+    # runs (a warm-up, per grant and process, not per request).
+    assert counted.selects_here == 0
+    assert emulator.counters.refresh_grants == 0
+
+
+def test_a_rotation_the_cached_version_has_not_seen_costs_one_refused_request_never_a_refresh(
+    sql_url: str, table: str, emulator: Emulator, make_session: MakeSession
+) -> None:
+    """The staleness check_interval allows is safe: the stale access token is refused
+    with 401, and the session replays the request with the stored pair."""
+    first = TokenSet.from_response(emulator.issue_tokens(company=A))
+    stale = sql_family(sql_url, table, check_interval=3600.0).for_company(A)
+    stale.save(first)
+    session = make_session(emulator, stale)
+    assert session.get("/v2/employees").status_code == 200
+    other_process = sql_family(sql_url, table).for_company(A)
+    reply = requests.post(
+        emulator.token_url,
+        data={"grant_type": "refresh_token", "refresh_token": first.refresh_token},
+        auth=(emulator.client_id, emulator.client_secret or ""),
+        timeout=10,
+    )
+    rotated = TokenSet.from_response(reply.json())
+    other_process.save(rotated.succeeding(first), replaces=first)
+    assert session.get("/v2/employees").status_code == 200  # 401, reload, replay
+    counters = emulator.counters
+    assert counters.unauthorized == 1
+    assert counters.refresh_grants == 1  # the other process's, none here
+    assert counters.rejected_refreshes == 0
+    assert counters.reuse_detections == 0
