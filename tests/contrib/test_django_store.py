@@ -336,3 +336,27 @@ def test_the_migration_matches_the_model() -> None:
     from django.core.management import call_command
 
     call_command("makemigrations", "pleo_auth", check=True, dry_run=True, verbosity=0)
+
+
+def test_a_dropped_connection_is_a_retryable_error_and_the_next_call_reconnects(
+    postgres: str,
+) -> None:
+    """The server ends the connection (a restart, a failover): one call fails,
+    retryable, and the next works on a new connection, in a thread that serves no
+    request (as pleo_auth's own threads serve none)."""
+    import psycopg
+    from django.db import connections
+
+    store = DjangoStoreFamily(unique_client(), using=postgres).store(A)
+    tokens = new_tokens()
+    store.save(tokens)
+    with connections[postgres].cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres") as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    with pytest.raises(TokenStoreError) as failed:
+        store.load()
+    assert failed.value.retryable is True
+    assert store.load() == tokens

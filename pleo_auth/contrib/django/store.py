@@ -108,13 +108,29 @@ def _outside_transactions(alias: str, work: Callable[[], _T]) -> _T:
     from django.db import connections
 
     if not connections[alias].in_atomic_block:
-        return work()
+        return _recovering(alias, work)
     global _pool
     with _pool_guard:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pleo-auth-django")
         pool = _pool
-    return pool.submit(work).result()
+    return pool.submit(_recovering, alias, work).result()
+
+
+def _recovering(alias: str, work: Callable[[], _T]) -> _T:
+    """Run ``work``; after a database error, drop this thread's connection if it is
+    broken. Django does that only when a request starts or ends, and pleo_auth's own
+    threads (the refresh pool, the lease renewer) serve no requests: without this,
+    one restart of the database would leave their connections failing for good."""
+    from django.db import DatabaseError, connections
+
+    try:
+        return work()
+    except DatabaseError:
+        connection = connections[alias]
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
+        raise
 
 
 class DjangoStoreFamily(TokenStoreFamily):
