@@ -1,0 +1,1 @@
+"""A Django project that keeps a Pleo grant per customer company in PostgreSQL."""
