@@ -10,7 +10,7 @@ Needs the ``pleo-auth[django]`` extra. In ``settings.py``::
     PLEO_AUTH = {
         "CLIENT_ID": "...",
         "CLIENT_SECRET": os.environ["PLEO_CLIENT_SECRET"],
-        "STORE": "file:/var/lib/myapp/pleo-tokens.json",   # or keyring, redis://..., a TokenStore
+        "STORE": "file:/var/lib/myapp/pleo-tokens.json",   # or keyring, redis://..., django
         "SCOPES": "users:read",
     }
 
@@ -37,9 +37,16 @@ When the grant dies, the :class:`~pleo_auth.ReauthenticationRequired` a view
 raises is turned by the middleware into a redirect to the connect view, which
 brings the person back afterwards.
 
-Add ``"pleo_auth.contrib.django.PleoAuthConfig"`` to ``INSTALLED_APPS`` and
-``manage.py check`` checks ``PLEO_AUTH`` (error ``pleo_auth.E001``); the
-middleware checks it when the app starts.
+**Grants in the project's own database.** Add ``"pleo_auth.contrib.django"`` to
+``INSTALLED_APPS``, run ``manage.py migrate pleo_auth``, and set ``"STORE": "django"``
+(``"django:<alias>"`` for another database): each company's grant is then a
+:class:`~pleo_auth.contrib.django.models.PleoGrant` row, kept by the model store
+(:class:`~pleo_auth.contrib.django.store.DjangoStoreFamily`), and the admin lists
+the companies, their access tokens' expiry and who needs a login, never a token.
+
+With the app in ``INSTALLED_APPS`` (``"pleo_auth.contrib.django"``, or its
+``"pleo_auth.contrib.django.PleoAuthConfig"``), ``manage.py check`` checks
+``PLEO_AUTH`` (error ``pleo_auth.E001``); the middleware checks it when the app starts.
 
 ``PLEO_AUTH`` keys: ``CLIENT_ID`` (required), ``CLIENT_SECRET``, ``STORE``,
 ``ENVIRONMENT``, ``SCOPES``, ``TOKEN_URL``, ``API_URL``, ``AUTHORIZE_URL``,
