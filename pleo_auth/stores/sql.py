@@ -62,6 +62,10 @@ _INSTANCES: weakref.WeakSet[SQLStore] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for family in list(_INSTANCES):
         family.versions.reset_after_fork()
+        # The parent's pooled connections are its own: a child that used them would
+        # interleave its statements with the parent's on one socket. A new pool,
+        # leaving the parent's connections open for the parent (SQLAlchemy's advice).
+        family.engine.dispose(close=False)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -139,8 +143,9 @@ class SQLStore(TokenStoreFamily):
         Every method may be called from any thread, in any number of processes
         and hosts. Each statement borrows a connection from the engine's pool and
         returns it at once. A forked child gets a fresh renewer and never renews
-        or releases a lease its parent holds; dispose of a URL-made engine's pool
-        in the child (``store.engine.dispose(close=False)``), as SQLAlchemy advises.
+        or releases a lease its parent holds, and the engine's pool is replaced in
+        the child (``engine.dispose(close=False)``, as SQLAlchemy advises), so the
+        child never uses a connection of its parent's.
     """
 
     def __init__(
