@@ -35,6 +35,11 @@ def _problem(value: str) -> str | None:
     The value may be a secret passed by mistake (a refresh token in place of a
     company), so a message names the rule that failed and the length, never the text.
     """
+    if _UUID.fullmatch(value) or (
+        value[: len(URN_PREFIX)].lower() == URN_PREFIX
+        and _UUID.fullmatch(value[len(URN_PREFIX) :])
+    ):
+        return None  # the common case, at once: hex digits and hyphens only
     if not value:
         return "it is empty"
     size = f"a string of {len(value)} character{'s' if len(value) != 1 else ''}"

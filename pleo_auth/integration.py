@@ -198,8 +198,9 @@ class Integration:
         self.settings = settings
         self.client_id = settings.require_client_id()
         self.environment = settings.environment
-        self.token_url = settings.endpoints.token_url
-        self.api_url = settings.endpoints.api_url
+        self._urls = settings.endpoints
+        self.token_url = self._urls.token_url
+        self.api_url = self._urls.api_url
         self.store = store
         self.keep_alive = float(keep_alive)
         self.max_concurrent_refreshes = max_concurrent_refreshes
@@ -247,7 +248,7 @@ class Integration:
         if grant is None or not grant.pinned:
             grant = self._hold(company, pin=True)
         return PleoSession._over(
-            self._template, self.settings, self._api_scope, grant.coordinator, company
+            self._template, self.settings, self._urls, self._api_scope, grant.coordinator, company
         )
 
     def add(self, company: Company | str, tokens: TokenSet) -> None:

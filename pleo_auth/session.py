@@ -32,6 +32,7 @@ from .login_hint import LoginHint
 from .settings import (
     ENDPOINTS,
     ClientAuth,
+    Endpoints,
     Environment,
     Settings,
     default,
@@ -293,8 +294,8 @@ class PleoSession(requests.Session):
 
     @classmethod
     def _over(
-        cls, template: requests.Session, settings: Settings, scope: ApiScope,
-        coordinator: Coordinator, company: Company,
+        cls, template: requests.Session, settings: Settings, urls: Endpoints,
+        scope: ApiScope, coordinator: Coordinator, company: Company,
     ) -> PleoSession:  # fmt: skip
         """A session over an :class:`~pleo_auth.Integration`'s grant for ``company``:
         no thread, no I/O, no pool of its own. It shares ``template``'s adapters
@@ -318,7 +319,6 @@ class PleoSession(requests.Session):
         session.settings = settings
         session.client_id = settings.require_client_id()
         session.environment = settings.environment
-        urls = settings.endpoints
         session.token_url = urls.token_url
         session.api_url = urls.api_url
         session._api_prefix = session.api_url + "/"
