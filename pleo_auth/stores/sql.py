@@ -173,6 +173,11 @@ class SQLStore(TokenStoreFamily):
         self.engine = self._engine_for(engine_or_url)
         self._dialect = self.engine.dialect.name
         self._now = database_now(self._dialect)
+        if self._dialect == "sqlite" and self.engine.url.database in (None, "", ":memory:"):
+            raise ConfigurationError(
+                "SQLStore needs a SQLite file (sqlite:///path), not an in-memory database: "
+                "each connection would see a database of its own"
+            )
         self._clock = as_clock(clock, owner="SQLStore")
         self._where = describe_url(self.engine.url)
         self._identity = identity(self.engine.url)

@@ -348,6 +348,12 @@ def test_bad_arguments_are_configuration_errors(sqlite_url: str, kwargs: dict[st
         SQLStore(sqlite_url, **arguments)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_sqlite_database_is_a_configuration_error(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="SQLite file"):
+        SQLStore(url, client_id=CLIENT)
+
+
 def test_a_non_engine_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="Engine or a database URL"):
         SQLStore(42, client_id=CLIENT)  # type: ignore[arg-type]
