@@ -43,6 +43,9 @@ EXIT_FAILURE = 3
 #: The emulator's public, well-known demo secret: printing it reveals nothing.
 DEMO_SECRET = "demo-secret"
 
+#: How long logout waits for, and may hold, the grant's refresh lock: as a login.
+_LOGOUT_LOCK_TIMEOUT = 60.0
+
 
 def _describe_tokens(tokens: TokenSet, out: TextIO) -> None:
     say(out, f"  scope: {tokens.scope or '(none reported)'}")
@@ -193,10 +196,13 @@ def logout(args: argparse.Namespace, settings: Settings, out: TextIO, grants: Gr
         if not had_tokens:
             say(out, f"No tokens in {store.describe()}; nothing to remove.")
             return EXIT_OK
-    if grants.family is not None and grants.company is not None:
-        grants.family.remove(grants.company)
-    else:
-        store.clear()
+    # Under the refresh lock, as Integration.remove: a refresh under way in the app
+    # saves its pair first and goes with it, instead of writing it back afterwards.
+    with store.lock(timeout=_LOGOUT_LOCK_TIMEOUT, lease=_LOGOUT_LOCK_TIMEOUT):
+        if grants.family is not None and grants.company is not None:
+            grants.family.remove(grants.company)
+        else:
+            store.clear()
     say(out, f"Logged out: removed the tokens from {store.describe()}.")
     if not args.revoke:
         say(out, "The grant stays valid at Pleo until it expires: `logout --revoke` ends it.")
