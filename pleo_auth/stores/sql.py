@@ -173,11 +173,7 @@ class SQLStore(TokenStoreFamily):
         self.engine = self._engine_for(engine_or_url)
         self._dialect = self.engine.dialect.name
         self._now = database_now(self._dialect)
-        if self._dialect == "sqlite" and self.engine.url.database in (None, "", ":memory:"):
-            raise ConfigurationError(
-                "SQLStore needs a SQLite file (sqlite:///path), not an in-memory database: "
-                "each connection would see a database of its own"
-            )
+
         self._clock = as_clock(clock, owner="SQLStore")
         self._where = describe_url(self.engine.url)
         self._identity = identity(self.engine.url)
@@ -199,6 +195,11 @@ class SQLStore(TokenStoreFamily):
             url = sqlalchemy.make_url(engine_or_url)
         except (sqlalchemy.exc.ArgumentError, ValueError):
             raise ConfigurationError("SQLStore: the database URL cannot be parsed") from None
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            raise ConfigurationError(
+                "SQLStore needs a SQLite file (sqlite:///path), not an in-memory database: "
+                "each connection would see a database of its own"
+            )
         connect_args: dict[str, Any] = {}
         if url.get_driver_name() == "psycopg":
             connect_args["prepare_threshold"] = None  # PgBouncer's transaction mode
