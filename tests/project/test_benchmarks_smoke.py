@@ -237,3 +237,46 @@ def test_quick_command_writes_a_report_and_a_plot(tmp_path: Path) -> None:
     assert "## Benchmark results" in (tmp_path / "RESULTS.md").read_text()
     assert (tmp_path / "latency.png").read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "grants.png").read_bytes().startswith(b"\x89PNG")
+
+
+# -- many grants at full scale (issue 12; soak) ----------------------------------------------
+
+
+@pytest.mark.soak
+def test_soak_ten_thousand_grants_cost_at_most_three_threads_and_32_kib_each() -> None:
+    config = replace(many_grants.ManyGrantsConfig(), trace_grants=0)
+
+    section = many_grants.run(config)
+
+    result = section.raw["result"]
+    rss = result["rss"]
+    assert result["grants"] == 10_000
+    assert result["errors"] == []
+    assert result["peak_library_threads"] <= many_grants.MAX_LIBRARY_THREADS
+    assert result["peak_threads_beyond_caller"] <= many_grants.MAX_LIBRARY_THREADS
+    kib_per_grant = {
+        phase: (rss[phase] - rss["baseline"]) / result["grants"] for phase in ("idle", "used")
+    }
+    assert kib_per_grant["idle"] <= many_grants.MAX_IDLE_KIB, kib_per_grant
+    assert kib_per_grant["used"] <= many_grants.MAX_USED_KIB, kib_per_grant
+    assert section.raw["emulator_counters"].api_requests >= 10_000
+    assert section.raw["emulator_counters"].refresh_grants == 0
+
+
+@pytest.mark.soak
+def test_soak_a_thousand_idle_grants_cost_only_keep_alives_over_ten_lifetimes() -> None:
+    config = idle_grants.IdleGrantsConfig()
+
+    section = idle_grants.run(config)
+
+    default, kept = section.raw["runs"]
+    assert default["idle_refreshes_with_session"] == 0
+    assert default["idle_refreshes_stored_only"] == 0
+    assert kept["idle_refreshes_with_session"] + kept["idle_refreshes_stored_only"] == (
+        config.grants * 3
+    )
+    assert kept["shortest_idle_gap"] >= config.keep_alive_lifetimes * config.token_lifetime
+    for run in (default, kept):
+        assert run["used_refreshes"] == config.lifetimes
+        assert run["used_found_due"] == 0
+        assert run["used_errors"] == 0
