@@ -317,18 +317,22 @@ class Integration:
             if revoke:
                 self._revoke(company)
             grant = self._release(company)
-            # Under the company's refresh lock: a refresh under way (here or in
-            # another process) saves its pair first, and is then removed with it,
-            # instead of saving (or writing back) the pair over the removal.
-            store = self.store.store(company)
-            with store.lock(timeout=_REMOVE_TIMEOUT, lease=_REMOVE_TIMEOUT):
-                self.store.remove(company)
-                # A pair a failed save left in memory must not bring the grant back.
-                coordinator = REGISTRY.get((store.key, self.token_url, self.client_id))
-                if coordinator is not None:
-                    coordinator.abandon_unsaved()
-            if grant is not None:
-                REGISTRY.detach(grant.key, grant.coordinator, grant.handle)
+            try:
+                # Under the company's refresh lock: a refresh under way (here or in
+                # another process) saves its pair first, and is then removed with it,
+                # instead of saving (or writing back) the pair over the removal.
+                store = self.store.store(company)
+                with store.lock(timeout=_REMOVE_TIMEOUT, lease=_REMOVE_TIMEOUT):
+                    self.store.remove(company)
+                    # A pair a failed save left in memory must not bring the grant back.
+                    coordinator = REGISTRY.get((store.key, self.token_url, self.client_id))
+                    if coordinator is not None:
+                        coordinator.abandon_unsaved()
+            finally:
+                # Even when the store failed: the integration no longer knows the
+                # grant, so nothing else would ever detach (and stop) it.
+                if grant is not None:
+                    REGISTRY.detach(grant.key, grant.coordinator, grant.handle)
         finally:
             with self._lock:
                 self._removing[company] -= 1
