@@ -13,6 +13,7 @@ truly need different network paths need different grants, and so different store
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from typing import Any
@@ -103,6 +104,7 @@ class SharedNetwork:
         self._lock = threading.Lock()
         self._served: weakref.WeakSet[requests.Session] = weakref.WeakSet()
         self._http = _private_session(trust_env=True)
+        _LIVE.add(self)
 
     def serve(self, session: requests.Session) -> None:
         """Take network settings from ``session`` (for as long as it is open)."""
@@ -159,3 +161,17 @@ class SharedNetwork:
     def close(self) -> None:
         with self._lock:
             self._http.close()
+
+
+_LIVE: weakref.WeakSet[SharedNetwork] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    # Every private session, whoever built it: a session, an Integration, or one
+    # whose builder is gone while coordinators still use it. A child must not share
+    # its parent's sockets, nor a pool lock a parent thread held at the fork.
+    for network in list(_LIVE):
+        network.reset_connections()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)

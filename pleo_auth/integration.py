@@ -544,9 +544,6 @@ def _after_fork_in_child() -> None:
     for integration in list(_LIVE):
         integration._lock = threading.Lock()
         integration._gate._after_fork_in_child()
-        # Its coordinators do not own the endpoint, so none of them resets it: the
-        # child must not share the parent's token-endpoint sockets, nor their locks.
-        integration._endpoint.reset_connections()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
