@@ -246,7 +246,14 @@ class Renewer:
                 if not renewal.stopped:
                     heapq.heappush(
                         self._queue,
-                        (time.monotonic() + renewal.every, next(self._serial), renewal),
+                        # From when it was due, not when it ran: a late renewal (a busy
+                        # machine, a slow statement) makes the next one come sooner,
+                        # but never at once again (a database failing fast).
+                        (
+                            max(due + renewal.every, time.monotonic() + renewal.every / 4),
+                            next(self._serial),
+                            renewal,
+                        ),
                     )
 
     def _reset_after_fork(self) -> None:

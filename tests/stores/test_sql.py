@@ -288,14 +288,15 @@ def test_the_lock_is_reentrant_in_a_thread_and_writes_under_its_lease(family: SQ
 def test_a_holder_keeps_its_lease_past_the_row_lease_by_renewing_it(
     sql_url: str, table: str
 ) -> None:
-    family = sql_family(sql_url, table, lease=0.6)
-    store, rival = family.for_company(A), sql_family(sql_url, table, lease=0.6).for_company(A)
+    lease = 1.2
+    family = sql_family(sql_url, table, lease=lease)
+    store, rival = family.for_company(A), sql_family(sql_url, table, lease=lease).for_company(A)
     taken = threading.Event()
     with store.lock(timeout=5.0, lease=30.0):
-        # Three row leases: the renewer must have renewed it twice, or the rival gets in.
+        # Two row leases: the renewer must have renewed it, or the rival gets in.
         def contend() -> None:
             try:
-                with rival.lock(timeout=1.8, lease=30.0):
+                with rival.lock(timeout=2 * lease, lease=30.0):
                     taken.set()
             except TokenStoreError:
                 pass
