@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import logging
 import math
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,6 +17,8 @@ from ..tokens import TokenSet
 
 if TYPE_CHECKING:
     from .locks import RefreshLock
+
+logger = logging.getLogger("pleo_auth")
 
 __all__ = ["Lease", "TokenStore", "decode_tokens", "encode_tokens", "require_refresh_lock"]
 
@@ -225,12 +228,26 @@ def save_login(store: TokenStore, tokens: TokenSet) -> None:
     Under the store's refresh lock, so that a refresh of the previous grant
     running in another process cannot overwrite the login with its result; and
     recorded as replacing the previous pair, so that pair never passes for newer.
+
+    A login the stored pair descends from (its reply, passed again) is not saved:
+    its refresh token is spent, and the next refresh would present it and lose
+    the grant. The stored pair is its live continuation.
     """
     with store.lock(timeout=60.0, lease=30.0):
         try:
             previous = store.load()
         except TokenStoreError:
             previous = None  # unreadable leftovers: the login replaces them
+        if previous is not None and (
+            previous.refresh_token == tokens.refresh_token or previous.descends_from(tokens)
+        ):
+            logger.info(
+                "not saving tokens %s to %s: it holds tokens %s, which replaced them",
+                tokens.fingerprint,
+                store.describe(),
+                previous.fingerprint,
+            )
+            return
         store.save(tokens.succeeding(previous), replaces=previous)
 
 
