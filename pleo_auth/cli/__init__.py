@@ -12,10 +12,12 @@ flag                   environment             meaning
 ``--environment``      ``PLEO_ENVIRONMENT``    ``production`` (default) or ``staging``
 ``--store``            ``PLEO_STORE``          one grant: ``keyring`` (default),
                                                ``file:PATH`` or
-                                               ``redis://HOST:PORT/DB?key=NAME``; a
+                                               ``redis://HOST:PORT/DB?key=NAME`` or a
+                                               database URL with ``?company=ID``; a
                                                grant per company: ``family:file:DIR``,
-                                               ``family:redis://...?prefix=P`` or
-                                               ``family:keyring[:SERVICE]``
+                                               ``family:redis://...?prefix=P``,
+                                               ``family:keyring[:SERVICE]`` or
+                                               ``family:`` and a database URL
 ``--token-url``        ``PLEO_TOKEN_URL``      overrides the token endpoint (emulator);
                                                ``status`` and ``refresh`` default to
                                                the one the stored tokens came from
@@ -30,6 +32,11 @@ names the company whose grant ``refresh`` and ``logout`` work on, and the one a
 ``login`` must be for (without it, Pleo says which company the login is for);
 ``status`` lists every company as a table. ``logout --revoke`` also ends the
 installation at Pleo; a plain ``logout`` leaves the grant valid there.
+
+A database URL (``postgresql+psycopg://USER@HOST/DB``, ``mysql+pymysql://...``,
+``sqlite:///PATH``) keeps grants in a :class:`~pleo_auth.stores.SQLStore` keyed by
+the client id. Its password goes in ``PLEO_STORE`` only: ``--store`` refuses one,
+and no spec the command prints holds it.
 
 Exit status, the same for every command:
 

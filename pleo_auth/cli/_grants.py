@@ -28,6 +28,7 @@ from ..stores.family_spec import (
     parse_family_spec,
     redact_family_spec,
 )
+from ..stores.spec import has_password, is_sql_spec
 from ..tokens import TokenSet
 from ._output import say, span, when
 from ._render import login_command
@@ -127,17 +128,32 @@ def read_grants(
     flag = flag.strip() or None if isinstance(flag, str) else None
     variable = env.get("PLEO_STORE", "").strip() or None
     spec, source = (flag, "--store") if flag is not None else (variable, "PLEO_STORE")
+    if flag is not None:
+        _refuse_password(flag)
     if not is_family_spec(spec):
         return Grants(company=company), args, env
     assert spec is not None
+    client_id = getattr(args, "client_id", None) or env.get("PLEO_CLIENT_ID", "")
     try:
-        family = parse_family_spec(spec)()
+        family = parse_family_spec(spec)(client_id.strip() or None)
     except ConfigurationError as exc:
-        raise ConfigurationError(f"{exc} ({source})") from None
+        fix = f"; {_CLIENT_ID_HELP}" if "client id" in str(exc) and not client_id else ""
+        raise ConfigurationError(f"{exc} ({source}){fix}") from None
     shown = family_spec_of(family) or redact_family_spec(spec)
     args = argparse.Namespace(**{**vars(args), "store": None})
     env = {name: value for name, value in env.items() if name != "PLEO_STORE"}
     return Grants(family=family, family_spec=shown, company=company), args, env
+
+
+def _refuse_password(flag: str) -> None:
+    """Refuse a database password in ``--store``: every user of ``ps`` reads it."""
+    bare = flag[len("family:") :] if is_family_spec(flag) else flag
+    if is_sql_spec(bare) and has_password(bare):
+        raise ConfigurationError(
+            "--store holds a database password, which every user of this machine can "
+            "read in the process list: put the whole URL in the PLEO_STORE environment "
+            "variable instead, and drop --store"
+        )
 
 
 # -- status of a family --------------------------------------------------------------

@@ -10,7 +10,12 @@ read as a family:
   one hash per company under ``PREFIX`` (``pleo-auth:`` by default);
 * ``family:keyring`` or ``family:keyring:SERVICE``: :meth:`KeyringStore.family(SERVICE)
   <pleo_auth.KeyringStore.family>`, one keyring entry per company (service
-  ``pleo-auth`` by default).
+  ``pleo-auth`` by default);
+* ``family:postgresql+psycopg://USER@HOST[:PORT]/DB``, ``family:mysql+pymysql://...``
+  or ``family:sqlite:///PATH`` (with ``?table=NAME``, ``&schema=NAME``): a
+  :class:`~pleo_auth.stores.SQLStore`, one row per company, keyed by the client id
+  the builder is given. A password comes only from ``PLEO_STORE``; the spec of a
+  family built in code never holds one.
 
 The same text is the ``--store`` argument of the ``pleo-auth`` command, the
 ``PLEO_STORE`` environment variable and the ``STORE`` setting of the web
@@ -22,10 +27,11 @@ from __future__ import annotations
 
 import functools
 import urllib.parse
-from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, cast
 
 from .._text import shown
 from ..errors import ConfigurationError
+from ._sql_spec import SQLSpec, build_sql_family, is_sql_spec, parse_sql_spec, sql_spec
 from .family import FileStoreFamily, TokenStoreFamily
 from .spec import StoreBuilder, check_spec, parse_spec, redact_spec
 
@@ -44,11 +50,20 @@ __all__ = [
 FAMILY_PREFIX = "family:"
 
 FAMILY_SPEC_HELP = (
-    "family:file:DIR, family:redis://HOST[:PORT][/DB][?prefix=PREFIX] or family:keyring[:SERVICE]"
+    "family:file:DIR, family:redis://HOST[:PORT][/DB][?prefix=PREFIX], family:keyring[:SERVICE] "
+    "or family:<database URL> (postgresql+psycopg://..., mysql+pymysql://..., sqlite:///PATH)"
 )
 
-#: What builds the family a spec names (see :func:`parse_family_spec`).
-FamilyBuilder = Callable[[], TokenStoreFamily]
+
+class FamilyBuilder(Protocol):
+    """What builds the family a spec names (see :func:`parse_family_spec`): a
+    database family needs the OAuth client id, the others ignore it."""
+
+    def __call__(self, client_id: str | None = None) -> TokenStoreFamily: ...
+
+
+if TYPE_CHECKING:
+    from .sql import SQLStore
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _DEFAULT_PREFIX = "pleo-auth:"
@@ -88,6 +103,8 @@ def parse_family_spec(spec: object) -> FamilyBuilder:
         raise ConfigurationError(f"a family spec starts with {FAMILY_PREFIX} ({FAMILY_SPEC_HELP})")
     assert isinstance(spec, str)
     rest = spec.strip()[len(FAMILY_PREFIX) :]
+    if is_sql_spec(rest):
+        return functools.partial(_sql_family, parse_sql_spec(rest, family=True))
     if rest.startswith("file:"):
         return functools.partial(_file_family, parse_spec(rest))
     if rest == "keyring" or rest.startswith("keyring:"):
@@ -106,20 +123,26 @@ def parse_family_spec(spec: object) -> FamilyBuilder:
     )
 
 
-def family_from_spec(spec: object) -> TokenStoreFamily:
+def family_from_spec(spec: object, *, client_id: str | None = None) -> TokenStoreFamily:
     """Build the family a spec names.
+
+    Args:
+        spec: The family spec.
+        client_id: The OAuth client id, which a database family's rows are keyed
+            by (the other families ignore it).
 
     Raises:
         ConfigurationError: As :func:`parse_family_spec`, or the family needs an
-            extra that is not installed (``pleo-auth[redis]``).
+            extra that is not installed (``pleo-auth[redis]``, ``pleo-auth[sql]``),
+            or a database family has no client id.
     """
-    return parse_family_spec(spec)()
+    return parse_family_spec(spec)(client_id)
 
 
 def family_spec_of(family: TokenStoreFamily) -> str | None:
     """The spec that names ``family``, or None when no spec can (a memory family,
     a keyring family with its own backend or state directory, a Redis family
-    built from a client object). A Redis spec never holds the password.
+    built from a client object). A Redis or database spec never holds the password.
 
     >>> family_spec_of(FileStoreFamily("/srv/pleo"))
     'family:file:/srv/pleo'
@@ -134,6 +157,8 @@ def family_spec_of(family: TokenStoreFamily) -> str | None:
     prefix = getattr(family, "prefix", None)
     if type(family).__name__ == "RedisStoreFamily" and isinstance(prefix, str):
         return _redis_family_spec(family, prefix)
+    if type(family).__name__ == "SQLStore":
+        return f"{FAMILY_PREFIX}{sql_spec(cast('SQLStore', family))}"
     return None
 
 
@@ -166,18 +191,22 @@ def _redis_url_and_prefix(url: str) -> tuple[str, str]:
     return bare, (prefixes[0] if prefixes else _DEFAULT_PREFIX)
 
 
-def _file_family(build: StoreBuilder) -> TokenStoreFamily:
+def _sql_family(parsed: SQLSpec, client_id: str | None = None) -> TokenStoreFamily:
+    return build_sql_family(parsed, client_id)
+
+
+def _file_family(build: StoreBuilder, client_id: str | None = None) -> TokenStoreFamily:
     # The path rules of file:PATH, read once by the store spec's own parser.
     return FileStoreFamily(getattr(build(""), "path"))  # noqa: B009
 
 
-def _redis_family(url: str, prefix: str) -> TokenStoreFamily:
+def _redis_family(url: str, prefix: str, client_id: str | None = None) -> TokenStoreFamily:
     from .redis import RedisStore
 
     return RedisStore.family(url, prefix)
 
 
-def _keyring_family(service: str) -> TokenStoreFamily:
+def _keyring_family(service: str, client_id: str | None = None) -> TokenStoreFamily:
     from .keyring import KeyringStore
 
     return KeyringStore.family(service)

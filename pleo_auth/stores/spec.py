@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from .._text import shown
 from ..errors import ConfigurationError
+from ._sql_spec import SQLSpec, build_sql_store, has_password, is_sql_spec, parse_sql_spec
 from .base import TokenStore
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "SPEC_HELP",
     "StoreBuilder",
     "check_spec",
+    "has_password",
+    "is_sql_spec",
     "parse_spec",
     "redact_spec",
     "store_from_spec",
@@ -33,7 +36,11 @@ StoreBuilder = Callable[[str], TokenStore]
 
 DEFAULT_SPEC = "keyring"
 
-SPEC_HELP = "keyring, file:PATH or redis://HOST[:PORT][/DB][?key=NAME]"
+SPEC_HELP = (
+    "keyring, file:PATH, redis://HOST[:PORT][/DB][?key=NAME] or a database URL "
+    "(postgresql+psycopg://USER@HOST/DB, mysql+pymysql://USER@HOST/DB, sqlite:///PATH) "
+    "with ?company=ID"
+)
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -86,11 +93,16 @@ def store_from_spec(spec: str, *, client_id: str) -> TokenStore:
     * ``redis://...``, ``rediss://...``, ``unix://...``: a
       :class:`~pleo_auth.stores.redis.RedisStore` (needs ``pleo-auth[redis]``), under
       the key the URL names (``?key=NAME``), else RedisStore's default key.
+    * ``postgresql+psycopg://USER@HOST[:PORT]/DB?company=ID``,
+      ``mysql+pymysql://...?company=ID``, ``sqlite:///PATH?company=ID``: the
+      company's grant in a :class:`~pleo_auth.stores.SQLStore` for ``client_id``
+      (needs ``pleo-auth[sql]``; ``&table=NAME``, ``&schema=NAME`` as SQLStore's).
+      Give a password only through the ``PLEO_STORE`` environment variable.
 
     Args:
         spec: The spec.
-        client_id: The OAuth client id; ``keyring`` needs it (the keyring
-            account), the others ignore it and it may be empty.
+        client_id: The OAuth client id; ``keyring`` (the keyring account) and a
+            database (the rows' key) need it, the others ignore it and it may be empty.
 
     Raises:
         ConfigurationError: The spec is malformed or names an unknown kind of
@@ -146,6 +158,8 @@ def _builder(spec: object) -> StoreBuilder:
     if colon and scheme.lower() in _REDIS_SCHEMES:
         _check_redis_url(spec)
         return functools.partial(_redis_store, spec)
+    if colon and is_sql_spec(spec):
+        return functools.partial(_sql_store, parse_sql_spec(spec, family=False))
     if not spec:
         raise ConfigurationError(f"the token store spec is empty: use {SPEC_HELP}")
     raise ConfigurationError(f"unknown token store {shown(redact_spec(spec))}: use {SPEC_HELP}")
@@ -192,6 +206,10 @@ def _redis_store(spec: str, client_id: str) -> TokenStore:
     # RedisStore reads the key from the URL (?key=NAME or #NAME), as its spec writes it.
     store: TokenStore = RedisStore(spec)
     return store
+
+
+def _sql_store(parsed: SQLSpec, client_id: str) -> TokenStore:
+    return build_sql_store(parsed, client_id)
 
 
 def _check_redis_url(spec: str) -> None:

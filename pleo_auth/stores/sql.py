@@ -273,6 +273,13 @@ class SQLStore(TokenStoreFamily):
     def describe(self) -> str:
         return f"{self._where} table {self.table_name}, client {self.client_id!r}"
 
+    @property
+    def spec(self) -> str:
+        """The family's ``--store`` spec; never with the password (give that in ``PLEO_STORE``)."""
+        from ._sql_spec import sql_spec
+
+        return f"family:{sql_spec(self)}"
+
     # -- statements ---------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -570,6 +577,13 @@ class SQLGrantStore(TokenStore):
         the same row."""
         family = self.family
         return ("sql", family._identity, family.table_name, family.client_id, self._id)
+
+    @property
+    def spec(self) -> str:
+        """The grant's ``--store`` spec; never with the password (give that in ``PLEO_STORE``)."""
+        from ._sql_spec import sql_spec
+
+        return sql_spec(self.family, self._id)
 
     def describe(self) -> str:
         family = self.family

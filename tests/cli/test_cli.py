@@ -249,7 +249,11 @@ def test_a_bad_store_spec_exits_2_with_a_clear_message(
 ) -> None:
     code, _ = run_main(["status", "--store", "sqlite:tokens.db"], env)
     assert code == 2
-    assert "unknown token store 'sqlite:tokens.db'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "invalid database URL: write sqlite:///PATH (relative) or sqlite:////PATH" in err
+    code, _ = run_main(["status", "--store", "mongodb:tokens.db"], env)
+    assert code == 2
+    assert "unknown token store 'mongodb:tokens.db'" in capsys.readouterr().err
 
 
 def test_a_bad_environment_variable_exits_2(

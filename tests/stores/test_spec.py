@@ -50,9 +50,11 @@ def test_malformed_file_specs_are_configuration_errors(spec: str) -> None:
         store_from_spec(spec, client_id="c")
 
 
-@pytest.mark.parametrize("spec", ["", "memory", "sqlite:///x.db", "keyrings", "File:/x"])
+@pytest.mark.parametrize("spec", ["", "memory", "mongodb:///x.db", "keyrings", "File:/x"])
 def test_unknown_specs_list_the_valid_forms(spec: str) -> None:
-    with pytest.raises(ConfigurationError, match=r"keyring, file:PATH or redis://"):
+    with pytest.raises(
+        ConfigurationError, match=r"keyring, file:PATH, redis://.* or a database URL"
+    ):
         store_from_spec(spec, client_id="c")
 
 
