@@ -360,3 +360,32 @@ def test_a_dropped_connection_is_a_retryable_error_and_the_next_call_reconnects(
         store.load()
     assert failed.value.retryable is True
     assert store.load() == tokens
+
+
+_EARLY_IMPORT = """
+import sys
+import pleo_auth.contrib.django                      # before settings, before the registry
+from pleo_auth.contrib.django import DjangoStoreFamily, PleoAuthConfig, get_session
+early = sorted(m for m in sys.modules if m.startswith("pleo_auth.contrib.django."))
+import django
+from django.conf import settings
+settings.configure(INSTALLED_APPS=["pleo_auth.contrib.django"], DATABASES={}, ROOT_URLCONF=[])
+django.setup()
+from django.urls import include
+include("pleo_auth.contrib.django")
+print(early, "pleo_auth.contrib.django.models" in sys.modules)
+"""
+
+
+def test_importing_the_package_before_the_app_registry_imports_no_model() -> None:
+    """``include("pleo_auth.contrib.django")`` in a URLconf, or an import in settings,
+    happens before the registry is ready: the package must not import its models."""
+    run = subprocess.run(
+        [sys.executable, "-c", _EARLY_IMPORT], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [
+        "['pleo_auth.contrib.django.apps',",
+        "'pleo_auth.contrib.django.store']",
+        "True",
+    ]

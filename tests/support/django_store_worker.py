@@ -3,12 +3,14 @@ store, answering one line per command on stdin (tests/contrib/test_django_store_
 
 The first line is the configuration (JSON): the parent's DATABASES, the alias, the
 family's client id (the test's own: its rows), the emulator's client, the company
-and the emulator's URLs. Then, one per line:
+and the emulator's URLs; optionally the row lease (``lease``, seconds). Then, one per line:
 
 * ``refresh``: force a refresh; answers ``refreshed`` or ``error <type>``;
 * ``probe-then-refresh``: answers ``held`` or ``free`` (whether another owner holds
   the row's lease right now, by the database's clock), then refreshes as above;
 * ``get``: calls the API; answers ``status <code>``;
+* ``hold``: takes the row's lease, answers ``held``, and keeps it (renewed) until the
+  process ends: the test kills it there;
 * ``quit``.
 
 Never prints a token: errors are reported by type only.
@@ -28,7 +30,8 @@ def main() -> None:
     from support.django_project import family
 
     config = json.loads(sys.stdin.readline())
-    grants = family(config["databases"], config["alias"], config["client_id"])
+    options = {"lease": config["lease"]} if "lease" in config else {}
+    grants = family(config["databases"], config["alias"], config["client_id"], **options)
     store = grants.store(config["company"])
     session = PleoSession(
         config["oauth_client_id"],
@@ -63,6 +66,10 @@ def main() -> None:
         elif command == "probe-then-refresh":
             say("held" if lease_held() else "free")
             refresh()
+        elif command == "hold":
+            lease = store.lock(timeout=60.0, lease=600.0)
+            lease.__enter__()
+            say("held")
         elif command == "get":
             say(f"status {session.get('/v2/employees').status_code}")
         elif command == "quit":

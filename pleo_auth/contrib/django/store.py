@@ -415,12 +415,13 @@ class DjangoGrantStore(TokenStore):
                 if self._query(action, work):
                     outcome.append(True)
                     return None
-                found = self._query(action, self._rows().values_list("fence", "tokens").first)
+                # Why not: the fence (never the tokens), or no row at all.
+                found = self._query(action, self._rows().values_list("fence", flat=True).first)
                 if found is None and not made[0]:
                     made[0] = True
                     self._query("make the company's row", self._ensure_row)
                     return 0.0
-                if found is None or (expected is not None and found[0] != fence(expected)):
+                if found is None or (expected is not None and found != fence(expected)):
                     outcome.append(False)  # refused by the fence, not by a lease: never wait
                     return None
                 return 0.0  # another owner holds the lease: wait for it
