@@ -389,3 +389,43 @@ def test_importing_the_package_before_the_app_registry_imports_no_model() -> Non
         "'pleo_auth.contrib.django.store']",
         "True",
     ]
+
+
+def test_an_integration_over_the_model_store_adds_uses_and_removes_a_grant(
+    emulator: Emulator,
+) -> None:
+    """Integration.remove holds the company's lease through one store object and
+    clears through another: the lease belongs to the thread and the row, so the
+    clear writes under it at once instead of waiting for it."""
+    import time
+
+    family = DjangoStoreFamily(unique_client())
+    integration = Integration(
+        emulator.client_id,
+        emulator.client_secret,
+        store=family,
+        token_url=emulator.token_url,
+        api_url=emulator.api_url,
+    )
+    try:
+        integration.add(A, TokenSet.from_response(emulator.issue_tokens(company=A)))
+        assert integration.session(A).get("/v2/employees").status_code == 200
+        started = time.monotonic()
+        integration.remove(A)
+        assert time.monotonic() - started < 5.0  # not the 30 s a write waits for a lease
+        assert integration.companies() == []
+        assert family.store(A).load() is None
+    finally:
+        integration.close()
+        family.rows().delete()
+
+
+def test_a_client_id_with_sql_metacharacters_is_a_plain_value() -> None:
+    client = f"{unique_client()}'; DROP TABLE pleo_auth_pleogrant; --"
+    tokens = new_tokens()
+
+    DjangoStoreFamily(client).store(A).save(tokens)
+
+    assert DjangoStoreFamily(client).store(A).load() == tokens
+    assert DjangoStoreFamily(client).companies() == [A]
+    assert DjangoStoreFamily(client.split("'")[0]).companies() == []
