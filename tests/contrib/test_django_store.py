@@ -429,3 +429,37 @@ def test_a_client_id_with_sql_metacharacters_is_a_plain_value() -> None:
     assert DjangoStoreFamily(client).store(A).load() == tokens
     assert DjangoStoreFamily(client).companies() == [A]
     assert DjangoStoreFamily(client.split("'")[0]).companies() == []
+
+
+def test_requests_cost_no_query_and_one_query_per_interval(emulator: Emulator) -> None:
+    """The hot path: a session over the model store sends 200 requests without a
+    query; once the version is older than check_interval (the store's clock moves
+    1 s), the next request costs one query, and the ones after it none again."""
+    from pleo_auth import PleoSession
+
+    clock = FakeClock()
+    family = DjangoStoreFamily(unique_client(), check_interval=1.0, clock=clock)
+    store = family.store(A)
+    store.save(TokenSet.from_response(emulator.issue_tokens(company=A)))
+    session = PleoSession(
+        emulator.client_id,
+        emulator.client_secret,
+        store=store,
+        token_url=emulator.token_url,
+        api_url=emulator.api_url,
+    )
+    try:
+        assert session.get("/v2/employees").status_code == 200  # loads the pair
+        with queries_during("default") as steady:
+            for _ in range(200):
+                assert session.get("/v2/employees").status_code == 200
+        clock.advance(1.0)
+        with queries_during("default") as stale:
+            for _ in range(200):
+                assert session.get("/v2/employees").status_code == 200
+    finally:
+        session.close()
+        family.rows().delete()
+    assert len(steady.captured_queries) == 0
+    assert len(stale.captured_queries) == 1
+    assert emulator.counters_for(A).refresh_grants == 0
