@@ -34,6 +34,7 @@ from pleo_auth import (
 )
 from pleo_auth._clock import FakeClock
 from pleo_auth.contrib.django import DjangoGrantStore, DjangoStoreFamily
+from pleo_auth.stores.base import save_login
 from pleo_auth.testing import Emulator, MakeFamily, TokenStoreFamilyContract, new_tokens
 from pleo_auth.testing._family_contract import BAD_COMPANIES
 
@@ -155,6 +156,9 @@ def test_a_garbage_row_is_an_error_naming_the_table_and_company_never_the_conten
     assert A.id in message
     assert "at_secret_garbage" not in message
     assert "at_secret_garbage" not in repr(refused.value)
+    login = new_tokens()
+    save_login(store, login)  # a new login replaces the garbage
+    assert store.load() == login
 
 
 @pytest.mark.parametrize(
