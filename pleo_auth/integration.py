@@ -39,10 +39,12 @@ from .errors import (
     ReauthenticationRequired,
     RevocationError,
 )
+from .login_hint import LoginHint
 from .session import PleoSession, track_pools
 from .settings import ClientAuth, Environment, Settings, default, settings_from_arguments
 from .stores.base import TokenStore, save_login
 from .stores.family import TokenStoreFamily
+from .stores.family_spec import family_spec_of
 from .tokens import TokenSet
 
 logger = logging.getLogger("pleo_auth")
@@ -405,7 +407,7 @@ class Integration:
             self._check_open()
             grant = self._grants.get(company)
         if grant is None:
-            build = functools.partial(self._coordinator, store)
+            build = functools.partial(self._coordinator, store, company)
             coordinator, handle = REGISTRY.attach(key, build, self._callback_for(company))
             with self._lock:
                 grant = self._grants.get(company)
@@ -449,14 +451,26 @@ class Integration:
         if not removing and self._callback is not None:
             self._callback(company)
 
-    def _coordinator(self, store: TokenStore) -> Coordinator:
+    def _login_hint(self, store: TokenStore, company: Company) -> LoginHint:
+        """A login for ``company`` through the family (``--store family:...
+        --company``): never a one-grant login into the company's own store, which
+        would save whichever company the person picks at Pleo as this one."""
+        hint = self.settings.login_hint(store)
+        return attrs.evolve(
+            hint,
+            store=family_spec_of(self.store),
+            where=f"{self.store.describe()}, as {company}'s grant",
+            company=company.id,
+        )
+
+    def _coordinator(self, store: TokenStore, company: Company) -> Coordinator:
         return Coordinator(
             store,
             self._endpoint,
             schedule=self._schedule,
             clock=self._clock,
             drain_timeout=self.settings.drain_timeout,
-            login_hint=self.settings.login_hint(store),
+            login_hint=self._login_hint(store, company),
             policy="when-used",
             gate=self._gate,
             owns_endpoint=False,

@@ -37,6 +37,8 @@ class LoginHint:
             when the command cannot reach it.
         where: The store's description, for the sentence.
         view: The URL of a web view that logs in, if a web app has one.
+        company: The company the login is for, when ``store`` names a family
+            (a grant per company): Pleo's company id.
 
     Thread safety:
         Immutable; share it freely.
@@ -55,6 +57,7 @@ class LoginHint:
     store: str | None = "keyring"
     where: str = ""
     view: str | None = None
+    company: str | None = None
 
     @classmethod
     def for_settings(

@@ -32,4 +32,6 @@ def login_command(hint: LoginHint) -> str:
     ):
         if value:
             parts += [flag, value]
+    if hint.company:
+        parts += ["--company", hint.company]
     return shlex.join(parts)
