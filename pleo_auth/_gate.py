@@ -4,13 +4,16 @@ An :class:`~pleo_auth.Integration` holds a grant per company, and grants born
 together come due together. Without a bound, a cold start of thousands of
 expired grants sends thousands of refreshes at once: the token endpoint slows
 down, replies time out, and a refresh whose reply is lost costs its grant. So
-every refresh of an integration's grants first takes a slot here, *before* the
-store's lock (whose lease must not run while it waits), and gives it back once
-the new pair is saved.
+every token request of an integration's grants takes a slot here.
 
 Requests come first: a refresh that a request is waiting for takes the next free
 slot, and a proactive refresh takes one only when no request waits, and never
-the last one.
+the last one. A request's refresh takes its slot under the store's lock, just
+for its token request, so one that waits for a lock another process holds holds
+no slot; a proactive refresh takes its slot before it makes its coordinator
+busy, so the company's requests never wait for the pool on its account (it may
+then wait for the lock holding the slot, but never the last one). The slots an
+urgent refresh holds are always sending: no wait can close a circle.
 
 The pool also keeps the token endpoint's pace. When Pleo answers a refresh with
 429 (or 503 and ``Retry-After``), the refresh that got it waits as the server

@@ -92,14 +92,15 @@ class _StoreProtocol:
             slot_held: The caller holds a slot of the refresh pool already: a
                 proactive refresh takes its slot before it makes the coordinator
                 busy, so requests never wait behind the pool for its sake. Else
-                a request waits for this refresh, and takes the next free slot.
+                a request waits for this refresh, which takes the next free slot
+                under the store's lock, just before it sends the token request:
+                a refresh waiting for a lock another process holds (or died
+                holding) holds no slot, so a few such companies never starve the
+                others. If the wait for a slot eats the lock's lease, the
+                endpoint refuses to send (see TokenEndpoint.refresh).
         """
         store = self.store
-        # The pool's slot before the store's lock, whose lease must not run while we wait.
-        with (
-            contextlib.nullcontext() if slot_held else self.gate.slot(urgent=True),
-            store.lock(timeout=self._lock_timeout, lease=self._lease) as lease,
-        ):
+        with store.lock(timeout=self._lock_timeout, lease=self._lease) as lease:
             version = store.version()
             stored = store.load()
             if self._owes_write_back(stored):
@@ -135,7 +136,8 @@ class _StoreProtocol:
                 # invalid_grant would pass for a dead grant and clear a live pair.
                 return _Outcome(tokens=self._tokens, version=version, failure=mismatch)
             try:
-                new = self.endpoint.refresh(stored.refresh_token, deadline=lease.deadline)
+                with contextlib.nullcontext() if slot_held else self.gate.slot(urgent=True):
+                    new = self.endpoint.refresh(stored.refresh_token, deadline=lease.deadline)
             except ReauthenticationRequired as exc:
                 exc = exc.with_login_hint(self.login_hint)
                 logger.warning("the grant is dead (%s); clearing %s", exc.error, store.describe())
