@@ -36,8 +36,7 @@ def _problem(value: str) -> str | None:
     company), so a message names the rule that failed and the length, never the text.
     """
     if _UUID.fullmatch(value) or (
-        value[: len(URN_PREFIX)].lower() == URN_PREFIX
-        and _UUID.fullmatch(value[len(URN_PREFIX) :])
+        value[: len(URN_PREFIX)].lower() == URN_PREFIX and _UUID.fullmatch(value[len(URN_PREFIX) :])
     ):
         return None  # the common case, at once: hex digits and hyphens only
     if not value:
