@@ -34,6 +34,7 @@ from . import (
     plot,
     scaling,
     shared_grants,
+    sql,
 )
 from ._common import Section, anchor_available, machine, verdict_table
 
@@ -53,12 +54,14 @@ PARTS = (
     "integration_cold_start",
     "shared_grants",
     "idle_grants",
+    "sql",
 )
 
 #: Names for several parts at once: the issue each answers.
 GROUPS = {
     "issue5": ("hot_path", "contention", "cold_start", "scaling"),
     "grants": ("many_grants", "integration_cold_start", "shared_grants", "idle_grants"),
+    "issue13": ("sql",),
 }
 
 FULL: dict[str, Any] = {
@@ -70,6 +73,7 @@ FULL: dict[str, Any] = {
     "integration_cold_start": integration_cold_start.IntegrationColdStartConfig(),
     "shared_grants": shared_grants.SharedGrantsConfig(),
     "idle_grants": idle_grants.IdleGrantsConfig(),
+    "sql": sql.SqlConfig(),
 }
 
 QUICK: dict[str, Any] = {
@@ -81,6 +85,7 @@ QUICK: dict[str, Any] = {
     "integration_cold_start": integration_cold_start.IntegrationColdStartConfig.quick(),
     "shared_grants": shared_grants.SharedGrantsConfig.quick(),
     "idle_grants": idle_grants.IdleGrantsConfig.quick(),
+    "sql": sql.SqlConfig.quick(),
 }
 
 RUNNERS: dict[str, Callable[[Any], Section]] = {
@@ -92,6 +97,7 @@ RUNNERS: dict[str, Callable[[Any], Section]] = {
     "integration_cold_start": integration_cold_start.run,
     "shared_grants": shared_grants.run,
     "idle_grants": idle_grants.run,
+    "sql": sql.run,
 }
 
 

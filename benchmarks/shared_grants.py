@@ -1,8 +1,9 @@
 """Part 8: processes sharing many grants through a store family (issue 12).
 
 P processes (4) each build an ``Integration`` over the same family of stores,
-``FileStore.family(directory)`` or ``RedisStore.family(url)`` on a private
-redis-server, holding G grants (2,000). In each process T threads (8) call
+``FileStore.family(directory)``, ``RedisStore.family(url)`` on a private
+redis-server, or a ``SQLStore`` in a private PostgreSQL or MariaDB database
+(part 9 runs those), holding G grants (2,000). In each process T threads (8) call
 ``integration.session(company).get("/v2/employees")`` for random companies
 for a few token lifetimes of 3 s tokens. The emulator runs in a process of its
 own and notes when it refreshed each company's grant.
@@ -18,6 +19,7 @@ need of it, and counts against "refresh grants per rotation".
 from __future__ import annotations
 
 import collections
+import contextlib
 import multiprocessing
 import random
 import tempfile
@@ -84,7 +86,8 @@ class SharedGrantsConfig:
         threads: Caller threads per process (T).
         token_lifetime: Seconds an access token lives.
         lifetimes: How many token lifetimes the load runs (R): at least 3 rotations.
-        stores: The families to run: ``"file"``, ``"redis"``.
+        stores: The families to run: ``"file"``, ``"redis"``, and SQLStore's
+            ``"postgresql"`` and ``"mysql"`` (a private database each).
     """
 
     grants: int = 2_000
@@ -105,12 +108,20 @@ class SharedGrantsConfig:
         return self.lifetimes * self.token_lifetime + self.token_lifetime / 4
 
 
+#: The families that live in a database (``where`` its URL): SQLStore's.
+SQL_STORES = ("postgresql", "mysql")
+
+
 def _family(spec: tuple[str, str]) -> Any:
     from pleo_auth import FileStore, RedisStore
 
     kind, where = spec
     if kind == "file":
         return FileStore.family(where)
+    if kind in SQL_STORES:
+        from pleo_auth.stores import SQLStore
+
+        return SQLStore(where, client_id=CLIENT_ID)
     return RedisStore.family(where, prefix="pleo-bench:shared:")
 
 
@@ -164,6 +175,8 @@ def run_store(
 
     companies = company_ids(config.grants, seed=seed)
     family = _family((kind, where))
+    if kind in SQL_STORES:
+        family.create_table()
     emulator.set_access_token_lifetime(config.token_lifetime)
     for start in range(0, len(companies), 1000):
         share = companies[start : start + 1000]
@@ -242,6 +255,17 @@ def run(config: SharedGrantsConfig) -> Section:
             if kind == "file":
                 results.append(run_store(emulator, config, kind, str(Path(tmp) / "grants"), 31 + n))
                 continue
+            if kind in SQL_STORES:
+                from .sql import LABELS, private_database
+
+                with contextlib.ExitStack() as stack:
+                    try:
+                        url = stack.enter_context(private_database(kind))
+                    except Exception as exc:  # a server that is not there: reported
+                        skipped.append(f"SQLStore on {LABELS[kind]}: {type(exc).__name__}")
+                        continue
+                    results.append(run_store(emulator, config, kind, url, 31 + n))
+                continue
             with redis_server() as redis_url:
                 if redis_url is None:
                     skipped.append("RedisStore.family: no redis-server binary or redis-py")
@@ -254,7 +278,12 @@ def run(config: SharedGrantsConfig) -> Section:
     return section
 
 
-_LABELS = {"file": "FileStore.family", "redis": "RedisStore.family"}
+_LABELS = {
+    "file": "FileStore.family",
+    "redis": "RedisStore.family",
+    "postgresql": "SQLStore (PostgreSQL)",
+    "mysql": "SQLStore (MariaDB)",
+}
 
 
 def _table(results: list[dict[str, Any]], config: SharedGrantsConfig, skipped: list[str]) -> Table:

@@ -33,6 +33,7 @@ from benchmarks import (  # noqa: E402
     integration_cold_start,
     many_grants,
     shared_grants,
+    sql,
 )
 from benchmarks.contention import ContentionConfig, Emulators, RunResult  # noqa: E402
 
@@ -189,6 +190,41 @@ def test_shared_grants_make_one_refresh_grant_per_rotation_per_grant(store: str)
 
     (result,) = section.raw["runs"]
     counters = result["counters"]
+    assert result["rotations"] >= 1, "the run must span a rotation to prove anything"
+    assert result["refresh_grants"] == result["rotations"]
+    assert counters.rejected_refreshes == 0
+    assert counters.reuse_detections == 0
+    assert result["errors"] == {}
+    assert result["requests"] > 0
+
+
+def test_sql_part_measures_every_database_and_the_version_cache_asks_once_per_interval() -> None:
+    config = replace(sql.SqlConfig.quick(), shared=replace(sql.SqlConfig.quick().shared, stores=()))
+
+    section = sql.run(config)
+
+    steady = section.raw["steady"]
+    assert sorted(steady) == ["mysql", "postgresql", "sqlite"], section.tables[0].notes
+    for kind, counted in steady.items():
+        assert counted["requests"] > 0, kind
+        # One query per check_interval (1 s) at most, the first one included.
+        assert counted["queries"] <= config.steady_seconds + 1, (kind, counted)
+    timings = section.raw["cpu_seconds_per_request"]
+    assert all(len(values) == config.repeats for values in timings.values())
+    assert len(timings) == 4
+
+
+@pytest.mark.parametrize("store", ["postgresql", "mysql"])
+def test_shared_grants_in_a_database_make_one_refresh_grant_per_rotation_per_grant(
+    store: str,
+) -> None:
+    config = shared_grants.SharedGrantsConfig.quick(stores=(store,))
+
+    section = shared_grants.run(config)
+
+    (result,) = section.raw["runs"]
+    counters = result["counters"]
+    assert result["store"] == store
     assert result["rotations"] >= 1, "the run must span a rotation to prove anything"
     assert result["refresh_grants"] == result["rotations"]
     assert counters.rejected_refreshes == 0
