@@ -42,7 +42,6 @@ import secrets
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ..._clock import Clock, as_clock
@@ -85,16 +84,10 @@ def _expiry(tokens: TokenSet) -> datetime.datetime | None:
 
 # -- queries outside the app's transactions ---------------------------------------------
 
-_pool: ThreadPoolExecutor | None = None
-_pool_guard = threading.Lock()
-
-
 _FAMILIES: weakref.WeakSet[DjangoStoreFamily] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    global _pool, _pool_guard
-    _pool, _pool_guard = None, threading.Lock()
     for family in list(_FAMILIES):
         family.watch.reset_after_fork()
 
@@ -103,18 +96,32 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _outside_transactions(alias: str, work: Callable[[], _T]) -> _T:
-    """Run ``work`` in autocommit: here, or on one of the store's own threads (with
-    connections of their own) when this thread is inside a transaction."""
+    """Run ``work`` in autocommit: here, or, when this thread is inside a
+    transaction, on a thread of its own with a connection of its own, which it
+    closes before it ends. A thread per call, not a pool: such calls are rare (a
+    refresh, a version check per interval), and a pool's threads would stay for
+    the life of the process."""
     from django.db import connections
 
     if not connections[alias].in_atomic_block:
         return _recovering(alias, work)
-    global _pool
-    with _pool_guard:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pleo-auth-django")
-        pool = _pool
-    return pool.submit(_recovering, alias, work).result()
+    outcome: list[_T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(_recovering(alias, work))
+        except BaseException as exc:  # handed to the caller's thread below
+            failure.append(exc)
+        finally:
+            connections.close_all()  # this thread's own: it ends here
+
+    thread = threading.Thread(target=run, name="pleo-auth-django", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def _recovering(alias: str, work: Callable[[], _T]) -> _T:
