@@ -106,7 +106,13 @@ class _WebSettings:
         """
         integration = _given_integration(values, where=where, prefix=prefix)
         store = values.get("STORE")
-        family = _family(store, where=where, prefix=prefix)
+        client_id = values.get("CLIENT_ID")
+        family = _family(
+            store,
+            where=where,
+            prefix=prefix,
+            client_id=client_id.strip() or None if isinstance(client_id, str) else None,
+        )
         if integration is not None:
             settings = integration.settings.evolve(
                 **{key.lower(): values[key] for key in _LOGIN_KEYS if values.get(key)}
@@ -186,14 +192,17 @@ def _given_integration(values: Mapping[str, Any], *, where: str, prefix: str) ->
     return given
 
 
-def _family(store: object, *, where: str, prefix: str) -> TokenStoreFamily | None:
-    """The family ``STORE`` names, if it names one (a family spec, or a family)."""
+def _family(
+    store: object, *, where: str, prefix: str, client_id: str | None = None
+) -> TokenStoreFamily | None:
+    """The family ``STORE`` names, if it names one (a family spec, or a family);
+    a database family's rows are keyed by ``client_id``."""
     if isinstance(store, TokenStoreFamily):
         return store
     if not is_family_spec(store):
         return None
     try:
-        return family_from_spec(store)
+        return family_from_spec(store, client_id=client_id)
     except ConfigurationError as exc:
         raise ConfigurationError(f"{where}: {prefix}STORE: {exc}") from None
 

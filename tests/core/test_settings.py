@@ -92,7 +92,7 @@ def test_from_mapping_names_where_and_the_key() -> None:
     with pytest.raises(
         ConfigurationError, match=r"^settings\.PLEO_AUTH: STORE: unknown token store"
     ):
-        Settings.from_mapping({"CLIENT_ID": "c", "STORE": "sqlite:x"}, where="settings.PLEO_AUTH")
+        Settings.from_mapping({"CLIENT_ID": "c", "STORE": "mongodb:x"}, where="settings.PLEO_AUTH")
     with pytest.raises(ConfigurationError, match=r"unknown setting.*PLEO_SCOPE"):
         Settings.from_mapping({"CLIENT_ID": "c", "SCOPE": "x"}, where="app.config", prefix="PLEO_")
 

@@ -159,3 +159,20 @@ def test_driver_parameters_pass_through_to_the_database_url(postgres_url: str) -
         assert store.spec == f"{postgres_url}?connect_timeout=7&company={A.id}"
     finally:
         family.close()
+
+
+def test_a_web_integrations_store_setting_names_a_database_family_keyed_by_its_client_id(
+    sqlite_url: str,
+) -> None:
+    from pleo_auth.contrib import _WebSettings
+
+    web = _WebSettings.from_mapping(
+        {"CLIENT_ID": CLIENT, "STORE": f"family:{sqlite_url}?table=web"}, where="app.config"
+    )
+    family = web.family
+    assert isinstance(family, SQLStore)
+    try:
+        assert family.client_id == CLIENT
+        assert family.table.name == "web"
+    finally:
+        family.close()
