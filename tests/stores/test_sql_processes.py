@@ -72,16 +72,21 @@ def test_a_holder_killed_while_holding_the_lease_delays_another_process_by_at_mo
         lease_until = _lease_until(family)
         assert lease_until > killed_at, "the holder's renewals kept its lease running"
         with family.for_company(A).lock(timeout=30.0, lease=30.0):
-            acquired_at = family.database_time()
+            # The take's own moment on the database's clock: its lease_until less a lease.
+            taken_at = _lease_until(family) - lease
     finally:
         if holder.is_alive():
             holder.kill()
             holder.join(30)
-    delay = acquired_at - killed_at
+    delay = taken_at - killed_at
     print(f"\n{sql_url.split(':')[0]}: taken over {delay:.3f}s after the kill (lease {lease}s)")
-    assert acquired_at >= lease_until, "the lease was taken before it ran out"
-    # One lease, plus one pause of the waiter's backoff and the statements' round trips.
-    assert delay <= lease + MAX_PAUSE + 0.3
+    # The dead holder's lease ran at most one lease past the kill (its last renewal
+    # came before it), and nobody took it before it ran out.
+    assert lease_until - killed_at <= lease
+    assert taken_at >= lease_until - 0.001, "the lease was taken before it ran out"
+    # The waiter noticed within one pause of its backoff, plus the statements' time
+    # (generous: a loaded machine stretches the round trips, not the lease).
+    assert taken_at - lease_until <= MAX_PAUSE + 1.0
 
 
 def test_integrations_in_three_processes_refresh_each_expired_grant_exactly_once(
