@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 
 from ._clock import SYSTEM_CLOCK, Clock
 from .errors import ConfigurationError
@@ -60,6 +60,8 @@ class RefreshGate:
         self._clock = clock
         self._pace = _Pace()
         self._never = threading.Event()
+        #: Proactive refreshes that found no slot, to wake when one is given back.
+        self._wakers: dict[Hashable, Callable[[], object]] = {}
 
     @contextlib.contextmanager
     def slot(self, *, urgent: bool) -> Iterator[None]:
@@ -80,19 +82,44 @@ class RefreshGate:
             else:
                 self._queued += 1
                 try:
-                    while (
-                        self._waiting
-                        or self._busy >= self.slots
-                        or self._proactive >= max(1, self.slots - 1)
-                    ):
+                    while self._full_for_proactive_locked():
                         self._cond.wait()
                 finally:
                     self._queued -= 1
-                self._proactive += 1
-            self._busy += 1
-            self.peak = max(self.peak, self._busy)
-            now = self._clock.monotonic()
-            send_at = self._pace.reserve(now)
+            now, send_at = self._take_locked(urgent)
+        with self._held(urgent, now, send_at):
+            yield
+
+    def try_proactive(
+        self, key: Hashable, wake: Callable[[], object]
+    ) -> contextlib.AbstractContextManager[None] | None:
+        """A slot for a proactive refresh if one is free now, else None, and
+        ``wake`` is called (once, whatever the number of tries under ``key``) when
+        a slot is given back. The scheduler's workers never wait here: while
+        requests keep the pool busy, a worker that waited would hold up every
+        other timer of the process."""
+        with self._cond:
+            if self._full_for_proactive_locked():
+                self._wakers[key] = wake
+                return None
+            now, send_at = self._take_locked(urgent=False)
+        return self._held(False, now, send_at)
+
+    def _full_for_proactive_locked(self) -> bool:
+        return bool(
+            self._waiting or self._busy >= self.slots or self._proactive >= max(1, self.slots - 1)
+        )
+
+    def _take_locked(self, urgent: bool) -> tuple[float, float]:
+        if not urgent:
+            self._proactive += 1
+        self._busy += 1
+        self.peak = max(self.peak, self._busy)
+        now = self._clock.monotonic()
+        return now, self._pace.reserve(now)
+
+    @contextlib.contextmanager
+    def _held(self, urgent: bool, now: float, send_at: float) -> Iterator[None]:
         try:
             if send_at > now:  # holding the slot, so the order of the turns holds too
                 self._clock.wait(self._never, send_at - now)
@@ -103,6 +130,9 @@ class RefreshGate:
                 if not urgent:
                     self._proactive -= 1
                 self._cond.notify_all()
+                wakers, self._wakers = self._wakers, {}
+            for wake in wakers.values():  # outside the lock: wake takes the scheduler's
+                wake()
 
     def throttled(self) -> None:
         """The token endpoint refused a refresh as over its capacity: slow down."""
@@ -119,12 +149,13 @@ class RefreshGate:
     def waiting(self) -> tuple[int, int]:
         """Refreshes waiting for a slot now: (for requests, proactive)."""
         with self._cond:
-            return self._waiting, self._queued
+            return self._waiting, self._queued + len(self._wakers)
 
     def _after_fork_in_child(self) -> None:
         self._cond = threading.Condition()
         self._busy = self._proactive = self._waiting = self._queued = 0
         self._pace = _Pace()
+        self._wakers = {}
 
 
 class _Pace:
@@ -193,6 +224,11 @@ class _NoGate:
 
     def throttled(self) -> None:
         """A single grant sends one refresh at a time: Retry-After is pace enough."""
+
+    def try_proactive(
+        self, key: Hashable, wake: Callable[[], object]
+    ) -> contextlib.AbstractContextManager[None] | None:
+        return contextlib.nullcontext()
 
 
 NO_GATE = _NoGate()

@@ -116,8 +116,9 @@ class _ProactiveTimer:
             due = self._next_tick_locked()
             if tokens is None or due is None or due > self._clock.time():
                 return due
+        deferred = False
         try:
-            self._refresh_if_due(tokens)
+            deferred = self._refresh_if_due(tokens)
         except PleoAuthError as exc:
             logger.warning("proactive refresh failed: %s", exc)
         except Exception:
@@ -125,29 +126,39 @@ class _ProactiveTimer:
             with self._cond:  # never spin on a bug
                 self._retry_not_before = self._clock.monotonic() + self.schedule.failure_cooldown
         with self._cond:
-            return self._next_tick_locked()
+            due = self._next_tick_locked()
+        if deferred and due is not None:
+            # The pool wakes us when a slot is given back; this is only a backstop.
+            due = max(due, self._clock.time() + _POLL)
+        return due
 
-    def _refresh_if_due(self, basis: TokenSet) -> None:
+    def _refresh_if_due(self, basis: TokenSet) -> bool:
+        """Refresh ``basis`` if it is due. True if the pool had no slot free: it
+        wakes this grant's entry when one is given back."""
         version = self._peek_version()
         with self._cond:
             if self._busy is not None:
                 self._wait_until_idle_locked(version)
-                return
+                return False
             if self._tokens is not basis or self._clock.monotonic() < self._retry_not_before:
-                return
+                return False
             if version != self._version:
                 self._run_locked("sync", self._sync)
-                return
+                return False
             if self._clock.time() < self._timer_due_at(basis):
                 if self._unsaved:
                     self._run_locked("sync", self._write_back)
-                return
+                return False
         # The pool's slot before the coordinator is busy: requests wait for a busy
         # coordinator, and one whose token is fresh must never wait for the pool.
-        with self.gate.slot(urgent=False), self._cond:
+        slot = self.gate.try_proactive(self._entry, self._entry.wake)
+        if slot is None:
+            return True
+        with slot, self._cond:
             if self._busy is None and self._tokens is basis and not self._closed:
                 proactive = functools.partial(self._refresh, basis, False, slot_held=True)
                 self._run_locked("refresh", proactive)
+        return False
 
 
 def _warm_up(store: TokenStore) -> None:
