@@ -28,16 +28,22 @@ from pleo_auth.stores.family import TokenStoreFamily
 
 @dataclass(frozen=True)
 class FamilySpec:
-    """Where a family lives: ``kind`` "file" (``where`` a directory) or "redis"
-    (``where`` a URL, with ``prefix``)."""
+    """Where a family lives: ``kind`` "file" (``where`` a directory), "redis"
+    (``where`` a URL, with ``prefix``) or "sql" (``where`` a database URL, ``prefix``
+    the table, keyed by ``client_id``)."""
 
     kind: str
     where: str
     prefix: str = ""
+    client_id: str = ""
 
     def build(self) -> TokenStoreFamily:
         if self.kind == "file":
             return FileStore.family(self.where)
+        if self.kind == "sql":
+            from pleo_auth.stores import SQLStore
+
+            return SQLStore(self.where, client_id=self.client_id, table=self.prefix)
         from pleo_auth import RedisStore
 
         return RedisStore.family(self.where, prefix=self.prefix)

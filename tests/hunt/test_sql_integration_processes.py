@@ -1,0 +1,77 @@
+"""Four processes of eight threads sharing 50 grants in a SQLStore family on the real
+PostgreSQL server, through at least three rotations of 3 s tokens (part of issue 13's
+must-show).
+
+The machinery is tests/hunt/test_integration_processes.py's (spawned workers, each
+with its own Integration over its own SQLStore, as separate hosts would have), and
+so are the rotation bounds. Per grant: every refresh grant the emulator made
+advanced that grant's chain (0 rejected refreshes, 0 reuse detections, and the pair
+in the row at the end is the one Pleo holds current), so each rotation cost exactly
+1.0 refresh grant; and the count lies between the fewest and most rotations a
+correct run can make.
+"""
+
+from __future__ import annotations
+
+import pytest
+from support.databases import unique_name
+from support.integration_workers import FamilySpec
+from test_integration_processes import shared_grants
+
+from pleo_auth.stores import SQLStore
+from pleo_auth.testing import Emulator
+
+
+@pytest.fixture
+def sql_family(request: pytest.FixtureRequest, emulator: Emulator) -> FamilySpec:
+    """A new table in the named database, created before the workers start."""
+    url: str = request.getfixturevalue(request.param)
+    spec = FamilySpec("sql", url, unique_name("load"), emulator.client_id)
+    family = spec.build()
+    assert isinstance(family, SQLStore)
+    family.create_table()
+    family.close()
+    return spec
+
+
+def assert_one_refresh_grant_per_rotation(emulator: Emulator, spec: FamilySpec) -> None:
+    """Every refresh grant advanced its grant's chain: the row holds the pair Pleo
+    made last, and none was spent twice or refused."""
+    family = spec.build()
+    try:
+        companies = family.companies()
+        assert companies, "no grant was stored"
+        for company in companies:
+            stored = family.store(company).load()
+            assert stored is not None
+            assert emulator.is_current(stored.access_token, stored.refresh_token), company
+            counted = emulator.counters_for(company)
+            assert counted.rejected_refreshes == 0
+            assert counted.reuse_detections == 0
+    finally:
+        getattr(family, "close")()  # noqa: B009
+    assert emulator.counters.rejected_refreshes == 0
+    assert emulator.counters.reuse_detections == 0
+
+
+#: Seconds of load: 3 lifetimes of 3 s tokens, so rotation_bounds asks for at least 3
+#: rotations of every grant, plus 1.5 s, as the file and Redis runs have none: each
+#: refresh here costs a few database round trips, which a loaded machine stretches.
+DURATION = 10.5
+
+
+def run(emulator: Emulator, spec: FamilySpec, grants: int, duration: float) -> None:
+    shared_grants(emulator, spec, grants=grants, duration=duration)
+    assert_one_refresh_grant_per_rotation(emulator, spec)
+
+
+# PostgreSQL only. MariaDB (3 runs in 19) and SQLite (2 in 19, in runs sharing the
+# machine with a 2,000-grant run) left a grant with fewer rotations than
+# rotation_bounds asks for (every correctness count held); and at 2,000 grants on this
+# machine, grants no caller picked make no rotation. Those runs are issue 13's open
+# work: see its report.
+@pytest.mark.parametrize("sql_family", ["postgres_url"], indirect=True)
+def test_four_processes_share_fifty_grants_in_a_database_rotating_once_per_schedule(
+    emulator: Emulator, sql_family: FamilySpec
+) -> None:
+    run(emulator, sql_family, grants=50, duration=DURATION)
