@@ -204,8 +204,11 @@ def rotation_bounds(
 
 
 def shared_grants(
-    emulator: Emulator, family_spec: FamilySpec, grants: int, duration: float
+    emulator: Emulator, family_spec: FamilySpec, grants: int, duration: float, *, busy: bool
 ) -> None:
+    """``busy``: the callers use every grant all the time (a few grants), so each is
+    refreshed at least once per lifetime; with thousands, a grant no caller picked
+    for a lifetime is refreshed only when next used, and only the upper bound holds."""
     emulator.set_access_token_lifetime(LIFETIME)
     companies = new_companies(grants)
     seeded: list[float] = []
@@ -233,7 +236,8 @@ def shared_grants(
     assert counters.rejected_refreshes == 0
     assert counters.reuse_detections == 0
     per_grant = [emulator.counters_for(company).refresh_grants for company in companies]
-    assert fewest <= min(per_grant), (min(per_grant), fewest)
+    if busy:
+        assert fewest <= min(per_grant), (min(per_grant), fewest)
     assert max(per_grant) <= most, (max(per_grant), most)
     assert counters.refresh_grants == sum(per_grant)
 
@@ -241,11 +245,11 @@ def shared_grants(
 def test_four_processes_share_fifty_grants_rotating_once_per_schedule(
     emulator: Emulator, family_spec: FamilySpec
 ) -> None:
-    shared_grants(emulator, family_spec, grants=50, duration=9.0)
+    shared_grants(emulator, family_spec, grants=50, duration=9.0, busy=True)
 
 
 @pytest.mark.soak
 def test_soak_four_processes_share_two_thousand_grants_rotating_once_per_schedule(
     emulator: Emulator, family_spec: FamilySpec
 ) -> None:
-    shared_grants(emulator, family_spec, grants=2000, duration=12.0)
+    shared_grants(emulator, family_spec, grants=2000, duration=12.0, busy=False)

@@ -61,7 +61,7 @@ DURATION = 10.5
 
 
 def run(emulator: Emulator, spec: FamilySpec, grants: int, duration: float) -> None:
-    shared_grants(emulator, spec, grants=grants, duration=duration)
+    shared_grants(emulator, spec, grants=grants, duration=duration, busy=True)
     assert_one_refresh_grant_per_rotation(emulator, spec)
 
 
