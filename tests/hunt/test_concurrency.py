@@ -156,7 +156,7 @@ def test_sixteen_threads_share_one_session_across_rotations(store: Recording) ->
 
 @pytest.mark.soak
 def test_sixteen_threads_share_one_session_across_many_rotations_soak(store: Recording) -> None:
-    run_rotations(store, lifetime=2.0, margin=0.5, rotations=20)
+    run_rotations(store, lifetime=2.0, margin=0.5, rotations=10)
 
 
 # -- deterministic: fake time ------------------------------------------------------------------

@@ -164,8 +164,10 @@ def test_a_cold_start_of_expired_grants_ramps_up_at_the_endpoints_pace(
     assert_clean_cold_start(emulator, grants, rate, elapsed, errors, slack=2.0)
 
 
+# Full scale in reject mode only (the harder: the pool must learn the pace); delay mode
+# is the same machinery, run at a small scale by default.
 @pytest.mark.soak
-@pytest.mark.parametrize("mode", ["reject", "delay"])
+@pytest.mark.parametrize("mode", ["reject"])
 def test_soak_a_cold_start_of_ten_thousand_grants_at_two_hundred_a_second(
     emulator: Emulator, mode: str
 ) -> None:

@@ -113,7 +113,7 @@ def test_four_processes_of_eight_threads_rotate_once_per_schedule_without_errors
 # FileStore's long run is the fault soak in test_soak_faults.py.
 @pytest.mark.soak
 @pytest.mark.parametrize("kind", ["keyring-file", "redis"])
-def test_soak_four_processes_of_eight_threads_for_forty_seconds(
+def test_soak_four_processes_of_eight_threads_for_twenty_seconds(
     emulator: Emulator, kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     emulator.set_access_token_lifetime(3.0)
@@ -122,10 +122,10 @@ def test_soak_four_processes_of_eight_threads_for_forty_seconds(
         _spec(kind, request, tmp_path),
         processes=4,
         threads=8,
-        duration=40.0,
+        duration=20.0,
         refresh_margin=1.0,
     )
-    assert_clean_rotations(report, at_least=13)
+    assert_clean_rotations(report, at_least=6)
 
 
 def test_redis_workers_share_nothing_but_the_url(
