@@ -16,7 +16,14 @@ import types
 from typing import Any
 
 import pytest
-from support.integration_helpers import grant, integration, new_companies, settled, wait_until
+from support.integration_helpers import (
+    HeldTokenRequests,
+    grant,
+    integration,
+    new_companies,
+    settled,
+    wait_until,
+)
 
 from pleo_auth import MemoryStore
 from pleo_auth._clock import FakeClock
@@ -26,38 +33,13 @@ LIFETIME = 100.0
 MARGIN = 10.0
 
 
-class _Held:
-    """A token request hook that holds every request until the test opens it."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.inside = 0
-        self._open = False
-
-    def __call__(self, grant_type: str | None) -> None:
-        with self._cond:
-            self.inside += 1
-            self._cond.notify_all()
-            self._cond.wait_for(lambda: self._open, 30)
-            self.inside -= 1
-
-    def wait_inside(self, count: int) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.inside >= count, 10)
-
-    def open(self) -> None:
-        with self._cond:
-            self._open = True
-            self._cond.notify_all()
-
-
 def test_a_request_with_a_fresh_token_never_waits_for_other_companies_refreshes(
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The largest jitter share: the timer comes due 2.475 s before a request would.
     monkeypatch.setattr("pleo_auth._coordinator.random", types.SimpleNamespace(random=lambda: 0.99))
     used, other = new_companies(2)
-    held = _Held()
+    held = HeldTokenRequests()
     answered = threading.Event()
     statuses: list[Any] = []
     with (

@@ -16,7 +16,14 @@ from __future__ import annotations
 
 import threading
 
-from support.integration_helpers import grant, integration, new_companies, settled, wait_until
+from support.integration_helpers import (
+    HeldTokenRequests,
+    grant,
+    integration,
+    new_companies,
+    settled,
+    wait_until,
+)
 
 from pleo_auth import MemoryStore, PleoSession, TokenSet
 from pleo_auth._clock import FakeClock
@@ -26,35 +33,11 @@ LIFETIME = 100.0
 MARGIN = 10.0
 
 
-class _Held:
-    """A token request hook that holds every request until the test opens it."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.inside = 0
-        self._open = False
-
-    def __call__(self, grant_type: str | None) -> None:
-        with self._cond:
-            self.inside += 1
-            self._cond.notify_all()
-            self._cond.wait_for(lambda: self._open, 30)
-
-    def wait_inside(self, count: int) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.inside >= count, 10)
-
-    def open(self) -> None:
-        with self._cond:
-            self._open = True
-            self._cond.notify_all()
-
-
 def test_a_plain_sessions_timer_runs_while_an_integrations_pool_has_requests_waiting(
     clock: FakeClock,
 ) -> None:
     used_1, used_2, expired_1, expired_2 = new_companies(4)
-    held = _Held()
+    held = HeldTokenRequests()
     callers: list[threading.Thread] = []
     with (
         Emulator(access_token_lifetime=LIFETIME, clock=clock) as emu,

@@ -173,3 +173,29 @@ class LockWatch(TokenStoreFamily):
 
     def remove(self, company: Company | str) -> None:
         self.inner.remove(company)
+
+
+class HeldTokenRequests:
+    """A token request hook (``Emulator.set_token_request_hook``) that holds every
+    token request until the test opens it; ``inside`` counts those held now."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.inside = 0
+        self._open = False
+
+    def __call__(self, grant_type: str | None) -> None:
+        with self._cond:
+            self.inside += 1
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._open, 30)
+            self.inside -= 1
+
+    def wait_inside(self, count: int) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.inside >= count, 10)
+
+    def open(self) -> None:
+        with self._cond:
+            self._open = True
+            self._cond.notify_all()
