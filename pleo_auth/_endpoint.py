@@ -5,9 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import random
 import urllib.parse
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import requests
@@ -15,7 +14,7 @@ import requests
 from ._checks import check_attempts, check_seconds
 from ._clock import SYSTEM_CLOCK, Clock
 from ._failures import MAX_RETRY_AFTER as MAX_RETRY_AFTER  # where callers found it in 0.1
-from ._failures import _retry_after, _Transient, _transport_failure
+from ._failures import _retry_after, _Transient, _transport_failure, _wait_generator
 from ._network import SharedNetwork
 from ._urls import check_secure_url
 from .errors import AuthorizationError, ConfigurationError, ReauthenticationRequired, RefreshError
@@ -102,27 +101,6 @@ def _not_a_token_reply(response: requests.Response, secrets: tuple[str, ...]) ->
     if "html" in media:
         return f"an HTML page ({media}), not a token reply"
     return f"a body that is not valid JSON ({media}, {len(response.content)} bytes: truncated?)"
-
-
-def _wait_generator(
-    factor: float, cap: float, remaining: Callable[[], float] | None = None
-) -> Generator[float, Any, None]:
-    """Exponential backoff with full jitter, never shorter than a server's Retry-After,
-    and never longer than the ``remaining`` time budget.
-
-    backoff sends each failure into the generator, which is how Retry-After gets in.
-    """
-    failure = yield 0.0  # backoff primes the generator; this value is discarded
-    attempt = 0
-    while True:
-        delay = random.uniform(0, min(cap, factor * 2**attempt))
-        retry_after = getattr(failure, "retry_after", None)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        if remaining is not None:
-            delay = max(0.0, min(delay, remaining()))
-        attempt += 1
-        failure = yield delay
 
 
 def check_settings(
@@ -239,7 +217,9 @@ class TokenEndpoint:
     def close(self) -> None:
         self._network.close()
 
-    def refresh(self, refresh_token: str, *, deadline: float | None = None) -> TokenSet:
+    def refresh(
+        self, refresh_token: str, *, deadline: float | None = None, tally: list[int] | None = None
+    ) -> TokenSet:
         """Spend ``refresh_token`` for a new :class:`TokenSet`.
 
         Transient failures (connection refused or lost, timeouts, 429 and 5xx) are
@@ -252,6 +232,7 @@ class TokenEndpoint:
             deadline: Monotonic time by which the caller's lease runs out. An
                 attempt starts only if its whole ``timeout`` fits before it, so no
                 reply is still on its way when another process may take the lock.
+            tally: Gets one item per attempt sent (for the refresh events).
 
         Raises:
             ReauthenticationRequired: The grant is dead (``invalid_grant`` and kin).
@@ -265,7 +246,7 @@ class TokenEndpoint:
         secrets = (refresh_token, self._client_secret or "")
         unanswered: list[str] = []
         try:
-            return self._request_tokens(form, deadline, secrets, unanswered)
+            return self._request_tokens(form, deadline, secrets, unanswered, tally)
         except _Refused as refused:
             # Only a client error says the grant is dead: a 2xx that names one is not
             # worth a forced login.
@@ -318,6 +299,7 @@ class TokenEndpoint:
         deadline: float | None,
         secrets: tuple[str, ...],
         unanswered: list[str],
+        tally: list[int] | None = None,
     ) -> TokenSet:
         """Post ``form`` with retries.
 
@@ -338,6 +320,8 @@ class TokenEndpoint:
         def attempt() -> TokenSet:
             nonlocal tries
             tries += 1
+            if tally is not None:
+                tally.append(tries)
             try:
                 return self._attempt(form, deadline, secrets)
             except _Transient as failure:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import http.client
 import math
+import random
 import ssl
+from collections.abc import Callable, Generator
+from typing import Any
 
 import requests
 import urllib3.exceptions
@@ -121,3 +124,24 @@ def _transport_failure(exc: requests.RequestException) -> _Transient | None:
     if isinstance(exc, requests.Timeout):
         return _Transient("timed out waiting for the reply", unanswered=True)
     return None
+
+
+def _wait_generator(
+    factor: float, cap: float, remaining: Callable[[], float] | None = None
+) -> Generator[float, Any, None]:
+    """Exponential backoff with full jitter, never shorter than a server's Retry-After,
+    and never longer than the ``remaining`` time budget.
+
+    backoff sends each failure into the generator, which is how Retry-After gets in.
+    """
+    failure = yield 0.0  # backoff primes the generator; this value is discarded
+    attempt = 0
+    while True:
+        delay = random.uniform(0, min(cap, factor * 2**attempt))
+        retry_after = getattr(failure, "retry_after", None)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        if remaining is not None:
+            delay = max(0.0, min(delay, remaining()))
+        attempt += 1
+        failure = yield delay

@@ -21,8 +21,8 @@ from typing import Any
 import requests
 
 from ._clock import Clock
-from ._endpoint import TRANSIENT_STATUSES, TokenEndpoint, _error_fields, _wait_generator
-from ._failures import _retry_after, _Transient
+from ._endpoint import TRANSIENT_STATUSES, TokenEndpoint, _error_fields
+from ._failures import _retry_after, _Transient, _wait_generator
 from .company import URN_PREFIX, Company
 from .errors import AuthorizationError, ConfigurationError, RefreshError
 from .settings import Settings
