@@ -25,6 +25,7 @@ import logging
 import math
 import random
 import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import Literal, TypeVar
 
@@ -36,6 +37,7 @@ from ._schedule import RefreshSchedule
 from ._scheduler import WORKER_NAME, scheduler_for
 from ._timer import _ProactiveTimer
 from .errors import PleoAuthError, ReauthenticationRequired, RefreshError, TokenStoreError
+from .events import GrantDead, Observers, RequestHeld
 from .login_hint import LoginHint
 from .stores.base import TokenStore
 from .tokens import TokenSet
@@ -74,8 +76,11 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
         policy: Policy = "always",
         gate: RefreshGate | None = None,
         owns_endpoint: bool = True,
+        company: str | None = None,
     ):
         self.store = store
+        #: Who gets this grant's events (see pleo_auth.events).
+        self.observers = Observers(company)
         self.endpoint = endpoint
         self.schedule = schedule
         self.policy: Policy = policy
@@ -160,6 +165,7 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
             RefreshError, TokenStoreError: The token expired and could not be refreshed.
         """
         version = self._peek_version()
+        held_since = None  # perf_counter() when this request first waited
         with self._cond:
             self._last_used = self._clock.monotonic()
             if self._dormant:
@@ -167,6 +173,7 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
                 self._wake_locked()
             while True:
                 if self._busy is not None:
+                    held_since = held_since or time.perf_counter()
                     self._cond.wait()
                     # The operation we waited for read the store under its lock:
                     # its version is at least as new as the one read before waiting.
@@ -183,12 +190,16 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
                 remaining = tokens.expires_at - now
                 if now >= self.schedule.due_at(tokens):
                     if self._clock.monotonic() >= self._retry_not_before:
+                        held_since = held_since or time.perf_counter()
                         self._run_locked("refresh", functools.partial(self._refresh, tokens, False))
                         version = self._version
                         continue
                     if remaining <= 0 and self._last_failure is not None:
                         raise _fresh_copy(self._last_failure)
                 self._in_flight += 1
+                if held_since is not None and self.observers:
+                    held = time.perf_counter() - held_since
+                    self.observers.emit(RequestHeld(company=self.observers.company, duration=held))
                 return tokens
 
     def release(self) -> None:
@@ -331,6 +342,9 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
                 # The grant was removed meanwhile: nothing of it is written back.
                 outcome = outcome._replace(unsaved=False)
             self._publish_locked(outcome, previous)
+        if outcome.grant_dead and previous is not None and self.observers:
+            error = getattr(outcome.failure, "error", None)
+            self.observers.emit(GrantDead(company=self.observers.company, error=error))
         if outcome.grant_dead and previous is not None and self._callbacks:
             self._notify_reauthentication_locked()
         return outcome.failure
@@ -413,6 +427,7 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
     # -- lifetime -------------------------------------------------------------
 
     def forget(self, handle: int) -> None:
+        self.observers.discard(handle)
         with self._cond:
             self._callbacks.pop(handle, None)
 

@@ -20,6 +20,7 @@ from ._gate import RefreshGate, _NoGate
 from ._schedule import RefreshSchedule
 from ._urls import same_endpoint
 from .errors import ConfigurationError, PleoAuthError, ReauthenticationRequired, TokenStoreError
+from .events import Adopted, LockWaited, Observers, RefreshFailed, RefreshStarted, RefreshSucceeded
 from .login_hint import LoginHint
 from .stores.base import Lease, TokenStore
 from .tokens import TokenSet
@@ -53,6 +54,7 @@ class _StoreProtocol:
     endpoint: TokenEndpoint
     gate: RefreshGate | _NoGate
     schedule: RefreshSchedule
+    observers: Observers
     login_hint: str | LoginHint
     _clock: Clock
     _tokens: TokenSet | None
@@ -76,6 +78,8 @@ class _StoreProtocol:
                 tokens = self.store.load()
         if tokens is not None:
             logger.debug("loaded tokens %s from %s", tokens.fingerprint, self.store.describe())
+            if held is not None and tokens.refresh_token != held.refresh_token and self.observers:
+                self.observers.emit(Adopted(company=self.observers.company))
         return _Outcome(tokens=tokens, version=version, grant_dead=tokens is None)
 
     def _refresh(
@@ -99,8 +103,12 @@ class _StoreProtocol:
                 others. If the wait for a slot eats the lock's lease, the
                 endpoint refuses to send (see TokenEndpoint.refresh).
         """
-        store = self.store
+        store, observers = self.store, self.observers
+        asked = time.perf_counter()
         with store.lock(timeout=self._lock_timeout, lease=self._lease) as lease:
+            if observers:
+                waited = time.perf_counter() - asked
+                observers.emit(LockWaited(company=observers.company, duration=waited))
             version = store.version()
             stored = store.load()
             if self._owes_write_back(stored):
@@ -118,6 +126,8 @@ class _StoreProtocol:
             rotated_elsewhere = basis is None or stored.refresh_token != basis.refresh_token
             if rotated_elsewhere and (force or fresh):
                 logger.debug("adopting tokens %s rotated elsewhere", stored.fingerprint)
+                if observers and stored != self._tokens:
+                    observers.emit(Adopted(company=observers.company))
                 return _Outcome(tokens=stored, version=version)
             if after_401 and stored.after_401 and fresh:
                 logger.warning(
@@ -136,8 +146,7 @@ class _StoreProtocol:
                 # invalid_grant would pass for a dead grant and clear a live pair.
                 return _Outcome(tokens=self._tokens, version=version, failure=mismatch)
             try:
-                with contextlib.nullcontext() if slot_held else self.gate.slot(urgent=True):
-                    new = self.endpoint.refresh(stored.refresh_token, deadline=lease.deadline)
+                new, attempts, took = self._spend(stored, lease.deadline, slot_held)
             except ReauthenticationRequired as exc:
                 exc = exc.with_login_hint(self.login_hint)
                 logger.warning("the grant is dead (%s); clearing %s", exc.error, store.describe())
@@ -151,8 +160,14 @@ class _StoreProtocol:
                 # pair and refresh from it: a store that cannot be written can often
                 # still delete (a full disk, Redis out of memory).
                 logger.error("refreshed, but could not save the new tokens: %s", failure)
+                if observers:
+                    observers.emit(_failed(observers, failure))
                 version = self._withdraw_spent(stored, version)
                 return _Outcome(tokens=new, version=version, failure=failure, unsaved=True)
+            if observers:
+                observers.emit(
+                    RefreshSucceeded(company=observers.company, duration=took, attempts=attempts)
+                )
             logger.info(
                 "refreshed tokens %s -> %s; access expires in %.0fs",
                 stored.fingerprint,
@@ -160,6 +175,25 @@ class _StoreProtocol:
                 new.expires_at - self._clock.time(),
             )
             return _Outcome(tokens=new, version=store.version())
+
+    def _spend(
+        self, stored: TokenSet, deadline: float | None, slot_held: bool
+    ) -> tuple[TokenSet, int, float]:
+        """Spend ``stored``'s refresh token (in a slot of the pool, unless the caller
+        holds one) and tell the observers. The new pair, the attempts, the seconds."""
+        observers = self.observers
+        tally: list[int] = []
+        with contextlib.nullcontext() if slot_held else self.gate.slot(urgent=True):
+            if observers:
+                observers.emit(RefreshStarted(company=observers.company))
+            started = time.perf_counter()
+            try:
+                new = self.endpoint.refresh(stored.refresh_token, deadline=deadline, tally=tally)
+            except PleoAuthError as exc:
+                if observers:
+                    observers.emit(_failed(observers, exc))
+                raise
+        return new, len(tally), time.perf_counter() - started
 
     def _foreign_issuer(self, stored: TokenSet) -> ConfigurationError | None:
         """Why ``stored`` must not be refreshed here: another token endpoint issued
@@ -246,3 +280,14 @@ class _StoreProtocol:
             held.fingerprint,
         )
         return self.store.version(), None
+
+
+def _failed(observers: Observers, error: PleoAuthError) -> RefreshFailed:
+    """The event of a refresh that gave up with ``error``, whose message holds no token."""
+    reason = getattr(error, "error", None) or str(error)
+    return RefreshFailed(
+        company=observers.company,
+        reason=reason,
+        error_type=type(error).__name__,
+        retryable=bool(getattr(error, "retryable", False)),
+    )

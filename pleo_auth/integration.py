@@ -39,6 +39,7 @@ from .errors import (
     ReauthenticationRequired,
     RevocationError,
 )
+from .events import Subscriber
 from .login_hint import LoginHint
 from .session import PleoSession, track_pools
 from .settings import ClientAuth, Environment, Settings, default, settings_from_arguments
@@ -134,6 +135,8 @@ class Integration:
         on_reauthentication_required: Called once per dead grant, with its
             :class:`~pleo_auth.Company`, on whichever thread found out.
         keep_alive: Seconds after which an unused grant is refreshed anyway.
+        on_event: Called with every grant's :mod:`pleo_auth.events`, on the events'
+            dispatcher thread, never holding up a refresh.
         settings: A :class:`~pleo_auth.Settings` instead of the arguments above.
         clock: Time source, for tests (see :class:`pleo_auth.testing.FakeClock`).
 
@@ -164,6 +167,7 @@ class Integration:
         drain_timeout: float = default(5.0),
         settings: Settings | None = None,
         clock: Clock | None = None,
+        on_event: Subscriber | None = None,
     ):
         settings = settings_from_arguments(
             settings,
@@ -187,6 +191,9 @@ class Integration:
             )
         if on_reauthentication_required is not None and not callable(on_reauthentication_required):
             raise ConfigurationError("on_reauthentication_required must be callable")
+        if on_event is not None and not callable(on_event):
+            raise ConfigurationError("on_event must be callable")
+        self._on_event = on_event
         if (
             isinstance(keep_alive, bool)
             or not isinstance(keep_alive, int | float)
@@ -409,6 +416,8 @@ class Integration:
         if grant is None:
             build = functools.partial(self._coordinator, store, company)
             coordinator, handle = REGISTRY.attach(key, build, self._callback_for(company))
+            if self._on_event is not None:
+                coordinator.observers.add(handle, self._on_event)
             with self._lock:
                 grant = self._grants.get(company)
                 if grant is None and not self._closed:
@@ -474,6 +483,7 @@ class Integration:
             policy="when-used",
             gate=self._gate,
             owns_endpoint=False,
+            company=company.id,
         )
 
     def _keep_alive(self, company: Company, basis: TokenSet) -> None:

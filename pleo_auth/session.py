@@ -28,6 +28,7 @@ from ._urls import ApiScope
 from ._warmup import warm_up
 from .company import Company
 from .errors import ConfigurationError
+from .events import Replayed401, Subscriber
 from .login_hint import LoginHint
 from .settings import (
     ENDPOINTS,
@@ -205,6 +206,8 @@ class PleoSession(requests.Session):
         refresh_timeout: Seconds to wait for the token endpoint per attempt.
         drain_timeout: Seconds a refresh waits for requests already in flight.
         clock: Time source, for tests (see :class:`pleo_auth.testing.FakeClock`).
+        on_event: Called with this grant's :mod:`pleo_auth.events` (whichever session
+            of the process caused them), on the events' thread, never holding one up.
 
     Raises:
         ConfigurationError: An argument is invalid.
@@ -238,6 +241,7 @@ class PleoSession(requests.Session):
         clock: Clock | None = None,
         settings: Settings | None = None,
         login_hint: LoginHint | str | None = None,
+        on_event: Subscriber | None = None,
     ):
         super().__init__()
         # Meant to be shared by many threads: requests' default pool of 10
@@ -279,6 +283,8 @@ class PleoSession(requests.Session):
         build = functools.partial(_coordinator, settings, self.store, clock or SYSTEM_CLOCK, hint)
         key = (self.store.key, self.token_url, self.client_id)
         self._coordinator, handle = REGISTRY.attach(key, build, on_reauthentication_required)
+        if on_event is not None:  # see pleo_auth.events
+            self._coordinator.observers.add(handle, on_event)
         # Collected without close(): the finaliser may run inside any allocation, so
         # it only queues the release (see _Registry).
         self._detach: weakref.finalize[Any, PleoSession] | _NotAttached = weakref.finalize(
@@ -429,6 +435,8 @@ class PleoSession(requests.Session):
         if replacement is None or not _replayable(data, files):
             return response
         response.close()
+        if coordinator.observers:
+            coordinator.observers.emit(Replayed401(company=coordinator.observers.company))
         tokens = coordinator.acquire()
         try:
             return send(method, url, auth=_Bearer(tokens.access_token, scope), **kwargs)
