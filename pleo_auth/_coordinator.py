@@ -72,7 +72,7 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
         schedule: RefreshSchedule,
         clock: Clock,
         drain_timeout: float,
-        login_hint: str | LoginHint,
+        login_hint: str | LoginHint | Callable[[], LoginHint],
         policy: Policy = "always",
         gate: RefreshGate | None = None,
         owns_endpoint: bool = True,
@@ -88,7 +88,7 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
         self._owns_endpoint = owns_endpoint
         self._clock = clock
         self._drain_timeout = drain_timeout
-        self.login_hint = login_hint
+        self._hint = login_hint
         self._lock_timeout = 2 * endpoint.budget + drain_timeout + 5.0
         self._lease = endpoint.budget + 5.0
 

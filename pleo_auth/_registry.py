@@ -80,6 +80,8 @@ class _Registry:
     def reap(self) -> None:
         """Release the sessions that were collected without ``close()``, and close the
         lingering coordinators that have written their pair back."""
+        if not self._released and not self._lingering:  # the common case, cheaply
+            return
         while True:
             try:
                 released = self._released.popleft()

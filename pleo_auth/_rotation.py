@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Literal, NamedTuple
 
 from ._clock import Clock
@@ -55,12 +55,21 @@ class _StoreProtocol:
     gate: RefreshGate | _NoGate
     schedule: RefreshSchedule
     observers: Observers
-    login_hint: str | LoginHint
+    _hint: str | LoginHint | Callable[[], LoginHint]
     _clock: Clock
     _tokens: TokenSet | None
     _unsaved: bool
     _lock_timeout: float
     _lease: float
+
+    @property
+    def login_hint(self) -> str | LoginHint:
+        """What a person should do when the grant is dead: built when first needed,
+        because most grants never need it (an Integration builds thousands)."""
+        hint = self._hint
+        if callable(hint):
+            hint = self._hint = hint()
+        return hint
 
     def _sync(self) -> _Outcome:
         version = self.store.version()

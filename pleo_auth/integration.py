@@ -408,7 +408,7 @@ class Integration:
 
     def _hold(self, company: Company, *, pin: bool = False, borrow: bool = False) -> _Grant:
         """The company's grant, attached to its coordinator if it was not."""
-        store = self.store.store(company)
+        store = self.store.build_store(company)  # company is checked: a Company
         key = (store.key, self.token_url, self.client_id)
         with self._lock:
             self._check_open()
@@ -460,18 +460,6 @@ class Integration:
         if not removing and self._callback is not None:
             self._callback(company)
 
-    def _login_hint(self, store: TokenStore, company: Company) -> LoginHint:
-        """A login for ``company`` through the family (``--store family:...
-        --company``): never a one-grant login into the company's own store, which
-        would save whichever company the person picks at Pleo as this one."""
-        hint = self.settings.login_hint(store)
-        return attrs.evolve(
-            hint,
-            store=family_spec_of(self.store),
-            where=f"{self.store.describe()}, as {company}'s grant",
-            company=company.id,
-        )
-
     def _coordinator(self, store: TokenStore, company: Company) -> Coordinator:
         return Coordinator(
             store,
@@ -479,7 +467,9 @@ class Integration:
             schedule=self._schedule,
             clock=self._clock,
             drain_timeout=self.settings.drain_timeout,
-            login_hint=self._login_hint(store, company),
+            # Built when first needed; over the settings and the family, never the
+            # integration, which the registry's coordinator must not keep alive.
+            login_hint=functools.partial(_login_hint, self.settings, self.store, store, company),
             policy="when-used",
             gate=self._gate,
             owns_endpoint=False,
@@ -500,6 +490,20 @@ class Integration:
             done = self._release(company, borrowed=True)
             if done is not None:
                 REGISTRY.detach(done.key, done.coordinator, done.handle)
+
+
+def _login_hint(
+    settings: Settings, family: TokenStoreFamily, store: TokenStore, company: Company
+) -> LoginHint:
+    """A login for ``company`` through the family (``--store family:...
+    --company``): never a one-grant login into the company's own store, which
+    would save whichever company the person picks at Pleo as this one."""
+    return attrs.evolve(
+        settings.login_hint(store),
+        store=family_spec_of(family),
+        where=f"{family.describe()}, as {company}'s grant",
+        company=company.id,
+    )
 
 
 class _KeepAlive:
