@@ -170,10 +170,11 @@ def wait_for_lease(attempt: Callable[[], float | None], *, timeout: float, where
 class _Renewal:
     """One held lease the renewer keeps alive."""
 
-    def __init__(self, renew: Callable[[], bool], every: float, where: str):
+    def __init__(self, renew: Callable[[], bool], every: float, where: str, until: float):
         self.renew = renew
         self.every = every
         self.where = where
+        self.until = until
         self.stopped = False
 
 
@@ -183,6 +184,12 @@ class Renewer:
     It runs only while some lease is held, and leaves when none is. A renewal is
     one short statement (``renew`` returns False when the lease was lost: it then
     stops). Renewals run one after another on this thread, never on the holder's.
+
+    A renewal may be bounded (``until``): the holder's own time is up then, and a
+    holder stuck past it (a deadlocked callback, a hung thread) is no longer kept
+    alive; its lease runs out by itself at most one lease later, as a dead
+    holder's would. Used by :class:`~pleo_auth.stores.locks.RedisRefreshLock`,
+    whose renewals extend the key only up to that bound.
 
     Thread safety:
         :meth:`keep` and :meth:`stop` may be called from any thread.
@@ -194,11 +201,24 @@ class Renewer:
         self._serial = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def keep(self, renew: Callable[[], bool], *, every: float, where: str) -> _Renewal:
-        """Call ``renew`` every ``every`` seconds until :meth:`stop` or it returns False."""
-        renewal = _Renewal(renew, every, where)
+    def keep(
+        self,
+        renew: Callable[[], bool],
+        *,
+        every: float,
+        where: str,
+        until: float = math.inf,
+    ) -> _Renewal:
+        """Call ``renew`` every ``every`` seconds until :meth:`stop`, it returns
+        False, or the next call would come at or after ``until`` (real monotonic
+        time, :func:`time.monotonic`)."""
+        renewal = _Renewal(renew, every, where, until)
+        first = time.monotonic() + every
+        if first >= until:
+            renewal.stopped = True  # the lease outlasts its holder's time already
+            return renewal
         with self._guard:
-            heapq.heappush(self._queue, (time.monotonic() + every, next(self._serial), renewal))
+            heapq.heappush(self._queue, (first, next(self._serial), renewal))
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="pleo-auth-lease-renewer", daemon=True
@@ -242,19 +262,19 @@ class Renewer:
                     renewal.where,
                 )
                 continue
+            # From when it was due, not when it ran: a late renewal (a busy machine,
+            # a slow statement) makes the next one come sooner, but never at once
+            # again (a database failing fast).
+            following = max(due + renewal.every, time.monotonic() + renewal.every / 4)
+            if following >= renewal.until:
+                logger.debug(
+                    "the refresh lock of %s is no longer renewed: its holder's time is up",
+                    renewal.where,
+                )
+                continue
             with self._guard:
                 if not renewal.stopped:
-                    heapq.heappush(
-                        self._queue,
-                        # From when it was due, not when it ran: a late renewal (a busy
-                        # machine, a slow statement) makes the next one come sooner,
-                        # but never at once again (a database failing fast).
-                        (
-                            max(due + renewal.every, time.monotonic() + renewal.every / 4),
-                            next(self._serial),
-                            renewal,
-                        ),
-                    )
+                    heapq.heappush(self._queue, (following, next(self._serial), renewal))
 
     def _reset_after_fork(self) -> None:
         # The thread does not exist in a child, nor do the parent's holders.

@@ -11,8 +11,8 @@ existing lock instead of writing its own:
   (``filelock``); re-entrant within a thread. :class:`~pleo_auth.FileStore` and
   :class:`~pleo_auth.KeyringStore` use it.
 * :class:`RedisRefreshLock`: a lease in Redis (``SET key NX PX``), shared by every
-  host, that expires by itself if its holder dies. :class:`~pleo_auth.RedisStore`
-  uses it.
+  host, renewed while its holder lives and works, that expires by itself soon after
+  its holder dies. :class:`~pleo_auth.RedisStore` uses it.
 * :class:`ThreadRefreshLock`: a lock within this process only.
   :class:`~pleo_auth.MemoryStore` uses it.
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from .._clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, TokenStoreError
 from .base import Lease
+from .lease import DEFAULT_LEASE, RENEWER, LeaseTerms
 
 if TYPE_CHECKING:
     import filelock
@@ -229,6 +231,15 @@ end
 return 0
 """
 
+# Extend the lock by ARGV[2] ms only if it still holds our token (compare-and-extend):
+# a lease that ran out, and was taken by another, is never stretched.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
 
 def lease_deadline(acquired_at: float, lease: float) -> float:
     """When a holder must be done with a Redis lease taken at ``acquired_at``.
@@ -240,16 +251,26 @@ def lease_deadline(acquired_at: float, lease: float) -> float:
 
 
 class RedisRefreshLock(RefreshLock):
-    """A lease in Redis (``SET key token NX PX lease``), shared by every host.
+    """A lease in Redis (``SET key token NX PX``), shared by every host, renewed
+    while its holder works.
 
-    If the holder hangs or dies, the key expires by itself ``lease`` seconds after
-    it was taken. The yielded :class:`~pleo_auth.Lease` carries a deadline a safety
-    margin (10% of the lease, at most 1 s) before that moment, on ``clock``'s
+    A holder asks :meth:`hold` for the time it may need (``lease=``: a refresh's
+    whole budget, 48 s by default). The key itself lives only ``lease`` seconds
+    of this lock's own (10 by default), and one thread per process
+    (:data:`~pleo_auth.stores.lease.RENEWER`) extends it every third of that, by
+    compare-and-extend (a Lua script: ``PEXPIRE`` only if the key still holds
+    this acquisition's random token), until the holder lets go or its asked-for
+    time is up. So a holder that dies (SIGKILL, a lost host) holds the others up
+    at most ``lease`` seconds after its last renewal, and one that is stuck (alive,
+    but never letting go) at most until its asked-for time is up.
+
+    The yielded :class:`~pleo_auth.Lease` carries a deadline a safety margin (10%
+    of the asked-for time, at most 1 s) before that time is up, on ``clock``'s
     monotonic time; pleo_auth gives up a refresh rather than run past it. The key
-    is deleted on release only if it still holds this acquisition's own random
-    token. Not re-entrant. A lease alone does not protect the tokens from a holder
-    that outlived it: pair it with fenced writes, as :class:`~pleo_auth.RedisStore`
-    does.
+    is deleted on release only if it still holds this acquisition's own token.
+    Not re-entrant. A lease alone does not protect the tokens from a holder that
+    outlived it (frozen longer than ``lease``, or cut off from Redis): pair it
+    with fenced writes, as :class:`~pleo_auth.RedisStore` does.
 
     Args:
         client: A ``redis.Redis`` client.
@@ -257,11 +278,16 @@ class RedisRefreshLock(RefreshLock):
         clock: Whose monotonic time dates the lease deadline: the sessions' clock.
         where: How messages name the lock (free of secrets); defaults to the key.
         on_acquired: Called each time the lock is taken, before the holder runs.
+        lease: Seconds the key lives past its last renewal (at most 300): how
+            long a dead holder keeps the others waiting.
+
+    Raises:
+        ConfigurationError: ``lease`` is not a number of seconds in (0, 300].
 
     Thread safety:
         :meth:`hold` may be called from any thread, process and host. Each
         acquisition's token lives in the acquiring call's frame; a forked child
-        never releases a lock its parent holds.
+        never renews nor releases a lock its parent holds.
     """
 
     def __init__(
@@ -272,9 +298,11 @@ class RedisRefreshLock(RefreshLock):
         clock: Clock = SYSTEM_CLOCK,
         where: str | None = None,
         on_acquired: Callable[[], object] | None = None,
+        lease: float = DEFAULT_LEASE,
     ):
         import redis
 
+        self.terms = LeaseTerms(lease)
         self.key = key
         self._client = client
         self._clock = clock
@@ -287,10 +315,11 @@ class RedisRefreshLock(RefreshLock):
             redis.exceptions.BusyLoadingError,
         )
         self._release_script = client.register_script(_RELEASE)
+        self._renew_script = client.register_script(_RENEW)
 
     @contextlib.contextmanager
     def hold(self, *, timeout: float, lease: float) -> Iterator[Lease]:
-        """Hold the lock for at most ``lease`` seconds.
+        """Hold the lock, renewed for at most ``lease`` seconds while held.
 
         Raises:
             ConfigurationError: ``lease`` is not a positive number of seconds.
@@ -299,9 +328,15 @@ class RedisRefreshLock(RefreshLock):
         """
         if not (isinstance(lease, int | float) and 0 < lease < math.inf):
             raise ConfigurationError("the lock's lease must be a positive number of seconds")
-        token = secrets.token_hex(16)  # ours alone: only its holder can release the lock
-        acquired_at = self._acquire(token, timeout, lease)
+        token = secrets.token_hex(16)  # ours alone: only its holder can renew or release it
+        acquired_at, started = self._acquire(token, timeout, lease)
         owner = os.getpid()
+        renewal = RENEWER.keep(
+            functools.partial(self._renew, token, started + lease),
+            every=self.terms.renew_every,
+            where=self._where,
+            until=started + lease,
+        )
         try:
             # Inside the try: a callback that raises must not leave the lock held
             # until its lease runs out, with every other host waiting that long.
@@ -309,18 +344,22 @@ class RedisRefreshLock(RefreshLock):
                 self._on_acquired()
             yield Lease(deadline=lease_deadline(acquired_at, lease))
         finally:
+            RENEWER.stop(renewal)
             # A forked child has a copy of this frame but not the lock: never release it there.
             if os.getpid() == owner:
                 self._release(token, lease)
 
-    def _acquire(self, token: str, timeout: float, lease: float) -> float:
-        """Take the lock; the clock's monotonic time at the attempt that got it."""
-        lease_ms = max(1, math.ceil(lease * 1000))
+    def _acquire(self, token: str, timeout: float, lease: float) -> tuple[float, float]:
+        """Take the lock; the clock's monotonic time at the attempt that got it, and
+        the real monotonic time (:func:`time.monotonic`) it started at."""
+        # The key lives one lease of this lock at most; renewals keep it while held.
+        lease_ms = max(1, math.ceil(min(lease, self.terms.lease) * 1000))
         # Waiting is real time: the holder's lease runs out on Redis's clock.
         give_up_at = time.monotonic() + max(timeout, 0.0)
         pause = 0.005
         while True:
             acquired_at = self._clock.monotonic()
+            started = time.monotonic()
             try:
                 acquired = self._client.set(self.key, token, nx=True, px=lease_ms)
             except self._errors as exc:
@@ -329,7 +368,7 @@ class RedisRefreshLock(RefreshLock):
                     retryable=isinstance(exc, self._transient),
                 ) from exc
             if acquired:
-                return acquired_at
+                return acquired_at, started
             left = give_up_at - time.monotonic()
             if left <= 0:
                 raise TokenStoreError(
@@ -338,6 +377,22 @@ class RedisRefreshLock(RefreshLock):
                 )
             time.sleep(min(left, random.uniform(pause / 2, pause)))
             pause = min(pause * 2, 0.1)
+
+    def _renew(self, token: str, until: float) -> bool:
+        """Extend the key to one lease from now, or to ``until`` if sooner, if it is
+        still ours; False when it is not (the lease ran out, and may be another's)."""
+        left = until - time.monotonic()
+        if left <= 0:
+            return True  # the holder's time is up: nothing to extend, nothing lost
+        extend_ms = max(1, math.ceil(min(left, self.terms.lease) * 1000))
+        try:
+            return bool(self._renew_script(keys=[self.key], args=[token, extend_ms]))
+        except self._errors as exc:
+            # Retryable for the renewer: the lease may outlast a blip.
+            raise TokenStoreError(
+                f"cannot renew the refresh lock in {self._where}: {type(exc).__name__}: {exc}",
+                retryable=True,
+            ) from exc
 
     def _release(self, token: str, lease: float) -> None:
         try:
@@ -349,15 +404,17 @@ class RedisRefreshLock(RefreshLock):
                 "could not release the refresh lock of %s (%s); it expires within %.0fs",
                 self._where,
                 type(exc).__name__,
-                lease,
+                min(lease, self.terms.lease),
             )
             return
         if not released:
             logger.warning(
-                "the refresh lock of %s expired before it was released: "
-                "a refresh took longer than its %.0fs lease",
+                "the refresh lock of %s expired before it was released: its holder ran "
+                "past the %.0fs it asked for, or could not renew it for %.0fs (frozen, "
+                "or cut off from Redis)",
                 self._where,
                 lease,
+                self.terms.lease,
             )
 
     def describe(self) -> str:

@@ -23,6 +23,7 @@ from .._clock import Clock, as_clock
 from ..errors import ConfigurationError, TokenStoreError
 from ..tokens import TokenSet
 from .base import TokenStore, decode_tokens, encode_tokens
+from .lease import DEFAULT_LEASE
 from .locks import RedisRefreshLock
 
 if TYPE_CHECKING:
@@ -159,11 +160,12 @@ class RedisStore(TokenStore):
     """Keeps the tokens in one Redis hash, shared by every process on every host.
 
     * **Lock.** Refreshes are serialised by a Redis lock (``SET key:lock NX PX``,
-      a :class:`~pleo_auth.stores.locks.RedisRefreshLock`) with a lease: if the
-      holder dies, the lock expires by itself. The
-      :class:`~pleo_auth.Lease` it grants carries a deadline a safety margin
-      before the key expires, and pleo_auth gives up a refresh rather than run
-      past it.
+      a :class:`~pleo_auth.stores.locks.RedisRefreshLock`) with a short lease
+      (``lease``, 10 s by default), renewed every third of it while its holder
+      works: if the holder dies, the lock expires by itself at most ``lease``
+      seconds later. The :class:`~pleo_auth.Lease` it grants carries a deadline
+      a safety margin before the time the holder asked for is up, and pleo_auth
+      gives up a refresh rather than run past it.
     * **Fenced writes.** :meth:`save` writes only if the stored refresh token is
       still the one the new tokens were refreshed from, and :meth:`clear` with
       ``only`` deletes only those tokens; each is one Lua script, so atomic.
@@ -188,6 +190,8 @@ class RedisStore(TokenStore):
         key: The Redis key of the tokens; the lock is ``<key>:lock``. Defaults to
             the key the URL names, else ``"pleo-auth:tokens"``.
         check_interval: Seconds a cached :meth:`version` stays valid.
+        lease: Seconds the lock's key lives past its last renewal (at most 300):
+            how long a holder that died keeps the other processes waiting.
         clock: The :class:`~pleo_auth.testing.FakeClock` or other clock of the
             sessions that use the store; its monotonic time dates the version cache
             and the lock's lease deadlines. Defaults to the system clock. (A bare
@@ -226,6 +230,7 @@ class RedisStore(TokenStore):
         *,
         check_interval: float = 0.1,
         clock: Clock | Callable[[], float] | None = None,
+        lease: float = DEFAULT_LEASE,
     ):
         redis = import_redis()
         if not (isinstance(check_interval, int | float) and 0 <= check_interval < math.inf):
@@ -271,6 +276,7 @@ class RedisStore(TokenStore):
             clock=self._clock,
             where=self.describe(),
             on_acquired=self._forget_version,
+            lease=lease,
         )
         _INSTANCES.add(self)
 
@@ -281,12 +287,15 @@ class RedisStore(TokenStore):
         *,
         check_interval: float = 0.1,
         clock: Clock | Callable[[], float] | None = None,
+        lease: float = DEFAULT_LEASE,
     ) -> RedisStoreFamily:
         """Grants of many Pleo companies in one Redis, one hash per company: a
         :class:`~pleo_auth.stores.redis_family.RedisStoreFamily` (same arguments)."""
         from .redis_family import RedisStoreFamily
 
-        return RedisStoreFamily(url_or_client, prefix, check_interval=check_interval, clock=clock)
+        return RedisStoreFamily(
+            url_or_client, prefix, check_interval=check_interval, clock=clock, lease=lease
+        )
 
     @staticmethod
     def _connect(redis: Any, url: str) -> tuple[Any, str]:

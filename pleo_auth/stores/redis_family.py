@@ -14,6 +14,7 @@ from .._clock import Clock, as_clock
 from ..company import Company
 from ..errors import ConfigurationError, TokenStoreError
 from .family import TokenStoreFamily
+from .lease import DEFAULT_LEASE, LeaseTerms
 from .redis import RedisStore, describe_server, import_redis
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ class RedisStoreFamily(TokenStoreFamily):
             prefix on one database are the same family.
         check_interval: Seconds each company's cached version stays valid.
         clock: The sessions' clock, as for :class:`~pleo_auth.RedisStore`.
+        lease: Seconds each company's lock lives past its last renewal, as for
+            :class:`~pleo_auth.RedisStore` (10 by default, at most 300).
 
     Raises:
         ConfigurationError: The URL is malformed or names a key, an argument is
@@ -92,6 +95,7 @@ class RedisStoreFamily(TokenStoreFamily):
         *,
         check_interval: float = 0.1,
         clock: Clock | Callable[[], float] | None = None,
+        lease: float = DEFAULT_LEASE,
     ):
         redis = import_redis()
         if not isinstance(prefix, str):
@@ -113,6 +117,7 @@ class RedisStoreFamily(TokenStoreFamily):
             )
         self.prefix = prefix
         self.check_interval = float(check_interval)
+        self.terms = LeaseTerms(lease)
         self._clock = as_clock(clock, owner="RedisStore.family")
         self._client: Any = client
         self._errors: tuple[type[Exception], ...] = (redis.exceptions.RedisError,)
@@ -134,6 +139,7 @@ class RedisStoreFamily(TokenStoreFamily):
             key=self.key_of(company),
             check_interval=self.check_interval,
             clock=self._clock,
+            lease=self.terms.lease,
         )
 
     def companies(self) -> list[Company]:
