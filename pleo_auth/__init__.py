@@ -19,6 +19,7 @@ from .errors import (
     AuthorizationError,
     ConfigurationError,
     PleoAuthError,
+    RateLimited,
     ReauthenticationRequired,
     RefreshError,
     RevocationError,
@@ -32,9 +33,11 @@ if TYPE_CHECKING:
     from .flow import AuthorizationFlow, PendingAuthorization
     from .integration import GrantStatus, Integration
     from .login_hint import LoginHint
+    from .ratelimit import RateLimit
     from .session import PleoSession
     from .settings import Settings
     from .stores import FileStore, KeyringStore, Lease, MemoryStore, TokenStore
+    from .stores.encrypted import EncryptedStore
     from .stores.family import TokenStoreFamily
     from .stores.redis import RedisStore
     from .tokens import TokenSet
@@ -50,6 +53,7 @@ _LAZY = {
     "PleoSession": ".session",
     "Settings": ".settings",
     "LoginHint": ".login_hint",
+    "RateLimit": ".ratelimit",
     "TokenSet": ".tokens",
     "TokenStore": ".stores.base",
     "TokenStoreFamily": ".stores.family",
@@ -58,6 +62,7 @@ _LAZY = {
     "FileStore": ".stores.file",
     "KeyringStore": ".stores.keyring",
     "RedisStore": ".stores.redis",
+    "EncryptedStore": ".stores.encrypted",
 }
 
 __all__ = [
@@ -65,6 +70,7 @@ __all__ = [
     "AuthorizationFlow",
     "Company",
     "ConfigurationError",
+    "EncryptedStore",
     "FileStore",
     "GrantStatus",
     "Integration",
@@ -75,6 +81,8 @@ __all__ = [
     "PendingAuthorization",
     "PleoAuthError",
     "PleoSession",
+    "RateLimit",
+    "RateLimited",
     "ReauthenticationRequired",
     "RedisStore",
     "RefreshError",

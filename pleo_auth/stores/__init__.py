@@ -2,9 +2,11 @@
 
 Each backend is imported on first use; :class:`RedisStore` needs the
 ``pleo-auth[redis]`` extra, and :class:`SQLStore` (grants in the application's
-own database) the ``pleo-auth[sql]`` extra. Families of stores keyed by Pleo company
-(:class:`TokenStoreFamily`, one per backend) live in :mod:`pleo_auth.stores.family`,
-:mod:`pleo_auth.stores.redis_family` and :mod:`pleo_auth.stores.keyring_family`.
+own database) the ``pleo-auth[sql]`` extra; :func:`EncryptedStore` (tokens
+encrypted at rest, over any store or family) the ``pleo-auth[crypto]`` extra.
+Families of stores keyed by Pleo company (:class:`TokenStoreFamily`, one per
+backend) live in :mod:`pleo_auth.stores.family`, :mod:`pleo_auth.stores.redis_family`
+and :mod:`pleo_auth.stores.keyring_family`.
 The refresh locks the stores compose
 (:class:`RefreshLock`, :class:`FileRefreshLock`, :class:`RedisRefreshLock`,
 :class:`ThreadRefreshLock`) live in :mod:`pleo_auth.stores.locks`.
@@ -18,6 +20,7 @@ from .._lazy import lazy_attributes
 from .base import Lease, TokenStore
 
 if TYPE_CHECKING:
+    from .encrypted import EncryptedStore, EncryptedStoreFamily, EncryptedTokenStore
     from .family import FileStoreFamily, MemoryStoreFamily, TokenStoreFamily
     from .file import FileStore
     from .keyring import KeyringStore
@@ -44,9 +47,15 @@ _LAZY = {
     "RedisStoreFamily": ".redis_family",
     "SQLStore": ".sql",
     "SQLGrantStore": ".sql",
+    "EncryptedStore": ".encrypted",
+    "EncryptedStoreFamily": ".encrypted",
+    "EncryptedTokenStore": ".encrypted",
 }
 
 __all__ = [
+    "EncryptedStore",
+    "EncryptedStoreFamily",
+    "EncryptedTokenStore",
     "FileRefreshLock",
     "FileStore",
     "FileStoreFamily",

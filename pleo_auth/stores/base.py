@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import contextvars
 import json
 import logging
 import math
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
 
@@ -20,12 +21,49 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("pleo_auth")
 
-__all__ = ["Lease", "TokenStore", "decode_tokens", "encode_tokens", "require_refresh_lock"]
+__all__ = [
+    "CODEC",
+    "Lease",
+    "TokenCodec",
+    "TokenStore",
+    "decode_tokens",
+    "encode_tokens",
+    "require_refresh_lock",
+]
+
+
+class TokenCodec(Protocol):
+    """Turns the JSON document into what a store keeps, and back: see :data:`CODEC`."""
+
+    def seal(self, document: str) -> str:
+        """What the store keeps in place of ``document``."""
+
+    def open(self, raw: str | bytes, where: str) -> str:
+        """The document ``raw`` (read from ``where``) was sealed from.
+
+        Raises:
+            TokenStoreError: ``raw`` cannot be opened; the message never quotes it.
+        """
+
+
+#: The codec of the store call running in this context, set by
+#: :class:`~pleo_auth.stores.encrypted.EncryptedTokenStore` around the calls it
+#: makes to the store it wraps, so that every store that writes through
+#: :func:`encode_tokens` and reads through :func:`decode_tokens` keeps ciphertext.
+CODEC: contextvars.ContextVar[TokenCodec | None] = contextvars.ContextVar(
+    "pleo_auth_codec", default=None
+)
+
+#: What a sealed document starts with (see :mod:`pleo_auth.stores.encrypted`).
+SEALED_PREFIX = "pleo-auth-encrypted:"
 
 
 def encode_tokens(tokens: TokenSet) -> str:
-    """The JSON document every shipped store keeps: both tokens in one unit."""
-    return json.dumps(tokens.to_dict(), sort_keys=True)
+    """The JSON document every shipped store keeps: both tokens in one unit
+    (sealed by the :data:`CODEC` of the running call, if any)."""
+    document = json.dumps(tokens.to_dict(), sort_keys=True)
+    codec = CODEC.get()
+    return document if codec is None else codec.seal(document)
 
 
 _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
@@ -50,6 +88,15 @@ def decode_tokens(raw: str | bytes, where: str) -> TokenSet:
             "run `pleo-auth logout` and log in again"
         )
 
+    codec = CODEC.get()
+    if codec is not None:
+        raw = codec.open(raw, where)
+    elif _sealed(raw):
+        # Not TokensUnreadable: a login must not take this for leftovers to replace.
+        raise TokenStoreError(
+            f"{where} holds encrypted tokens, and this store was given no key to open "
+            "them: use EncryptedStore (--encrypt, ENCRYPT, with the keys in PLEO_AUTH_KEYS)"
+        )
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -66,6 +113,11 @@ def decode_tokens(raw: str | bytes, where: str) -> TokenSet:
     if problem is not None:
         raise refused(problem)
     return TokenSet.from_dict(data)  # checked above: it cannot fail
+
+
+def _sealed(raw: str | bytes) -> bool:
+    head = raw[: len(SEALED_PREFIX)]
+    return (head.decode("ascii", "replace") if isinstance(head, bytes) else head) == SEALED_PREFIX
 
 
 def _problem(data: dict[str, Any]) -> str | None:
@@ -174,6 +226,31 @@ class TokenStore(abc.ABC):
     def clear(self, *, only: TokenSet | None = None) -> None:
         """Delete the stored tokens; with ``only``, only if they are still those."""
 
+    def lost(self) -> bool:
+        """Whether the store, holding no tokens, lost its data rather than being
+        cleared: no tombstone of a logout is there (a Redis key evicted or flushed,
+        a restart without persistence, a truncated table). Asked under the lock,
+        after :meth:`load` found no tokens: a process holding the live pair then
+        restores it (:meth:`restore`) instead of asking for a login.
+
+        The default, False, reads every empty store as a logout (as
+        :class:`FileStore` does: a deleted token file is a logout).
+
+        Raises:
+            TokenStoreError: The store could not be read.
+        """
+        return False
+
+    def restore(self, tokens: TokenSet) -> None:
+        """Write ``tokens`` back into a store that :meth:`lost` its data, only if it
+        still holds neither tokens nor a tombstone. The caller holds the lock.
+
+        Raises:
+            TokenStoreError: The store is no longer lost (restored, or cleared,
+                meanwhile), cannot be written, or cannot restore at all.
+        """
+        raise TokenStoreError(f"{self.describe()} cannot restore tokens it lost")
+
     def lock(self, *, timeout: float, lease: float) -> contextlib.AbstractContextManager[Lease]:
         """Hold the store's exclusive refresh lock: by default, :attr:`refresh_lock`.
 
@@ -201,6 +278,12 @@ class TokenStore(abc.ABC):
         are then noticed only when a request is refused with 401.
         """
         return None
+
+    @property
+    def spec_omits_password(self) -> bool:
+        """Whether this store was given a password that :attr:`spec` leaves out: a
+        command that must reach it then reads the whole spec from ``PLEO_STORE``."""
+        return False
 
     @property
     def key(self) -> Hashable:
