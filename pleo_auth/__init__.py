@@ -19,7 +19,6 @@ from .errors import (
     AuthorizationError,
     ConfigurationError,
     PleoAuthError,
-    RateLimited,
     ReauthenticationRequired,
     RefreshError,
     RevocationError,
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from .flow import AuthorizationFlow, PendingAuthorization
     from .integration import GrantStatus, Integration
     from .login_hint import LoginHint
-    from .ratelimit import RateLimit
     from .session import PleoSession
     from .settings import Settings
     from .stores import FileStore, KeyringStore, Lease, MemoryStore, TokenStore
@@ -53,7 +51,6 @@ _LAZY = {
     "PleoSession": ".session",
     "Settings": ".settings",
     "LoginHint": ".login_hint",
-    "RateLimit": ".ratelimit",
     "TokenSet": ".tokens",
     "TokenStore": ".stores.base",
     "TokenStoreFamily": ".stores.family",
@@ -81,8 +78,6 @@ __all__ = [
     "PendingAuthorization",
     "PleoAuthError",
     "PleoSession",
-    "RateLimit",
-    "RateLimited",
     "ReauthenticationRequired",
     "RedisStore",
     "RefreshError",
