@@ -39,6 +39,10 @@ class LoginHint:
         view: The URL of a web view that logs in, if a web app has one.
         company: The company the login is for, when ``store`` names a family
             (a grant per company): Pleo's company id.
+        store_in_env: ``store`` leaves out the password the store was given
+            (:attr:`~pleo_auth.TokenStore.spec_omits_password`), so the command
+            names no ``--store``: it reads the whole spec from ``PLEO_STORE``,
+            where the password belongs.
 
     Thread safety:
         Immutable; share it freely.
@@ -58,6 +62,7 @@ class LoginHint:
     where: str = ""
     view: str | None = None
     company: str | None = None
+    store_in_env: bool = False
 
     @classmethod
     def for_settings(
@@ -78,6 +83,7 @@ class LoginHint:
             store=spec,
             where=store.describe(),
             view=view,
+            store_in_env=spec is not None and store.spec_omits_password,
         )
 
     def __str__(self) -> str:
@@ -90,4 +96,9 @@ class LoginHint:
             )
         from .cli import login_command  # the one place that knows the flags
 
+        if self.store_in_env:
+            return (
+                f"Log in with `{login_command(self)}`, with PLEO_STORE set to the spec of "
+                f"{self.where} and its password."
+            )
         return f"Log in with `{login_command(self)}`."

@@ -21,7 +21,7 @@ def login_command(hint: LoginHint) -> str:
     parts = ["pleo-auth", "login"]
     if hint.client_id:
         parts += ["--client-id", hint.client_id]
-    if hint.store and hint.store != "keyring":
+    if hint.store and hint.store != "keyring" and not hint.store_in_env:
         parts += ["--store", hint.store]
     if hint.environment != "production":
         parts += ["--environment", hint.environment]

@@ -29,6 +29,8 @@ from ..company import Company
 from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
+    import sqlalchemy
+
     from .sql import SQLGrantStore, SQLStore
 
 __all__ = [
@@ -200,6 +202,11 @@ def build_sql_store(parsed: SQLSpec, client_id: str) -> SQLGrantStore:
     """The one grant a checked one-grant spec names."""
     assert parsed.company is not None
     return build_sql_family(parsed, client_id).for_company(parsed.company)
+
+
+def url_has_password(url: sqlalchemy.URL) -> bool:
+    """Whether ``url`` holds a password, which :func:`sql_spec` leaves out."""
+    return url.password is not None or any("password" in name for name in url.query)
 
 
 def sql_spec(family: SQLStore, company: str | None = None) -> str:

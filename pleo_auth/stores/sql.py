@@ -41,6 +41,7 @@ from ._sql import (
     identity,
     translate,
 )
+from ._sql_restore import SQLRestoring
 from .versions import Reading, Version, VersionCache
 
 __all__ = ["DEFAULT_TABLE", "SQLGrantStore", "SQLStore", "grants_table"]
@@ -442,7 +443,7 @@ class SQLStore(TokenStoreFamily):
         return {str(row[0]): ((str(row[1]), int(row[2])), row[3] is not None) for row in rows}
 
 
-class SQLGrantStore(TokenStore):
+class SQLGrantStore(SQLRestoring, TokenStore):
     """One company's grant in a :class:`SQLStore`: a plain
     :class:`~pleo_auth.TokenStore`, for a :class:`~pleo_auth.PleoSession` or an
     :class:`~pleo_auth.Integration`. Get it with :meth:`SQLStore.for_company` or
@@ -584,6 +585,12 @@ class SQLGrantStore(TokenStore):
         from ._sql_spec import sql_spec
 
         return sql_spec(self.family, self._id)
+
+    @property
+    def spec_omits_password(self) -> bool:
+        from ._sql_spec import url_has_password
+
+        return url_has_password(self.family.engine.url)
 
     def describe(self) -> str:
         family = self.family

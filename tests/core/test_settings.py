@@ -18,6 +18,7 @@ from pleo_auth import (
     MemoryStore,
     PleoSession,
     ReauthenticationRequired,
+    RedisStore,
     Settings,
 )
 from pleo_auth.cli import login_command
@@ -311,6 +312,27 @@ def test_the_hint_is_data_and_only_the_cli_renders_the_command(tmp_path: Path) -
         f"pleo-auth login --client-id client-7 --store file:{store.path} "
         f"--environment staging --token-url {EMULATOR_TOKEN_URL}"
     )
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:s3cret-pw@127.0.0.1:1/0", "redis://app:s3cret-pw@127.0.0.1:1/0?key=k"]
+)
+def test_a_store_given_a_password_is_left_to_pleo_store_in_the_hint(url: str) -> None:
+    """--store wins over PLEO_STORE, and no spec holds a password: a hint that
+    named the store would log in without it. The command names none, and says why."""
+    store = RedisStore(url)  # connects at its first use, not here
+    assert store.spec_omits_password
+    hint = Settings("client-7").login_hint(store)
+    assert hint.store_in_env
+    assert login_command(hint) == "pleo-auth login --client-id client-7"
+    assert str(hint) == (
+        "Log in with `pleo-auth login --client-id client-7`, with PLEO_STORE set to the "
+        f"spec of {store.describe()} and its password."
+    )
+    assert "s3cret-pw" not in str(hint) + repr(hint)
+    plain = Settings("client-7").login_hint(RedisStore("redis://app@127.0.0.1:1/0"))
+    assert not plain.store_in_env
+    assert " --store 'redis://app@127.0.0.1:1/0?key=" in login_command(plain)
 
 
 def test_a_web_apps_hint_names_its_view_and_a_memory_store_names_no_command() -> None:
