@@ -19,6 +19,7 @@ from .errors import (
     AuthorizationError,
     ConfigurationError,
     PleoAuthError,
+    RateLimited,
     ReauthenticationRequired,
     RefreshError,
     RevocationError,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from .flow import AuthorizationFlow, PendingAuthorization
     from .integration import GrantStatus, Integration
     from .login_hint import LoginHint
+    from .ratelimit import RateLimit
     from .session import PleoSession
     from .settings import Settings
     from .stores import FileStore, KeyringStore, Lease, MemoryStore, TokenStore
@@ -51,6 +53,7 @@ _LAZY = {
     "PleoSession": ".session",
     "Settings": ".settings",
     "LoginHint": ".login_hint",
+    "RateLimit": ".ratelimit",
     "TokenSet": ".tokens",
     "TokenStore": ".stores.base",
     "TokenStoreFamily": ".stores.family",
@@ -78,6 +81,8 @@ __all__ = [
     "PendingAuthorization",
     "PleoAuthError",
     "PleoSession",
+    "RateLimit",
+    "RateLimited",
     "ReauthenticationRequired",
     "RedisStore",
     "RefreshError",

@@ -13,6 +13,8 @@ decision a caller can make:
   It is also a :class:`ValueError`.
 * :class:`StoreUnusable`: the store cannot work on this machine (a keyring
   without a backend); both a store error and a configuration error.
+* :class:`RateLimited`: Pleo's API rate limit had no slot for the request within
+  the wait allowed; ``retry_after`` says when to try again.
 
 Messages never contain a token, a code or a client secret.
 """
@@ -30,6 +32,7 @@ __all__ = [
     "AuthorizationError",
     "ConfigurationError",
     "PleoAuthError",
+    "RateLimited",
     "ReauthenticationRequired",
     "RefreshError",
     "RevocationError",
@@ -184,3 +187,19 @@ class RevocationError(PleoAuthError):
     """Pleo did not confirm the end of an installation (``DELETE
     /v1/installations/me``), so the grant was kept: a grant removed only locally
     would stay valid at Pleo."""
+
+
+class RateLimited(PleoAuthError):
+    """The request was not sent: the rate limit the client's sessions share (see
+    :class:`~pleo_auth.RateLimit`) had no slot for it within the wait allowed.
+
+    Attributes:
+        retry_after: Seconds after which a slot is expected to be free; an
+            estimate when many callers compete for it.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float = 0.0):
+        self.retry_after = retry_after
+        super().__init__(f"{message}; retry after {retry_after:.2f}s")

@@ -41,6 +41,7 @@ from .errors import (
 )
 from .events import Subscriber
 from .login_hint import LoginHint
+from .ratelimit import RateLimit, limiter_for
 from .session import PleoSession, track_pools
 from .settings import ClientAuth, Environment, Settings, default, settings_from_arguments
 from .stores.base import TokenStore, save_login
@@ -139,6 +140,10 @@ class Integration:
             dispatcher thread, never holding up a refresh.
         settings: A :class:`~pleo_auth.Settings` instead of the arguments above.
         clock: Time source, for tests (see :class:`pleo_auth.testing.FakeClock`).
+        rate_limit: Hold API requests to Pleo's rate limit, in requests a minute or a
+            :class:`~pleo_auth.RateLimit`, shared by every company's sessions (or per
+            company, with ``scope="company"``) and every process of the client; None
+            (the default) for no limit. See :mod:`pleo_auth.ratelimit`.
 
     Raises:
         ConfigurationError: An argument is invalid.
@@ -168,6 +173,7 @@ class Integration:
         settings: Settings | None = None,
         clock: Clock | None = None,
         on_event: Subscriber | None = None,
+        rate_limit: RateLimit | float | None = None,
     ):
         settings = settings_from_arguments(
             settings,
@@ -194,6 +200,7 @@ class Integration:
         if on_event is not None and not callable(on_event):
             raise ConfigurationError("on_event must be callable")
         self._on_event = on_event
+        self._rate_limit = None if rate_limit is None else RateLimit.of(rate_limit)
         if (
             isinstance(keep_alive, bool)
             or not isinstance(keep_alive, int | float)
@@ -256,9 +263,14 @@ class Integration:
         grant = self._grants.get(company)
         if grant is None or not grant.pinned:
             grant = self._hold(company, pin=True)
-        return PleoSession._over(
+        session = PleoSession._over(
             self._template, self.settings, self._urls, self._api_scope, grant.coordinator, company
         )
+        if self._rate_limit is not None:  # see pleo_auth.ratelimit
+            session._limiter = limiter_for(
+                self._rate_limit, grant.coordinator.store, self.client_id, self.api_url, company
+            )
+        return session
 
     def add(self, company: Company | str, tokens: TokenSet) -> None:
         """Store ``tokens`` as ``company``'s grant, as after a login.

@@ -19,6 +19,7 @@ import requests.hooks
 import requests.structures
 from requests.auth import AuthBase
 
+from ._bodies import replayable as _replayable
 from ._clock import SYSTEM_CLOCK, Clock
 from ._coordinator import Coordinator
 from ._endpoint import TokenEndpoint
@@ -30,6 +31,7 @@ from .company import Company
 from .errors import ConfigurationError
 from .events import Replayed401, Subscriber
 from .login_hint import LoginHint
+from .ratelimit import Limiter, RateLimit, limiter_for
 from .settings import (
     ENDPOINTS,
     ClientAuth,
@@ -95,60 +97,6 @@ class _Bearer(AuthBase):
         return "<Bearer auth>"
 
 
-_RESENDABLE = (str, bytes, bytearray, int, float)
-
-
-def _resendable_value(value: Any) -> bool:
-    """Whether requests encodes one form value the same way every time."""
-    if value is None or isinstance(value, _RESENDABLE):
-        return True
-    # requests iterates any other iterable value: a list is read again, a file
-    # or a generator is spent.
-    return isinstance(value, list | tuple) and all(
-        item is None or isinstance(item, _RESENDABLE) for item in value
-    )
-
-
-def _pairs(fields: Any) -> list[tuple[Any, Any]] | None:
-    """A form's or ``files``' (name, value) pairs, as requests reads them; None if unknown."""
-    if isinstance(fields, Mapping):
-        return list(fields.items())
-    if isinstance(fields, list | tuple) and all(
-        isinstance(pair, list | tuple) and len(pair) == 2 for pair in fields
-    ):
-        return [(name, value) for name, value in fields]
-    return None
-
-
-def _replayable(data: Any, files: Any) -> bool:
-    """Whether a request body can be sent a second time, unchanged.
-
-    Only bodies known to encode the same bytes again are: text and bytes, forms
-    whose values are text, bytes or numbers (or lists of them), and multipart
-    uploads whose file contents are text or bytes. A file, a generator, an
-    iterator, a stream-like encoder (``read()``), or a form or upload holding
-    one, is spent by the first send.
-    """
-    if data is not None and not isinstance(data, str | bytes | bytearray):
-        pairs = _pairs(data)
-        if pairs is None or not all(_resendable_value(value) for _, value in pairs):
-            return False
-    if not files:
-        return True
-    uploads = _pairs(files)
-    if uploads is None:
-        return False
-    for _, upload in uploads:
-        # ("name", content[, content_type[, headers]]), or the content alone.
-        if isinstance(upload, list | tuple):
-            if not 2 <= len(upload) <= 4:
-                return False
-            upload = upload[1]
-        if not (upload is None or isinstance(upload, str | bytes | bytearray)):
-            return False
-    return True
-
-
 def _copy_headers(headers: MutableMapping[str, str | bytes]) -> MutableMapping[str, str | bytes]:
     """A copy of a session's headers: requests' own dict, copied by its store when it
     is one (a sixth of the time of building it anew, and Integration.session makes one
@@ -170,6 +118,7 @@ class PleoSession(requests.Session):
     #: None for a session of its own.
     company: Company | None = None
     _shared_adapters: tuple[requests.adapters.BaseAdapter, ...] = ()
+    _limiter: Limiter | None = None
 
     """A :class:`requests.Session` that authenticates to Pleo's API and never loses the grant.
 
@@ -224,6 +173,10 @@ class PleoSession(requests.Session):
         clock: Time source, for tests (see :class:`pleo_auth.testing.FakeClock`).
         on_event: Called with this grant's :mod:`pleo_auth.events` (whichever session
             of the process caused them), on the events' thread, never holding one up.
+        rate_limit: Hold API requests to Pleo's rate limit, shared with every session
+            of this client, in requests a minute (Pleo asks for at most 500), or a
+            :class:`~pleo_auth.RateLimit`; None (the default) for no limit. See
+            :mod:`pleo_auth.ratelimit`.
 
     Raises:
         ConfigurationError: An argument is invalid.
@@ -258,6 +211,7 @@ class PleoSession(requests.Session):
         settings: Settings | None = None,
         login_hint: LoginHint | str | None = None,
         on_event: Subscriber | None = None,
+        rate_limit: RateLimit | float | None = None,
     ):
         super().__init__()
         # Meant to be shared by many threads: requests' default pool of 10
@@ -312,6 +266,7 @@ class PleoSession(requests.Session):
         self._coordinator.endpoint.serve(self)
         if tokens is not None:
             self._coordinator.seed(tokens)
+        self._limiter = limiter_for(rate_limit, self.store, self.client_id, self.api_url)
         self._coordinator.start()
 
     @classmethod
@@ -429,7 +384,18 @@ class PleoSession(requests.Session):
             url.startswith(self._api_prefix) or url.startswith(scope.prefix)
         ):
             return send(method, url, auth=auth, **kwargs)
+        if self._limiter is not None:  # see pleo_auth.ratelimit
+            return self._limiter.send(
+                self._send_api, send, method, url, data, files, kwargs, self._coordinator.observers
+            )
+        return self._send_api(send, method, url, data, files, kwargs)
 
+    def _send_api(
+        self, send: Callable[..., requests.Response], method: str | bytes, url: str,
+        data: Any, files: Any, kwargs: dict[str, Any],
+    ) -> requests.Response:  # fmt: skip
+        """Send an API request with the grant's token; replay it once after a 401."""
+        scope = self._api_scope
         coordinator = self._coordinator
         tokens = coordinator.acquire()
         bearer = _Bearer(tokens.access_token, scope)
