@@ -210,6 +210,11 @@ def _store_repr(value: object) -> str:
     return repr(redact_spec(value)) if isinstance(value, str) else repr(value)
 
 
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, not {shown(value)}")
+
+
 def _check_client_auth(name: str, value: object) -> None:
     if value not in ("basic", "body"):
         raise ConfigurationError(f"client_auth must be 'basic' or 'body', not {shown(value)}")
@@ -243,6 +248,9 @@ _NUMBERS = {
 }
 
 
+_FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
 @attrs.frozen
 class Settings:
     """Every setting of a Pleo integration, checked once, when built.
@@ -269,6 +277,9 @@ class Settings:
         max_refresh_time: Seconds one call to the token endpoint may spend on retries.
         refresh_timeout: Seconds to wait for the token endpoint per attempt.
         drain_timeout: Seconds a refresh waits for requests already in flight.
+        encrypt: Keep the tokens encrypted at rest (:func:`~pleo_auth.EncryptedStore`,
+            the ``pleo-auth[crypto]`` extra), with the keys in ``PLEO_AUTH_KEYS``, the
+            file ``PLEO_AUTH_KEYS_FILE`` names, or the keyring; ``PLEO_ENCRYPT=1``.
 
     Raises:
         ConfigurationError: A setting is invalid; the message names it.
@@ -298,6 +309,7 @@ class Settings:
     max_refresh_time: float = attrs.field(default=30.0, kw_only=True)
     refresh_timeout: float = attrs.field(default=10.0, kw_only=True)
     drain_timeout: float = attrs.field(default=5.0, kw_only=True)
+    encrypt: bool = attrs.field(default=False, kw_only=True)
     # What builds the store a spec names: the spec is parsed once, here.
     _store_builder: StoreBuilder | None = attrs.field(
         init=False, default=None, repr=False, eq=False
@@ -457,10 +469,16 @@ class Settings:
                 client id; a Redis store, the redis extra).
         """
         if isinstance(self.store, TokenStore):
-            return self.store
-        # The client id was checked when these settings were made: not again.
-        build = self._store_builder or parse_spec(DEFAULT_SPEC)
-        return build(self.client_id)
+            store = self.store
+        else:
+            # The client id was checked when these settings were made: not again.
+            build = self._store_builder or parse_spec(DEFAULT_SPEC)
+            store = build(self.client_id)
+        if not self.encrypt:
+            return store
+        from .stores.encrypted import encrypt_store
+
+        return encrypt_store(store, client_id=self.client_id)
 
     def login_hint(self, store: TokenStore | None = None, *, view: str | None = None) -> LoginHint:
         """What logs in again with these settings, to ``store``, as a value.
@@ -495,10 +513,18 @@ _CHECKS: tuple[tuple[str, Callable[[str, Any], object]], ...] = (
     ("max_refresh_time", _positive_seconds),
     ("refresh_timeout", _positive_seconds),
     ("drain_timeout", _seconds),
+    ("encrypt", _check_flag),
 )
 
 
 def _parse_number(name: str, variable: str, value: Any) -> Any:
+    if name == "encrypt" and isinstance(value, str):
+        flag = _FLAGS.get(value.strip().lower())
+        if flag is None:
+            raise ConfigurationError(
+                f"{variable} must be 1 or 0 (true or false), not {shown(value)}"
+            )
+        return flag
     kind = _NUMBERS.get(name)
     if kind is None or not isinstance(value, str):
         return value

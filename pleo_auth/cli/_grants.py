@@ -43,6 +43,10 @@ EXIT_FAILURE = 3
 _CLIENT_ID_HELP = "give --client-id or set PLEO_CLIENT_ID"
 
 
+#: What PLEO_ENCRYPT turns encryption on with (Settings reads it for one grant).
+_ON = ("1", "true", "yes")
+
+
 def require_client_id(settings: Settings) -> str:
     """The client id, or a usage error naming this command's flag and variable."""
     if not settings.client_id:
@@ -139,6 +143,12 @@ def read_grants(
     except ConfigurationError as exc:
         fix = f"; {_CLIENT_ID_HELP}" if "client id" in str(exc) and not client_id else ""
         raise ConfigurationError(f"{exc} ({source}){fix}") from None
+    on = env.get("PLEO_ENCRYPT", "").strip().lower() in _ON
+    if getattr(args, "encrypt", None) or on or args.command == "rotate-key":
+        from ..stores._keys import find_keys
+        from ..stores.encrypted import encrypt_family
+
+        family = encrypt_family(family, client_id=client_id.strip() or None, keys=find_keys(env))
     shown = family_spec_of(family) or redact_family_spec(spec)
     args = argparse.Namespace(**{**vars(args), "store": None})
     env = {name: value for name, value in env.items() if name != "PLEO_STORE"}

@@ -46,6 +46,7 @@ FLAGS = {
     "scopes": "--scope",
     "subject": "--subject",
     "client_auth": "--client-auth",
+    "encrypt": "--encrypt",
 }
 
 
@@ -125,6 +126,13 @@ def _settings_flags() -> argparse.ArgumentParser:
     group.add_argument(
         "--authorize-url",
         help="override /oauth/authorize [PLEO_AUTHORIZE_URL; default: beside --token-url]",
+    )
+    group.add_argument(
+        "--encrypt",
+        action="store_true",
+        default=None,
+        help="the tokens are encrypted at rest, with the keys in PLEO_AUTH_KEYS (or the file "
+        "PLEO_AUTH_KEYS_FILE names, or the keyring) [PLEO_ENCRYPT]",
     )
     group.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
     return common
@@ -215,6 +223,19 @@ def _add_token_commands(
         "--company",
         metavar="COMPANY",
         help="the company whose grant to remove (required with a store family)",
+    )
+    rotate = commands.add_parser(
+        "rotate-key",
+        parents=[common],
+        help="re-encrypt every stored grant under the first key of PLEO_AUTH_KEYS",
+        description="Re-encrypt the stored grant, or every grant of a store family, under "
+        "the first key of PLEO_AUTH_KEYS (or of the key file, or the keyring), each under "
+        "its refresh lock, so it runs safely beside processes that refresh. Put the new "
+        "key first and keep the old ones after it until this has run everywhere. Tokens "
+        "stored unencrypted are encrypted. Exits 3 when a grant could not be rotated.",
+    )
+    rotate.add_argument(
+        "--company", metavar="COMPANY", help="rotate this company's grant only (store family)"
     )
     logout.add_argument(
         "--revoke",
@@ -326,7 +347,7 @@ def main(
 
 
 def _dispatch(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
-    from . import _commands, _demo
+    from . import _commands, _demo, _rotate
     from ._grants import read_grants
 
     if args.command == "emulator":
@@ -340,5 +361,6 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
         "status": _commands.status,
         "refresh": _commands.refresh,
         "logout": _commands.logout,
+        "rotate-key": _rotate.rotate_key,
     }[args.command]
     return command(args, settings, out, grants)

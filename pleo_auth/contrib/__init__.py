@@ -127,6 +127,10 @@ class _WebSettings:
                 where=where,
                 prefix=prefix,
             )
+        if family is not None and settings.encrypt:
+            from ..stores.encrypted import encrypt_family
+
+            family = encrypt_family(family, client_id=settings.client_id)
         web = {key: values.get(key) or None for key in _WEB_KEYS if key != "INTEGRATION"}
         for key, value in web.items():
             if value is not None and not isinstance(value, str):

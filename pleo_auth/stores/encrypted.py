@@ -42,7 +42,8 @@ __all__ = [
     "EncryptedStoreFamily",
     "EncryptedTokenStore",
     "Rotation",
-    "encrypted",
+    "encrypt_family",
+    "encrypt_store",
     "rotate_key",
     "rotate_keys",
 ]
@@ -248,6 +249,15 @@ class EncryptedTokenStore(TokenStore):
         with self._coded():
             self.inner.clear(only=only)
 
+    def lost(self) -> bool:
+        with self._coded():
+            return self.inner.lost()
+
+    def restore(self, tokens: TokenSet) -> None:
+        with self._coded() as codec:
+            self.inner.restore(tokens)
+        self._check_sealed(codec)
+
     def _check_sealed(self, codec: _Codec) -> None:
         if codec.sealed == 0 and not _holds_objects(self.inner):
             raise TokenStoreError(
@@ -413,14 +423,22 @@ def EncryptedStore(
     return EncryptedTokenStore(inner, keys, client_id=client_id, company=company)
 
 
-def encrypted(
-    store: TokenStore | TokenStoreFamily, *, client_id: str | None = None
-) -> TokenStore | TokenStoreFamily:
+def encrypt_store(store: TokenStore, *, client_id: str | None = None) -> TokenStore:
     """``store`` encrypted with the keys :func:`~pleo_auth.stores._keys.find_keys`
-    finds (``--encrypt``, ``ENCRYPT``); a store or family already encrypted as it is."""
-    if isinstance(store, EncryptedTokenStore | EncryptedStoreFamily):
+    finds (``--encrypt``, ``ENCRYPT``); a store already encrypted as it is."""
+    if isinstance(store, EncryptedTokenStore):
         return store
-    return EncryptedStore(store, client_id=client_id or None)
+    return EncryptedTokenStore(store, client_id=client_id or None)
+
+
+def encrypt_family(
+    family: TokenStoreFamily, *, client_id: str | None = None, keys: list[str] | None = None
+) -> TokenStoreFamily:
+    """``family`` encrypted as :func:`encrypt_store` encrypts a store (with ``keys``
+    if given)."""
+    if isinstance(family, EncryptedStoreFamily):
+        return family
+    return EncryptedStoreFamily(family, keys, client_id=client_id or None)
 
 
 # -- key rotation -----------------------------------------------------------------------

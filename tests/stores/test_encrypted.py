@@ -446,3 +446,53 @@ def test_an_integration_runs_over_an_encrypted_family(tmp_path: Path, emulator: 
         assert pleo.session(A).get("/v2/employees").status_code == 200
         assert pleo.companies() == [A]
     assert (tmp_path / "grants" / f"{A.id}.json").read_text().startswith(PREFIX)
+
+
+# -- settings, web settings and the command line ---------------------------------------------
+
+
+def test_settings_encrypt_wraps_the_store_with_the_keys_of_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pleo_auth import Settings
+
+    monkeypatch.setenv("PLEO_AUTH_KEYS", f"{NEW},{OLD}")
+    env = {"PLEO_CLIENT_ID": CLIENT, "PLEO_STORE": f"file:{tmp_path}/t.json", "PLEO_ENCRYPT": "1"}
+    store = Settings.from_env(env).build_store()
+    assert isinstance(store, EncryptedTokenStore)
+    assert (store.client_id, store.key_count) == (CLIENT, 2)
+    plain = Settings.from_env({**env, "PLEO_ENCRYPT": "0"}).build_store()
+    assert isinstance(plain, FileStore)
+    with pytest.raises(ConfigurationError, match="PLEO_ENCRYPT must be 1 or 0"):
+        Settings.from_env({**env, "PLEO_ENCRYPT": "maybe"})
+
+
+def test_a_web_apps_encrypt_setting_encrypts_its_family(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pleo_auth.contrib import _WebSettings
+
+    monkeypatch.setenv("PLEO_AUTH_KEYS", NEW)
+    web = _WebSettings.from_mapping(
+        {"CLIENT_ID": CLIENT, "STORE": f"family:file:{tmp_path}/g", "ENCRYPT": True},
+        where="settings.PLEO_AUTH",
+    )
+    assert isinstance(web.family, EncryptedStoreFamily)
+    assert web.family.client_id == CLIENT
+
+
+def test_the_command_line_reads_an_encrypted_family_with_encrypt_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pleo_auth.cli import main
+
+    encrypted_file_family(tmp_path / "g").store(A).save(long_tokens())
+    env = {"PLEO_CLIENT_ID": CLIENT, "PLEO_AUTH_KEYS": OLD}
+    spec = f"family:file:{tmp_path}/g"
+    assert main(["status", "--encrypt", "--store", spec], env=env) == 0
+    assert A.id in capsys.readouterr().out
+    assert main(["status", "--store", spec], env=env) == 3
+    assert "holds encrypted tokens" in capsys.readouterr().out
+    assert main(["rotate-key", "--store", spec], env={**env, "PLEO_AUTH_KEYS": f"{NEW},{OLD}"}) == 0
+    assert "1 grant(s) re-encrypted" in capsys.readouterr().out
+    assert main(["status", "--encrypt", "--store", spec], env={**env, "PLEO_AUTH_KEYS": NEW}) == 0
