@@ -343,6 +343,7 @@ class _Metered:
 
 
 _registry: dict[tuple[Any, ...], Limiter] = {}
+_memory_buckets: dict[str, MemoryBucket] = {}
 #: (spec, store key, client id, API URL, company) -> limiter: Integration.session's
 #: lookup, without hashing or building a bucket each time.
 _known: dict[tuple[Any, ...], Limiter] = {}
@@ -378,6 +379,8 @@ def limiter_for(
     with _registry_lock:
         limiter = _registry.get(key)
         if limiter is None:
+            if shared is None:  # this process's own: one bucket per name all the same
+                shared = _memory_buckets.setdefault(name, MemoryBucket())
             limiter = _registry[key] = Limiter(limit, shared)
         _known[known] = limiter
     return limiter
@@ -388,7 +391,6 @@ def _after_fork_in_child() -> None:
     _registry_lock = threading.Lock()
     for limiter in list(_LIVE):
         limiter._after_fork()
-        limiter._local = MemoryBucket(limiter._clock.monotonic)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

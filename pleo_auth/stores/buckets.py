@@ -89,6 +89,7 @@ class MemoryBucket(Bucket):
         self._lock = threading.Lock()
         self._tat = 0.0
         self._clock = clock
+        _MEMORY_BUCKETS.add(self)
 
     def take(self, wanted: int, interval: float, tolerance: float) -> tuple[int, float]:
         with self._lock:
@@ -155,11 +156,15 @@ class FileBucket(Bucket):
 
 
 _FILE_BUCKETS: weakref.WeakSet[FileBucket] = weakref.WeakSet()
+_MEMORY_BUCKETS: weakref.WeakSet[MemoryBucket] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    # A thread of the parent may have held these locks at the fork.
     for bucket in list(_FILE_BUCKETS):
-        bucket._guard = threading.Lock()  # a parent's thread may have held it
+        bucket._guard = threading.Lock()
+    for memory in list(_MEMORY_BUCKETS):
+        memory._lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -35,6 +35,32 @@ class _ApiEndpoints(_TokenRules):
 
     _client_id: str
     _client_secret: str | None
+    #: Arrival times of API requests (emulator's monotonic clock), once recording.
+    _api_log: list[float] | None = None
+    #: API requests still to answer 429, and the Retry-After they carry.
+    _api_throttle: tuple[int, float | None] = (0, None)
+
+    def record_api_requests(self) -> None:
+        """Keep the arrival time of every API request from now on (see
+        :meth:`api_request_times`); for rate-limit tests."""
+        with self._lock:
+            if self._api_log is None:
+                self._api_log = []
+
+    def api_request_times(self) -> list[float]:
+        """Arrival times, on the emulator's monotonic clock, of the API requests
+        (``/v...``, answered or not) since :meth:`record_api_requests`."""
+        with self._lock:
+            return list(self._api_log or ())
+
+    def throttle_api(self, count: int = 1, *, retry_after: float | None = 1.0) -> None:
+        """Answer the next ``count`` API requests 429 Too Many Requests, with
+        ``Retry-After: <retry_after>`` (none when None). Pleo documents no rate
+        limit headers; this is the standard form."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError("count must be an integer >= 0")
+        with self._lock:
+            self._api_throttle = (count, retry_after)
 
     def _introspect(self, request: _Request) -> _Response:
         if request.method != "POST":
@@ -82,6 +108,13 @@ class _ApiEndpoints(_TokenRules):
         token = token.strip()
         with self._lock:
             self._tally.api_requests += 1
+            if self._api_log is not None:
+                self._api_log.append(self._clock.monotonic())
+            throttled, retry_after = self._api_throttle
+            if throttled:
+                self._api_throttle = (throttled - 1, retry_after)
+                self._tally.api_throttled += 1
+                return _throttled(retry_after)
             grant = self._grants_by_access.get(token) if scheme.lower() == "bearer" else None
             if grant is None or self._clock.monotonic() >= grant.access_expires_at:
                 self._tally.unauthorized += 1
@@ -114,3 +147,8 @@ class _ApiEndpoints(_TokenRules):
         if request.body:
             echo["body_length"] = len(request.body)
         return _Response(200, _dumps(echo))
+
+
+def _throttled(retry_after: float | None) -> _Response:
+    headers = () if retry_after is None else (("Retry-After", f"{retry_after:g}"),)
+    return _Response(429, _dumps({"message": "Too Many Requests"}), headers=headers)

@@ -32,6 +32,7 @@ class EmulatorCounters:
             before they were handled.
         installations_deleted: ``DELETE /v1/installations/me`` requests that
             ended an installation.
+        api_throttled: API requests answered 429 (:meth:`Emulator.throttle_api`).
     """
 
     refresh_grants: int = 0
@@ -45,6 +46,7 @@ class EmulatorCounters:
     throttled: int = 0
     delayed: int = 0
     installations_deleted: int = 0
+    api_throttled: int = 0
 
 
 @dataclass
@@ -62,6 +64,7 @@ class _Tally:
     throttled: int = 0
     delayed: int = 0
     installations_deleted: int = 0
+    api_throttled: int = 0
 
 
 @dataclass(frozen=True)
