@@ -361,6 +361,8 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
                 if outcome.unsaved:
                     # The store holds a spent pair, or none: write back soon.
                     cooldown = min(cooldown, _WRITE_BACK_PAUSE)
+                if outcome.retry_in is not None:
+                    cooldown = outcome.retry_in
                 self._retry_not_before = self._clock.monotonic() + cooldown
             elif outcome.tokens is not previous:
                 self._retry_not_before = float("-inf")
@@ -412,6 +414,7 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
         if self._store_unreachable:
             self._store_unreachable = False
             logger.info("%s answers again", self.store.describe())
+        self._note_version(version)  # a store moved past our pair (see _restore)
         return version
 
     def _reauthentication_error(self) -> PleoAuthError:

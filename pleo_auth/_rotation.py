@@ -17,6 +17,7 @@ from typing import Literal, NamedTuple
 from ._clock import Clock
 from ._endpoint import TokenEndpoint
 from ._gate import RefreshGate, _NoGate
+from ._restore import _Restoring, on_lost, restore_spent, store_is_lost
 from ._schedule import RefreshSchedule
 from ._urls import same_endpoint
 from .errors import ConfigurationError, PleoAuthError, ReauthenticationRequired, TokenStoreError
@@ -43,9 +44,12 @@ class _Outcome(NamedTuple):
     #: ``tokens`` are newer than the stored pair, which is spent: write them back
     #: before anything else is spent.
     unsaved: bool = False
+    #: Seconds until the next attempt, in place of the failure's cooldown (a holder
+    #: waiting to restore a lost store, see _restore).
+    retry_in: float | None = None
 
 
-class _StoreProtocol:
+class _StoreProtocol(_Restoring):
     """The coordinator's operations that run outside its Condition, as the single
     flight, holding (or taking) the store's lock. Only the single flight replaces
     ``_tokens`` and ``_unsaved``, so these read them without the Condition."""
@@ -73,6 +77,7 @@ class _StoreProtocol:
 
     def _sync(self) -> _Outcome:
         version = self.store.version()
+        self._note_version(version)
         tokens = self.store.load()
         held = self._tokens  # only the single flight, which this is, replaces it
         if held is not None and self._owes_write_back(tokens):
@@ -85,6 +90,10 @@ class _StoreProtocol:
             with self.store.lock(timeout=self._lock_timeout, lease=self._lease):
                 version = self.store.version()
                 tokens = self.store.load()
+                if tokens is None and store_is_lost(self):
+                    return on_lost(self, held, version)
+        elif tokens is None and store_is_lost(self):
+            return on_lost(self, None, version)  # says so in its ReauthenticationRequired
         if tokens is not None:
             logger.debug("loaded tokens %s from %s", tokens.fingerprint, self.store.describe())
             if held is not None and tokens.refresh_token != held.refresh_token and self.observers:
@@ -129,6 +138,8 @@ class _StoreProtocol:
                     return _Outcome(tokens=held, version=version, failure=failure, unsaved=True)
                 stored = held
             if stored is None:
+                if store_is_lost(self):
+                    return on_lost(self, self._tokens, version)
                 return _Outcome(tokens=None, version=version, grant_dead=True)
             now = self._clock.time()
             fresh = now < self.schedule.due_at(stored)
@@ -250,6 +261,8 @@ class _StoreProtocol:
                 self.store.save(new, replaces=stored)
                 return None
             except TokenStoreError as exc:
+                if restore_spent(self, new):
+                    return None
                 pause = next(pauses, None)
                 if pause is None or (
                     lease.deadline is not None and time.monotonic() + pause >= lease.deadline

@@ -45,8 +45,12 @@ DEFAULT_KEY = "pleo-auth:tokens"
 # counter may have reached the same number.
 
 # ARGV: expected fence ('' = write whatever is stored), tokens JSON, new fence, new epoch.
+# A hash that is gone (evicted, flushed; not cleared, which keeps the epoch) matches
+# any fence: the saver read the pair it replaces under the lock and just spent it,
+# so no newer pair exists, and its save restores the store (issue 14).
 _SAVE = """
-if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then
+if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1
+    and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[1] then
   return false
 end
 redis.call('HSET', KEYS[1], 'tokens', ARGV[2], 'fence', ARGV[3])
@@ -62,6 +66,16 @@ end
 redis.call('HDEL', KEYS[1], 'tokens', 'fence')
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
 return {redis.call('HGET', KEYS[1], 'epoch'), redis.call('HINCRBY', KEYS[1], 'version', 1)}
+"""
+
+# Writes tokens only where the hash is gone (lost): a logout's tombstone keeps it.
+# ARGV: tokens JSON, fence, new epoch.
+_RESTORE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return false
+end
+redis.call('HSET', KEYS[1], 'tokens', ARGV[1], 'fence', ARGV[2], 'epoch', ARGV[3])
+return {ARGV[3], redis.call('HINCRBY', KEYS[1], 'version', 1)}
 """
 
 _Version = tuple[str, int]
@@ -266,6 +280,7 @@ class RedisStore(TokenStore):
         self._where = self._location(redis, client)
         self._save_script = client.register_script(_SAVE)
         self._clear_script = client.register_script(_CLEAR)
+        self._restore_script = client.register_script(_RESTORE)
         # (version, monotonic time it was read, whether tokens were stored); None forces a read.
         self._cached: tuple[_Version | None, float, bool] | None = None
         self._cache_guard = threading.Lock()
@@ -420,6 +435,25 @@ class RedisStore(TokenStore):
             reply = self._clear_script(keys=[self.redis_key], args=[expected, secrets.token_hex(8)])
         if reply is not None:
             self._remember(reply, read_at, False)
+
+    def lost(self) -> bool:
+        """Whether the hash is gone: a clear keeps its epoch (the tombstone of a
+        logout), so a missing hash was evicted, flushed, or never written."""
+        with self._talking("read the tokens"):
+            return not self._client.exists(self.redis_key)
+
+    def restore(self, tokens: TokenSet) -> None:
+        read_at = self._clock.monotonic()
+        with self._talking("restore the tokens"):
+            reply = self._restore_script(
+                keys=[self.redis_key],
+                args=[encode_tokens(tokens), _fence(tokens), secrets.token_hex(8)],
+            )
+        if reply is None:
+            raise TokenStoreError(
+                f"not restored: {self.describe()} was written meanwhile", retryable=True
+            )
+        self._remember(reply, read_at, True)
 
     def version(self) -> Hashable:
         """The stored tokens' version: ``(epoch, counter)``, or None before the first write.

@@ -152,6 +152,14 @@ class FaultyStore(TokenStore):
         if after:
             raise self._failure("clear")
 
+    # Never failed by an injected fault: the faults keep their meaning (and the
+    # model test its counts) with stores that tell a loss from a logout.
+    def lost(self) -> bool:
+        return self.inner.lost()
+
+    def restore(self, tokens: TokenSet) -> None:
+        self.inner.restore(tokens)
+
     def version(self) -> Hashable:
         if self._take("version") is not None:
             raise self._failure("version")
