@@ -108,6 +108,10 @@ def login(args: argparse.Namespace, settings: Settings, out: TextIO, grants: Gra
 def status(args: argparse.Namespace, settings: Settings, out: TextIO, grants: Grants) -> int:
     """Show the stored tokens (of every company, as a table, for a family); 1 when
     a person must log in."""
+    if getattr(args, "json", False):
+        from ._status_json import status_json
+
+        return status_json(settings, grants, out)
     if grants.family is not None:
         return family_status(settings, grants, out)
     store = grants.store(settings, "status")

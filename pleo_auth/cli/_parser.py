@@ -196,6 +196,12 @@ def _add_token_commands(
     status.add_argument(
         "--company", metavar="COMPANY", help="show this company's grant only (store family)"
     )
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print every grant as one JSON document, for monitoring (schema 1, in the "
+        "observability guide); never a token",
+    )
     refresh = commands.add_parser(
         "refresh",
         parents=[common],
