@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,17 +99,14 @@ def load(
     family: FamilySpec,
     companies: list[str],
     threads: int,
-    duration: float,
     outbox: Any,
     go: Any,
+    stop: Any,
 ) -> None:
-    """``threads`` threads calling random companies for ``duration`` seconds after
-    ``go``; puts ("result", counts) or ("failed", traceback) in ``outbox``."""
-    import faulthandler
-
-    faulthandler.dump_traceback_later(40, exit=False)  # TEMP
+    """``threads`` threads calling random companies from ``go`` until ``stop``;
+    puts ("result", counts) or ("failed", traceback) in ``outbox``."""
     try:
-        outbox.put(("result", _load(client, family, companies, threads, duration, outbox, go)))
+        outbox.put(("result", _load(client, family, companies, threads, outbox, go, stop)))
     except BaseException:
         outbox.put(("failed", traceback.format_exc()))
 
@@ -118,23 +116,24 @@ def _load(
     family: FamilySpec,
     companies: list[str],
     threads: int,
-    duration: float,
     outbox: Any,
     go: Any,
+    stop: Any,
 ) -> dict[str, Any]:
     pleo = client.integration(family.build())
     errors: Counter[str] = Counter()
     samples: dict[str, str] = {}
     calls = [0] * threads
+    slowest = [0.0] * threads
     guard = threading.Lock()
     barrier = threading.Barrier(threads + 1)
-    deadline = [0.0]
 
     def work(n: int) -> None:
         pick = random.Random(n).choice
         barrier.wait()
-        while time.monotonic() < deadline[0]:
+        while not stop.is_set():
             company = pick(companies)
+            started = time.monotonic()
             try:
                 status = pleo.session(company).get("/v2/employees", timeout=30).status_code
                 failure = None if status == 200 else f"HTTP {status}"
@@ -142,6 +141,7 @@ def _load(
                 failure, detail = type(exc).__name__, str(exc)[:300]
                 with guard:
                     samples.setdefault(failure, detail)
+            slowest[n] = max(slowest[n], time.monotonic() - started)
             calls[n] += 1
             if failure is not None:
                 with guard:
@@ -153,13 +153,17 @@ def _load(
     outbox.put(("ready", None))
     if not go.wait(120):
         raise RuntimeError("never told to start")
-    deadline[0] = time.monotonic() + duration
     barrier.wait()
     for worker in workers:
-        worker.join(duration + 120)
+        worker.join()  # each ends at its first call after stop (calls time out at 30 s)
     pleo.close()
     settle_scheduler()
-    return {"calls": sum(calls), "errors": dict(errors), "samples": samples}
+    return {
+        "calls": sum(calls),
+        "errors": dict(errors),
+        "samples": samples,
+        "slowest": max(slowest),  # seconds: the longest any call took, refreshes included
+    }
 
 
 def run_load(
@@ -171,16 +175,24 @@ def run_load(
     threads: int,
     duration: float,
     seed: Any,
+    until: Callable[[], bool] | None = None,
+    within: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Start ``processes`` load workers; once all are ready call ``seed()``, then let
-    them go; their results."""
+    them go for ``duration`` seconds, and then, with ``until``, on until it holds
+    (asked every 0.1 s) or ``within`` seconds more have passed; their results.
+
+    ``until`` makes the run as long as what it proves needs on this machine rather
+    than a length tuned to it: a loaded machine makes fewer calls a second, and the
+    run goes on until they did what the test counts (the test asserts ``until()``).
+    """
     ctx = multiprocessing.get_context("spawn")
     outbox = ctx.Queue()
-    go = ctx.Event()
+    go, stop = ctx.Event(), ctx.Event()
     workers = [
         ctx.Process(
             target=load,
-            args=(client, family, companies, threads, duration, outbox, go),
+            args=(client, family, companies, threads, outbox, go, stop),
             daemon=True,
         )
         for _ in range(processes)
@@ -194,9 +206,15 @@ def run_load(
                 raise RuntimeError(f"a worker failed to start:\n{payload}")
         seed()
         go.set()
+        stop.wait(duration)  # never set here: the load's length
+        if until is not None:
+            give_up = time.monotonic() + within
+            while not until() and time.monotonic() < give_up:
+                stop.wait(0.1)
+        stop.set()
         results = []
         for _ in workers:
-            kind, payload = outbox.get(timeout=duration + 240)
+            kind, payload = outbox.get(timeout=240)
             if kind == "failed":
                 raise RuntimeError(f"a worker failed:\n{payload}")
             results.append(payload)
@@ -205,6 +223,7 @@ def run_load(
         return results
     finally:
         go.set()
+        stop.set()
         for worker in workers:
             if worker.is_alive():
                 worker.terminate()
