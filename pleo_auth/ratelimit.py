@@ -9,6 +9,9 @@ holds every API request to a :class:`RateLimit`, counted in one GCRA bucket
   families): a file beside the lock files, shared by every process of the machine;
 * a :class:`~pleo_auth.RedisStore` (and its family): a key in the same Redis,
   shared by every host;
+* a :class:`~pleo_auth.stores.sql.SQLStore`'s grant: a row of the table
+  ``pleo_auth_rate_limits`` in the same database, shared by every host
+  (:mod:`pleo_auth.stores.sql_buckets`);
 * a :class:`~pleo_auth.MemoryStore`, or a store of your own: this process only.
 
 Taking a slot from the shared bucket is a round trip (an ``flock``, a Lua script).

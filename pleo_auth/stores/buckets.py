@@ -1,6 +1,7 @@
 """Shared GCRA buckets for :mod:`pleo_auth.ratelimit`, kept where a store keeps
 its lock: in this process, in a file beside the lock files, in Redis, or in the
-database of a :class:`~pleo_auth.stores.sql.SQLStore`.
+database of a :class:`~pleo_auth.stores.sql.SQLStore`
+(:mod:`pleo_auth.stores.sql_buckets`).
 
 A bucket holds one number, the GCRA's *theoretical arrival time* (TAT). Taking
 ``n`` slots at time ``now`` moves it to ``max(TAT, now) + n * interval``, and is
@@ -19,6 +20,7 @@ import abc
 import math
 import os
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -32,7 +34,15 @@ from ._files import ensure_private_dir
 if TYPE_CHECKING:
     from .base import TokenStore
 
-__all__ = ["Bucket", "BucketUnavailable", "FileBucket", "MemoryBucket", "RedisBucket", "bucket_for"]
+__all__ = [
+    "Bucket",
+    "BucketUnavailable",
+    "FileBucket",
+    "MemoryBucket",
+    "RedisBucket",
+    "bucket_for",
+    "gcra",
+]
 
 
 class BucketUnavailable(TokenStoreError):
@@ -69,7 +79,7 @@ class Bucket(abc.ABC):
         return type(self).__name__
 
 
-def _gcra(
+def gcra(
     tat: float, now: float, wanted: int, interval: float, tolerance: float
 ) -> tuple[int, float, float]:
     """(granted, wait, new TAT) for a bucket at ``tat``."""
@@ -93,7 +103,7 @@ class MemoryBucket(Bucket):
 
     def take(self, wanted: int, interval: float, tolerance: float) -> tuple[int, float]:
         with self._lock:
-            granted, wait, self._tat = _gcra(self._tat, self._clock(), wanted, interval, tolerance)
+            granted, wait, self._tat = gcra(self._tat, self._clock(), wanted, interval, tolerance)
         return granted, wait
 
     def describe(self) -> str:
@@ -139,7 +149,7 @@ class FileBucket(Bucket):
                     tat = _TAT.unpack(raw)[0] if len(raw) == _TAT.size else 0.0
                     if not math.isfinite(tat):
                         tat = 0.0  # a damaged file is an empty bucket
-                    granted, wait, tat = _gcra(tat, time.time(), wanted, interval, tolerance)
+                    granted, wait, tat = gcra(tat, time.time(), wanted, interval, tolerance)
                     if granted:
                         os.pwrite(fd, _TAT.pack(tat), 0)
                 finally:
@@ -231,4 +241,11 @@ def bucket_for(store: TokenStore, name: str) -> Bucket | None:
         return FileBucket(lock.path.parent / f".pleo-rate-{name}")
     if isinstance(lock, RedisRefreshLock):
         return RedisBucket(lock._client, f"pleo-auth:rate:{name}")
+    if "pleo_auth.stores.sql" in sys.modules:  # only a process that made one has SQLStores
+        from .sql import SQLGrantStore
+
+        if isinstance(store, SQLGrantStore):
+            from .sql_buckets import SQLBucket
+
+            return SQLBucket(store.family, name)
     return None
