@@ -31,6 +31,7 @@ from . import (
     idle_grants,
     integration_cold_start,
     many_grants,
+    observability,
     plot,
     scaling,
     shared_grants,
@@ -55,6 +56,7 @@ PARTS = (
     "shared_grants",
     "idle_grants",
     "sql",
+    "observability",
 )
 
 #: Names for several parts at once: the issue each answers.
@@ -62,6 +64,7 @@ GROUPS = {
     "issue5": ("hot_path", "contention", "cold_start", "scaling"),
     "grants": ("many_grants", "integration_cold_start", "shared_grants", "idle_grants"),
     "issue13": ("sql",),
+    "issue15": ("observability",),
 }
 
 FULL: dict[str, Any] = {
@@ -74,6 +77,7 @@ FULL: dict[str, Any] = {
     "shared_grants": shared_grants.SharedGrantsConfig(),
     "idle_grants": idle_grants.IdleGrantsConfig(),
     "sql": sql.SqlConfig(),
+    "observability": observability.ObservabilityConfig(),
 }
 
 QUICK: dict[str, Any] = {
@@ -86,6 +90,7 @@ QUICK: dict[str, Any] = {
     "shared_grants": shared_grants.SharedGrantsConfig.quick(),
     "idle_grants": idle_grants.IdleGrantsConfig.quick(),
     "sql": sql.SqlConfig.quick(),
+    "observability": observability.ObservabilityConfig.quick(),
 }
 
 RUNNERS: dict[str, Callable[[Any], Section]] = {
@@ -98,6 +103,7 @@ RUNNERS: dict[str, Callable[[Any], Section]] = {
     "shared_grants": shared_grants.run,
     "idle_grants": idle_grants.run,
     "sql": sql.run,
+    "observability": observability.run,
 }
 
 
