@@ -33,6 +33,7 @@ from . import (
     many_grants,
     observability,
     plot,
+    rate_limit,
     scaling,
     shared_grants,
     sql,
@@ -57,6 +58,7 @@ PARTS = (
     "idle_grants",
     "sql",
     "observability",
+    "rate_limit",
 )
 
 #: Names for several parts at once: the issue each answers.
@@ -64,7 +66,7 @@ GROUPS = {
     "issue5": ("hot_path", "contention", "cold_start", "scaling"),
     "grants": ("many_grants", "integration_cold_start", "shared_grants", "idle_grants"),
     "issue13": ("sql",),
-    "issue15": ("observability",),
+    "issue15": ("observability", "rate_limit"),
 }
 
 FULL: dict[str, Any] = {
@@ -78,6 +80,7 @@ FULL: dict[str, Any] = {
     "idle_grants": idle_grants.IdleGrantsConfig(),
     "sql": sql.SqlConfig(),
     "observability": observability.ObservabilityConfig(),
+    "rate_limit": rate_limit.RateLimitConfig(),
 }
 
 QUICK: dict[str, Any] = {
@@ -91,6 +94,7 @@ QUICK: dict[str, Any] = {
     "idle_grants": idle_grants.IdleGrantsConfig.quick(),
     "sql": sql.SqlConfig.quick(),
     "observability": observability.ObservabilityConfig.quick(),
+    "rate_limit": rate_limit.RateLimitConfig.quick(),
 }
 
 RUNNERS: dict[str, Callable[[Any], Section]] = {
@@ -104,6 +108,7 @@ RUNNERS: dict[str, Callable[[Any], Section]] = {
     "idle_grants": idle_grants.run,
     "sql": sql.run,
     "observability": observability.run,
+    "rate_limit": rate_limit.run,
 }
 
 

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -182,6 +183,8 @@ class Limiter:
         self.limit = limit
         self._shared = shared
         self._clock = clock
+        # The hot path reads the clock once: time.monotonic itself when it can.
+        self._monotonic = time.monotonic if clock is SYSTEM_CLOCK else clock.monotonic
         self._local = MemoryBucket(clock.monotonic)
         self._interval = limit.interval
         self._tolerance = (limit.burst - limit.reserve) * self._interval
@@ -196,32 +199,63 @@ class Limiter:
         self._not_before = 0.0  # no slot is due before this (monotonic)
         self._degraded_until: float | None = None  # the shared bucket failed; local until
 
-    def acquire(self, deadline: float) -> None:
+    def acquire(self, deadline: float) -> float:
         """Take a slot, waiting for one until ``deadline`` (monotonic seconds).
+
+        Returns:
+            The seconds waited (0.0 when a slot was free).
 
         Raises:
             RateLimited: No slot is due by ``deadline``; nothing waits past it.
         """
         clock = self._clock
+        started = clock.monotonic()
         while True:
             with self._lock:
                 now = clock.monotonic()
                 if self._slots and now < self._expires:
                     self._slots -= 1
-                    return
+                    return now - started
                 wait = self._not_before - now
                 if wait <= 0:
                     granted, wait = self._take(now)
                     if granted:
                         self._slots = granted - 1
                         self._expires = now + LEASE_LIFE
-                        return
+                        return now - started
                     self._not_before = now + wait
             if now + wait > deadline:
                 raise RateLimited(
                     "API rate limit: no slot within the wait allowed", retry_after=wait
                 )
             clock.wait(_NEVER, wait)
+
+    def slot(self, observers: events.Observers, deadline: float | None = None) -> float:
+        """Take a slot for one API request, waiting until ``deadline`` at most
+        (default: :attr:`RateLimit.wait` from now); a wait, or giving up, is told
+        to ``observers`` as a ``rate_limited`` event.
+
+        Returns:
+            When the caller asked (monotonic seconds).
+
+        Raises:
+            RateLimited: No slot is due by the deadline.
+        """
+        now = self._monotonic()
+        with self._lock:  # the hot path: a slot of this process's batch
+            if self._slots and now < self._expires:
+                self._slots -= 1
+                return now
+        try:
+            waited = self.acquire(now + self.limit.wait if deadline is None else deadline)
+        except RateLimited as exc:
+            waited = self._monotonic() - now + exc.retry_after
+            if observers:
+                observers.emit(events.RateLimited(company=observers.company, wait=waited))
+            raise
+        if waited > WAIT_WORTH_AN_EVENT and observers:
+            observers.emit(events.RateLimited(company=observers.company, wait=waited))
+        return now
 
     def _take(self, now: float) -> tuple[int, float]:
         shared = self._shared
@@ -259,7 +293,8 @@ class Limiter:
         observers: events.Observers,
     ) -> requests.Response:
         """Send one API request, ``send_api(send, method, url, data, files, kwargs)``,
-        within the limit: every request it sends (a 401's replay too) takes a slot.
+        within the limit: it takes a slot first (``send_api`` takes one for a 401's
+        replay through :meth:`slot`).
         A 429 to an idempotent method is retried once after its ``Retry-After``,
         if that ends within :attr:`RateLimit.wait`; any other 429 is returned.
 
@@ -269,14 +304,12 @@ class Limiter:
         Raises:
             RateLimited: No slot was due within :attr:`RateLimit.wait`.
         """
-        clock = self._clock
-        started = clock.monotonic()
-        deadline = started + self.limit.wait
-        metered = _Metered(self, send, deadline, observers)
-        metered.prepay()
-        response = send_api(metered, method, url, data, files, kwargs)
+        started = self.slot(observers)
+        response = send_api(send, method, url, data, files, kwargs)
         if response.status_code != 429:
             return response
+        clock = self._clock
+        deadline = started + self.limit.wait
         from ._failures import _retry_after
 
         delay = _retry_after(response)
@@ -289,60 +322,12 @@ class Limiter:
             return response
         response.close()
         clock.wait(_NEVER, delay)
-        metered.prepay()
-        return send_api(metered, method, url, data, files, kwargs)
+        self.slot(observers, deadline)
+        return send_api(send, method, url, data, files, kwargs)
 
     def __repr__(self) -> str:
         where = self._shared.describe() if self._shared is not None else "in this process"
         return f"<Limiter {self.limit.per_minute:g}/min {where}>"
-
-
-class _Metered:
-    """A request's ``send``: each call takes a slot first, unless one was taken
-    for it beforehand (:meth:`prepay`). Per request, so its state is the call's."""
-
-    __slots__ = ("_deadline", "_limiter", "_observers", "_prepaid", "_send")
-
-    def __init__(
-        self,
-        limiter: Limiter,
-        send: Callable[..., requests.Response],
-        deadline: float,
-        observers: events.Observers,
-    ):
-        self._limiter = limiter
-        self._send = send
-        self._deadline = deadline
-        self._observers = observers
-        self._prepaid = False
-
-    def prepay(self) -> None:
-        self._slot()
-        self._prepaid = True
-
-    def _slot(self) -> None:
-        clock = self._limiter._clock
-        started = clock.monotonic()
-        try:
-            self._limiter.acquire(self._deadline)
-        except RateLimited as exc:
-            self._tell(clock.monotonic() - started + exc.retry_after)
-            raise
-        waited = clock.monotonic() - started
-        if waited > WAIT_WORTH_AN_EVENT:
-            self._tell(waited)
-
-    def _tell(self, wait: float) -> None:
-        observers = self._observers
-        if observers:
-            observers.emit(events.RateLimited(company=observers.company, wait=wait))
-
-    def __call__(self, *args: Any, **kwargs: Any) -> requests.Response:
-        if self._prepaid:
-            self._prepaid = False
-        else:
-            self._slot()
-        return self._send(*args, **kwargs)
 
 
 _registry: dict[tuple[Any, ...], Limiter] = {}

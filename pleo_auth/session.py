@@ -419,6 +419,8 @@ class PleoSession(requests.Session):
         response.close()
         if coordinator.observers:
             coordinator.observers.emit(Replayed401(company=coordinator.observers.company))
+        if self._limiter is not None:  # the replay is an API request of its own
+            self._limiter.slot(coordinator.observers)
         tokens = coordinator.acquire()
         try:
             return send(method, url, auth=_Bearer(tokens.access_token, scope), **kwargs)
