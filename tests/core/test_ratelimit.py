@@ -357,3 +357,20 @@ def test_requests_outside_the_api_are_not_limited(emu: Emulator, make_session: M
         assert session.get(elsewhere).status_code == 401
     with pytest.raises(RateLimited):
         session.get("/v2/employees")
+
+
+def test_a_401_replay_takes_a_slot_of_its_own(
+    emulator: Emulator, make_session: MakeSession
+) -> None:
+    from support.session_doubles import CaptureServer, status_sequence
+    from support.session_helpers import issued
+
+    limit = RateLimit(1, burst=4, wait=0)  # three slots, then one a minute
+    with CaptureServer(status_sequence(401, 200, 200, 200)) as api:
+        session = make_session(emulator, api_url=api.url, tokens=issued(emulator), rate_limit=limit)
+        assert session.get("/v2/employees").status_code == 200  # the 401, then its replay
+        assert session.get("/v2/employees").status_code == 200
+        with pytest.raises(RateLimited):
+            session.get("/v2/employees")
+    assert len(api.seen) == 3
+    assert emulator.counters.refresh_grants == 1
