@@ -4,20 +4,18 @@ Every event is a small immutable value with a ``kind`` string and the ``company`
 whose grant it concerns (None for a :class:`~pleo_auth.PleoSession` of its own).
 No event ever holds a token, a code or a secret.
 
-====================  ===============================================================
-``kind``              when
-====================  ===============================================================
-``refresh_started``   a refresh token is about to be spent (under the store's lock)
-``refresh_succeeded`` the new pair is saved; ``duration`` (s) and ``attempts`` sent
-``refresh_failed``    the refresh gave up; ``reason``, ``error_type``, ``retryable``
-``adopted``           tokens another process (or session) stored were taken up
-``lock_waited``       the store's refresh lock was taken after ``duration`` seconds
-``request_held``      a request waited ``duration`` seconds for a refresh or reload
-``replayed_401``      a request refused with 401 is sent again with new tokens
-``grant_dead``        the grant is dead: a person must log in again
-``store_restored``    the store came back after a loss, with the grant
-``rate_limited``      a request waited ``wait`` seconds for Pleo's rate limit
-====================  ===============================================================
+| ``kind``              | when                                                            |
+|-----------------------|-----------------------------------------------------------------|
+| ``refresh_started``   | a refresh token is about to be spent (under the store's lock)   |
+| ``refresh_succeeded`` | the new pair is saved; ``duration`` (s) and ``attempts`` sent   |
+| ``refresh_failed``    | the refresh gave up; ``reason``, ``error_type``, ``retryable``  |
+| ``adopted``           | tokens another process (or session) stored were taken up        |
+| ``lock_waited``       | the store's refresh lock was taken after ``duration`` seconds   |
+| ``request_held``      | a request waited ``duration`` seconds for a refresh or reload   |
+| ``replayed_401``      | a request refused with 401 is sent again with new tokens        |
+| ``grant_dead``        | the grant is dead: a person must log in again                   |
+| ``store_restored``    | the store came back after a loss, with the grant                |
+| ``rate_limited``      | a request waited ``wait`` seconds for Pleo's rate limit         |
 
 Subscribe with ``PleoSession(..., on_event=callable)``, ``Integration(...,
 on_event=callable)``, or for every grant of the process with :func:`subscribe`::

@@ -51,10 +51,14 @@ from .errors import ConfigurationError
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
-__all__ = ["COMPANY_ATTRIBUTE", "Instrumentation", "instrument"]
+__all__ = ["BUCKETS", "COMPANY_ATTRIBUTE", "Instrumentation", "instrument"]
 
 #: The attribute that names a company, when the app opts in.
 COMPANY_ATTRIBUTE = "pleo.company.id"
+
+#: The histograms' buckets, in seconds (the SDK's default ones, 0 to 10,000, are for
+#: milliseconds): OpenTelemetry's for HTTP durations, up to a refresh's retry budget.
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 def _api() -> Any:
@@ -87,6 +91,7 @@ class Instrumentation:
         self.refresh_duration = meter.create_histogram(
             "pleo_auth.refresh.duration",
             unit="s",
+            explicit_bucket_boundaries_advisory=BUCKETS,
             description="Time a refresh spent sending its token requests, retries included.",
         )
         self.replays = meter.create_counter(
@@ -107,16 +112,19 @@ class Instrumentation:
         self.lock_wait = meter.create_histogram(
             "pleo_auth.lock.wait_time",
             unit="s",
+            explicit_bucket_boundaries_advisory=BUCKETS,
             description="Time a refresh waited for the store's refresh lock.",
         )
         self.held = meter.create_histogram(
             "pleo_auth.request.held_time",
             unit="s",
+            explicit_bucket_boundaries_advisory=BUCKETS,
             description="Time a request waited for a refresh (or reload) before it was sent.",
         )
         self.rate_limited = meter.create_histogram(
             "pleo_auth.rate_limit.wait_time",
             unit="s",
+            explicit_bucket_boundaries_advisory=BUCKETS,
             description="Time a request waited for Pleo's API rate limit.",
         )
         meter.create_observable_gauge(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from support.integration_helpers import integration
 from support.session_helpers import MakeSession, TimerlessClock
 
-from pleo_auth import MemoryStore, ReauthenticationRequired, TokenSet, events, otel
+from pleo_auth import MemoryStore, PleoSession, ReauthenticationRequired, TokenSet, events, otel
 from pleo_auth._clock import FakeClock
 from pleo_auth.testing import Emulator
 
@@ -194,3 +195,48 @@ def test_closed_instrumentation_records_nothing_more(emulator: Emulator) -> None
     metrics = Metrics(reader)
     assert "pleo_auth.rate_limit.wait_time" not in metrics.points
     assert "pleo_auth.access_token.time_to_expiry" not in metrics.points
+
+
+def test_the_guides_prometheus_names_are_what_the_exporter_writes(emulator: Emulator) -> None:
+    """docs/guide/observability.md's table of metrics, checked against the
+    OpenTelemetry Prometheus exporter's output after a refresh of each outcome."""
+    import prometheus_client
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+    guide = Path(__file__).resolve().parents[2] / "docs" / "guide" / "observability.md"
+    rows = [
+        [cell.strip().strip("`") for cell in line.strip("|").split("|")]
+        for line in guide.read_text().split("### Metric names")[1].split("\n\n")[2].splitlines()
+        if line.startswith("| `pleo_auth.")
+    ]
+    documented = {row[0]: row[-1] for row in rows}
+    assert len(documented) == 10
+    provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
+    instrumentation = otel.instrument(provider)
+    try:
+        store = MemoryStore()
+        with PleoSession(
+            emulator.client_id, emulator.client_secret, store=store,
+            token_url=emulator.token_url, api_url=emulator.api_url,
+            tokens=TokenSet.from_response(emulator.issue_tokens()),
+        ) as session:  # fmt: skip
+            session.refresh()
+            for event in (
+                events.Replayed401(), events.Adopted(), events.RequestHeld(duration=0.2),
+                events.RateLimited(wait=0.3), events.GrantDead(),
+            ):  # fmt: skip
+                events.emit(event)
+            assert events.flush(10)
+            text = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
+    finally:
+        instrumentation.close()
+        provider.shutdown()  # takes its collector off prometheus_client's registry
+    written = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
+    for name, prometheus in documented.items():
+        if prometheus.endswith("_*"):
+            stem = prometheus[:-2]
+            assert {f"{stem}_bucket", f"{stem}_count", f"{stem}_sum"} <= written, name
+        else:
+            assert prometheus in written, name
+    refresh = 'pleo_auth_refresh_duration_seconds_bucket{le="0.005"'
+    assert refresh in text  # seconds' buckets, not the SDK's default ones
