@@ -43,6 +43,8 @@ class LoginHint:
             (:attr:`~pleo_auth.TokenStore.spec_omits_password`), so the command
             names no ``--store``: it reads the whole spec from ``PLEO_STORE``,
             where the password belongs.
+        encrypt: The store keeps its tokens encrypted (:func:`~pleo_auth.EncryptedStore`):
+            the command needs ``--encrypt``, with the keys in ``PLEO_AUTH_KEYS``.
 
     Thread safety:
         Immutable; share it freely.
@@ -63,15 +65,21 @@ class LoginHint:
     view: str | None = None
     company: str | None = None
     store_in_env: bool = False
+    encrypt: bool = False
 
     @classmethod
     def for_settings(
         cls, settings: Settings, store: TokenStore, *, view: str | None = None
     ) -> LoginHint:
         """The login that fills ``store`` with tokens for ``settings``."""
+        from .stores.encrypted import EncryptedTokenStore
         from .stores.keyring import KeyringStore
 
         spec = store.spec
+        where = store.describe()
+        encrypt = isinstance(store, EncryptedTokenStore)
+        if isinstance(store, EncryptedTokenStore):
+            store = store.inner  # what the command's --store names
         if isinstance(store, KeyringStore) and store.account != settings.client_id:
             spec = None  # the command files keyring tokens under the client id
         return cls(
@@ -81,9 +89,10 @@ class LoginHint:
             api_url=settings.api_url,
             authorize_url=settings.authorize_url,
             store=spec,
-            where=store.describe(),
+            where=where,
             view=view,
             store_in_env=spec is not None and store.spec_omits_password,
+            encrypt=encrypt,
         )
 
     def __str__(self) -> str:

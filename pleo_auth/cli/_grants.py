@@ -145,8 +145,7 @@ def read_grants(
         raise ConfigurationError(f"{exc} ({source}){fix}") from None
     on = env.get("PLEO_ENCRYPT", "").strip().lower() in _ON
     if getattr(args, "encrypt", None) or on or args.command == "rotate-key":
-        from ..stores._keys import find_keys
-        from ..stores.encrypted import encrypt_family
+        from ..stores.encrypted import encrypt_family, find_keys
 
         family = encrypt_family(family, client_id=client_id.strip() or None, keys=find_keys(env))
     shown = family_spec_of(family) or redact_family_spec(spec)

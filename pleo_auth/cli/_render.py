@@ -23,6 +23,8 @@ def login_command(hint: LoginHint) -> str:
         parts += ["--client-id", hint.client_id]
     if hint.store and hint.store != "keyring" and not hint.store_in_env:
         parts += ["--store", hint.store]
+    if hint.encrypt:
+        parts.append("--encrypt")
     if hint.environment != "production":
         parts += ["--environment", hint.environment]
     for flag, value in (

@@ -44,6 +44,7 @@ __all__ = [
     "Rotation",
     "encrypt_family",
     "encrypt_store",
+    "find_keys",
     "rotate_key",
     "rotate_keys",
 ]

@@ -147,8 +147,11 @@ def family_spec_of(family: TokenStoreFamily) -> str | None:
     >>> family_spec_of(FileStoreFamily("/srv/pleo"))
     'family:file:/srv/pleo'
     """
+    from .encrypted import EncryptedStoreFamily
     from .keyring_family import KeyringStoreFamily
 
+    if isinstance(family, EncryptedStoreFamily):
+        return family_spec_of(family.inner)  # its stores' login hints add --encrypt
     if isinstance(family, FileStoreFamily):
         return f"{FAMILY_PREFIX}file:{family.directory}"
     if isinstance(family, KeyringStoreFamily):

@@ -496,3 +496,18 @@ def test_the_command_line_reads_an_encrypted_family_with_encrypt_only(
     assert main(["rotate-key", "--store", spec], env={**env, "PLEO_AUTH_KEYS": f"{NEW},{OLD}"}) == 0
     assert "1 grant(s) re-encrypted" in capsys.readouterr().out
     assert main(["status", "--encrypt", "--store", spec], env={**env, "PLEO_AUTH_KEYS": NEW}) == 0
+
+
+def test_the_login_a_hint_asks_for_fills_an_encrypted_store_encrypted(tmp_path: Path) -> None:
+    from pleo_auth import LoginHint, Settings
+    from pleo_auth.stores.family_spec import family_spec_of
+
+    settings = Settings(CLIENT)
+    store = EncryptedStore(FileStore(tmp_path / "t.json"), [OLD], client_id=CLIENT)
+    hint = LoginHint.for_settings(settings, store)
+    assert hint.encrypt
+    assert f"--store file:{tmp_path}/t.json --encrypt" in str(hint)
+    assert "encrypted" in hint.where
+    family = encrypted_file_family(tmp_path / "g")
+    assert family_spec_of(family) == f"family:file:{tmp_path}/g"
+    assert "--encrypt" in str(LoginHint.for_settings(settings, family.store(A)))
