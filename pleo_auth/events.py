@@ -262,9 +262,18 @@ class _Dispatcher:
 
 
 _DISPATCHER = _Dispatcher()
-os.register_at_fork(after_in_child=_DISPATCHER.reset_after_fork)
-
 _subscribers_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # A lock another thread of the parent held at the fork stays held here for ever.
+    global _subscribers_lock
+    _subscribers_lock = threading.Lock()
+    _DISPATCHER.reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 #: The process-wide subscribers, replaced whole (read without the lock).
 _global: tuple[Subscriber, ...] = ()
 

@@ -5,6 +5,7 @@ up a caller, whatever the subscriber does."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -383,3 +384,28 @@ def test_events_are_immutable_values_with_their_kind() -> None:
         "refresh_started", "refresh_succeeded", "refresh_failed", "adopted", "lock_waited",
         "request_held", "replayed_401", "grant_dead", "store_restored", "rate_limited",
     }  # fmt: skip
+
+
+def test_a_forked_child_delivers_its_own_events_on_a_dispatcher_of_its_own(
+    blocked: Blocked,
+) -> None:
+    observers = ev.Observers("company")
+    observers.add("handle", blocked)
+    observers.emit(ev.Adopted(company="company"))
+    assert blocked.entered.wait(10)  # the parent's dispatcher is busy, for good
+    observers.emit(ev.Adopted(company="company"))  # and one more waits in its queue
+    pid = os.fork()
+    if pid == 0:  # the child: its parent's dispatcher thread does not exist here
+        code = 1
+        try:
+            got: list[ev.Event] = []
+            child = ev.Observers("child")
+            child.add("handle", got.append)
+            child.emit(ev.GrantDead(company="child"))
+            delivered = ev.flush(10)
+            code = 0 if delivered and [e.company for e in got] == ["child"] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert blocked.calls == 1  # the parent's own dispatcher is still where it was
