@@ -109,6 +109,13 @@ class LeaseTerms:
         """Seconds between two renewals: a third of the lease, so two may fail."""
         return self.lease / 3.0
 
+    def renew_until(self, requested: float) -> float:
+        """When to stop renewing a lease taken now for a holder that asked for
+        ``requested`` seconds: real monotonic time (:func:`time.monotonic`), past its
+        :meth:`deadline`. A holder stuck for good (alive, never letting go) then
+        holds the others up at most one lease longer, never for ever."""
+        return time.monotonic() + max(requested, self.lease)
+
     def deadline(self, acquired_at: float, requested: float) -> float:
         """The :class:`~pleo_auth.Lease` deadline for a holder that asked for
         ``requested`` seconds at monotonic time ``acquired_at``.

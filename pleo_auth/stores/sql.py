@@ -498,6 +498,7 @@ class SQLGrantStore(SQLRestoring, TokenStore):
             lambda: family._renew(company, owner),
             every=family.terms.renew_every,
             where=self.describe(),
+            until=family.terms.renew_until(requested),
         )
         try:
             family.versions.forget(company)  # the holder must see the current version

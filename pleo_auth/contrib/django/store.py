@@ -467,6 +467,7 @@ class DjangoGrantStore(TokenStore):
             functools.partial(self._renew, owner, terms.lease),
             every=terms.renew_every,
             where=self.describe(),
+            until=terms.renew_until(requested),
         )
         try:
             with HELD.holding(self.key, owner, deadline):
