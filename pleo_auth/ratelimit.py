@@ -174,7 +174,7 @@ class Limiter:
     once, and tries the shared bucket again every :data:`RETRY_SHARED` seconds.
 
     Thread safety:
-        :meth:`acquire` and :meth:`send` may be called from any thread. One
+        :meth:`acquire`, :meth:`slot` and :meth:`send` may be called from any thread. One
         thread at a time goes to the shared bucket; the others wait for it. A
         forked child starts with no slots of its own.
     """
