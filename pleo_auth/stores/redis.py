@@ -358,6 +358,7 @@ class RedisStore(TokenStore):
         where: dict[str, Any] = {
             "db": int(kwargs.get("db") or 0),
             "username": kwargs.get("username"),
+            "password": kwargs.get("password") is not None,  # whether, never which
         }
         if issubclass(pool.connection_class, redis.UnixDomainSocketConnection):
             where.update(scheme="unix", path=str(kwargs.get("path")))
@@ -500,6 +501,10 @@ class RedisStore(TokenStore):
         if where["scheme"] == "unix":
             return ("redis", "unix", where["path"], where["db"], self.redis_key)
         return ("redis", where["host"], where["port"], where["db"], self.redis_key)
+
+    @property
+    def spec_omits_password(self) -> bool:
+        return bool(self._where["password"])
 
     @property
     def spec(self) -> str:
