@@ -107,11 +107,11 @@ def test_rotate_key_under_four_refreshing_processes_loses_nothing(
         assert "0 failed" in done.stdout
     fewest, most = rotation_bounds(LIFETIME, MARGIN, duration, span=time.time() - seeded[0])
     assert fewest >= 3, "the run is too short to prove anything"
-    assert [r["errors"] for r in results] == [{}] * 4, [r["samples"] for r in results]
-    assert all(r["calls"] > 0 for r in results)
     counters = emulator.counters
     assert counters.rejected_refreshes == 0
     assert counters.reuse_detections == 0
+    assert [r["errors"] for r in results] == [{}] * 4, [r["samples"] for r in results]
+    assert all(r["calls"] > 0 for r in results)
     per_grant = [emulator.counters_for(company).refresh_grants for company in companies]
     assert fewest <= min(per_grant), (min(per_grant), fewest)
     assert max(per_grant) <= most, (max(per_grant), most)
