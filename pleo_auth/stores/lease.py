@@ -255,6 +255,8 @@ class Renewer:
                         heapq.heappop(self._queue)
                         break
                     self._guard.wait(wait)
+            if time.monotonic() >= renewal.until:
+                continue  # due before the bound, but late (a busy machine): too late now
             try:
                 kept = renewal.renew()
             except TokenStoreError as exc:
