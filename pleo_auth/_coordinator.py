@@ -278,6 +278,8 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
                 return current
             if current is None:
                 raise self._reauthentication_error()
+            if self._superseded == current:
+                return self._replay_after_restore_locked(used)  # the store lost its data
             if self._clock.monotonic() < self._retry_not_before:
                 return None
             failure = self._run_locked(
@@ -288,6 +290,8 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
             if self._tokens is None:
                 # The refresh found the store empty: another process saw the grant die.
                 raise self._reauthentication_error()
+            if failure is not None and self._superseded == self._tokens:
+                return self._replay_after_restore_locked(used)  # the store lost its data
             if failure is not None or self._tokens.access_token == used.access_token:
                 return None  # failed, or declined (see _refresh): the caller gets the 401
             return self._tokens

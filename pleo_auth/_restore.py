@@ -13,7 +13,8 @@ unless one of these holds:
   or logged out). Its pair may be spent: presented once, a spent refresh token
   revokes the grant. It never writes it back; it waits, with its pair in memory and
   a retryable :class:`~pleo_auth.TokenStoreError`, for the process that holds the
-  newer pair to restore it, and asks for a login once its access token expired.
+  newer pair to restore it, and asks for a login once its access token expired and
+  :data:`GIVE_UP_AFTER` seconds passed.
 * **Its pair may be mid-rotation elsewhere.** From the earliest moment any
   process's timer refreshes the pair (:meth:`RefreshSchedule.timer_due_at` with
   the whole jitter), another process may have spent it just before the data
@@ -50,6 +51,10 @@ logger = logging.getLogger("pleo_auth")
 #: pair it could not save (one second), and than its first retries of the save.
 RESTORE_GRACE = 1.5
 
+#: Seconds a process whose pair is superseded waits, once its access token expired
+#: too, for the holder of the newer pair to restore it, before it asks for a login.
+GIVE_UP_AFTER = 4 * RESTORE_GRACE
+
 
 def lost_message(where: str) -> str:
     """What ReauthenticationRequired says when the store lost its data."""
@@ -80,11 +85,30 @@ class _Restoring:
         if version is not None and version != base:
             self._newer_seen = (version, base)
 
-    def _behind(self: Any, held: TokenSet) -> bool:
+    def _replay_after_restore_locked(self: Any, used: TokenSet) -> TokenSet | None:
+        """After a 401 for ``used``, a pair this process knows to be superseded, in a
+        store that lost its data: reload every 0.1 s, for at most twice
+        :data:`RESTORE_GRACE`, until the process holding the newer pair has restored
+        it. The tokens to replay with, or None (the caller gets the 401). Called, and
+        returns, holding the coordinator's Condition (released while it waits)."""
+        deadline = self._clock.monotonic() + 2 * RESTORE_GRACE
+        while True:
+            tokens: TokenSet | None = self._tokens
+            if tokens is not None and tokens.access_token != used.access_token:
+                return tokens
+            if tokens is None or self._closed or self._clock.monotonic() >= deadline:
+                return None
+            self._cond.wait(0.1)  # a pause, not a signal: the restore is in another process
+            if self._busy is None:
+                self._run_locked("sync", self._sync)
+
+    def _behind(self: Any, held: TokenSet, lost_version: Hashable) -> bool:
+        """Whether ``held`` is known to be older than what the store held: a version
+        seen since our pair's that is not the lost store's own."""
         if self._superseded is not None and self._superseded == held:
             return True
         seen = self._newer_seen
-        return seen is not None and seen[1] == self._version
+        return seen is not None and seen[1] == self._version and seen[0] != lost_version
 
 
 def store_is_lost(proto: _StoreProtocol) -> bool:
@@ -92,8 +116,12 @@ def store_is_lost(proto: _StoreProtocol) -> bool:
     return bool(proto.store.lost())
 
 
-def on_lost(proto: _StoreProtocol, held: TokenSet | None, version: Hashable) -> _Outcome:
-    """The outcome for a store found lost under its lock, with ``held`` in memory."""
+def on_lost(
+    proto: _StoreProtocol, held: TokenSet | None, version: Hashable, *, refused: bool = False
+) -> _Outcome:
+    """The outcome for a store found lost under its lock, with ``held`` in memory.
+    ``refused``: Pleo answered 401 to ``held``'s access token, which then was
+    rotated elsewhere (or is refused for another reason): it is never restored."""
     from ._rotation import _Outcome
 
     store = proto.store
@@ -103,9 +131,16 @@ def on_lost(proto: _StoreProtocol, held: TokenSet | None, version: Hashable) -> 
         failure = ReauthenticationRequired(lost_message(where), login_hint=proto.login_hint)
         return _Outcome(tokens=None, version=version, failure=failure, grant_dead=True)
     now = proto._clock.time()
-    if proto._behind(held):
+    mono = proto._clock.monotonic()
+    schedule = proto.schedule
+    since = proto._lost_since
+    if since is None or mono - since > RESTORE_GRACE + 2 * schedule.failure_cooldown + 1:
+        since = proto._lost_since = mono  # a new loss (another process restored the last)
+    if refused:
         proto._superseded = held
-        if held.expires_at <= now:
+    if proto._behind(held, version):
+        proto._superseded = held
+        if held.expires_at <= now and mono - since >= GIVE_UP_AFTER:
             logger.warning(
                 "%s lost its data, and tokens %s held here are older than tokens this "
                 "process saw stored; no process restored newer ones before they expired",
@@ -126,28 +161,22 @@ def on_lost(proto: _StoreProtocol, held: TokenSet | None, version: Hashable) -> 
             retryable=True,
         )
         return _Outcome(tokens=held, version=version, failure=failure)
-    mono = proto._clock.monotonic()
-    schedule = proto.schedule
     earliest = schedule.timer_due_at(held, 1.0)
-    if now >= earliest:
-        since = proto._lost_since
-        if since is None or mono - since > RESTORE_GRACE + 2 * schedule.failure_cooldown + 1:
-            since = proto._lost_since = mono  # a new loss (another process restored the last)
-        if mono - since < RESTORE_GRACE:
-            logger.info(
-                "%s lost its data while tokens %s were due: waiting %.1fs for a process "
-                "that may have rotated them to restore its pair",
-                where,
-                held.fingerprint,
-                RESTORE_GRACE - (mono - since),
-            )
-            failure = TokenStoreError(
-                f"{where} lost its data; waiting for a process that may hold newer "
-                "tokens before restoring the pair held here",
-                retryable=True,
-            )
-            wait = RESTORE_GRACE - (mono - since) + 0.05
-            return _Outcome(tokens=held, version=version, failure=failure, retry_in=wait)
+    if now >= earliest and mono - since < RESTORE_GRACE:
+        logger.info(
+            "%s lost its data while tokens %s were due: waiting %.1fs for a process "
+            "that may have rotated them to restore its pair",
+            where,
+            held.fingerprint,
+            RESTORE_GRACE - (mono - since),
+        )
+        failure = TokenStoreError(
+            f"{where} lost its data; waiting for a process that may hold newer "
+            "tokens before restoring the pair held here",
+            retryable=True,
+        )
+        wait = RESTORE_GRACE - (mono - since) + 0.05
+        return _Outcome(tokens=held, version=version, failure=failure, retry_in=wait)
     store.restore(held)
     proto._lost_since = None
     logger.warning(

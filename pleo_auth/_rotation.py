@@ -139,7 +139,7 @@ class _StoreProtocol(_Restoring):
                 stored = held
             if stored is None:
                 if store_is_lost(self):
-                    return on_lost(self, self._tokens, version)
+                    return on_lost(self, self._tokens, version, refused=after_401)
                 return _Outcome(tokens=None, version=version, grant_dead=True)
             now = self._clock.time()
             fresh = now < self.schedule.due_at(stored)

@@ -41,7 +41,7 @@ from ._sql import (
     identity,
     translate,
 )
-from ._sql_restore import SQLRestoring
+from ._sql_restore import SQLRestoring, version_of
 from .versions import Reading, Version, VersionCache
 
 __all__ = ["DEFAULT_TABLE", "SQLGrantStore", "SQLStore", "grants_table"]
@@ -416,7 +416,7 @@ class SQLStore(TokenStoreFamily):
             ).first()
         if row is None:
             return None, None
-        return row[0], (str(row[1]), int(row[2]))
+        return row[0], version_of(row[1], row[2])
 
     def _read_one(self, company: Hashable) -> Reading:
         t = self.table
@@ -425,7 +425,7 @@ class SQLStore(TokenStoreFamily):
             row = connection.execute(query).first()
         if row is None:
             return None, False
-        return (str(row[0]), int(row[1])), row[2] is not None
+        return version_of(row[0], row[1]), row[2] is not None
 
     def _read_many(self, companies: list[Hashable]) -> dict[Hashable, Reading]:
         """One query for the versions of ``companies``: by name, or (for more than
@@ -440,7 +440,7 @@ class SQLStore(TokenStoreFamily):
             query = query.where(t.c.company.in_([str(company) for company in companies]))
         with self._talking("read the tokens' versions", "SELECT") as connection:
             rows = connection.execute(query).all()
-        return {str(row[0]): ((str(row[1]), int(row[2])), row[3] is not None) for row in rows}
+        return {str(row[0]): (version_of(row[1], row[2]), row[3] is not None) for row in rows}
 
 
 class SQLGrantStore(SQLRestoring, TokenStore):
