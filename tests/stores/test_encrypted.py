@@ -121,6 +121,7 @@ class TestEncryptedFileFamilyContract(TokenStoreFamilyContract):
 
 
 @pytest.mark.redis
+@pytest.mark.soak  # the default run has the Redis store's contract and the file family's
 class TestEncryptedRedisFamilyContract(TokenStoreFamilyContract):
     @pytest.fixture
     def make_family(self, redis_url: str) -> MakeFamily:
