@@ -28,6 +28,7 @@ from pleo_auth import (
     ReauthenticationRequired,
     TokenSet,
     TokenStore,
+    events,
 )
 from pleo_auth.stores.base import Lease
 from pleo_auth.stores.redis import RedisStore
@@ -138,12 +139,21 @@ def test_a_redis_key_lost_under_a_live_session_is_restored_and_the_grant_goes_on
     host = redis_host(redis_url, key, "a")
     first = TokenSet.from_response(emulator.issue_tokens())
     host.save(first)
-    with session_over(host, emulator, calls) as session:
-        assert session.get(API).status_code == 200
-        raw.delete(key) if loss == "del" else raw.flushdb()
-        assert stored(redis_url, key) is None
-        assert session.get(API).status_code == 200
-        assert session.tokens == first
+    seen: list[events.Event] = []
+    unsubscribe = events.subscribe(seen.append)
+    try:
+        with session_over(host, emulator, calls) as session:
+            assert session.get(API).status_code == 200
+            raw.delete(key) if loss == "del" else raw.flushdb()
+            assert stored(redis_url, key) is None
+            assert session.get(API).status_code == 200
+            assert session.tokens == first
+        assert events.flush(10)
+    finally:
+        unsubscribe()
+    restored_events = [event for event in seen if event.kind == "store_restored"]
+    assert len(restored_events) == 1
+    assert getattr(restored_events[0], "store", None) == host.describe()
     after = stored(redis_url, key)
     assert after is not None
     assert after.refresh_token == first.refresh_token
