@@ -20,6 +20,7 @@ from .._clock import Clock, as_clock
 from ..company import Company
 from ..errors import ConfigurationError, TokenStoreError
 from ..tokens import TokenSet
+from ._sql_spec import url_has_password
 from .base import Lease, TokenStore, decode_tokens, encode_tokens
 from .family import TokenStoreFamily
 from .lease import HELD, RENEWER, LeaseTerms, check_requested, fence, new_owner, wait_for_lease
@@ -589,8 +590,6 @@ class SQLGrantStore(SQLRestoring, TokenStore):
 
     @property
     def spec_omits_password(self) -> bool:
-        from ._sql_spec import url_has_password
-
         return url_has_password(self.family.engine.url)
 
     def describe(self) -> str:
