@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy
 import sqlalchemy.exc
 
-from ._sql import check_name, database_now
+from ._sql import check_name, database_now, kind_of
 from .buckets import Bucket, BucketUnavailable, gcra
 
 if TYPE_CHECKING:
@@ -30,8 +30,8 @@ __all__ = ["RATE_LIMITS_TABLE", "SQLBucket", "rate_limits_table"]
 #: The rate-limit table's name.
 RATE_LIMITS_TABLE = "pleo_auth_rate_limits"
 
-#: Attempts when two processes make a bucket's row at once.
-_ATTEMPTS = 3
+#: Attempts when two processes make a bucket's row at once, or conflict.
+_ATTEMPTS = 5
 
 
 def rate_limits_table(
@@ -67,21 +67,35 @@ class SQLBucket(Bucket):
         self._created = False
 
     def take(self, wanted: int, interval: float, tolerance: float) -> tuple[int, float]:
-        try:
-            if not self._created:
-                with self._engine.begin() as connection:
-                    self._table.create(connection, checkfirst=True)
-                self._created = True
-            for _attempt in range(_ATTEMPTS):
+        for attempt in range(_ATTEMPTS):
+            try:
+                if not self._created:
+                    self._create()
                 result = self._take(wanted, interval, tolerance)
-                if result is not None:
-                    return result
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            # Never str(exc): SQLAlchemy's message repeats the statement.
-            raise BucketUnavailable(
-                f"rate-limit row in {self._where} failed ({type(exc).__name__})"
-            ) from None
+            except sqlalchemy.exc.SQLAlchemyError as exc:
+                # A deadlock, a lock wait, a busy SQLite file: try again at once.
+                if kind_of(exc) == "conflict" and attempt < _ATTEMPTS - 1:
+                    continue
+                # Never str(exc): SQLAlchemy's message repeats the statement.
+                raise BucketUnavailable(
+                    f"rate-limit row in {self._where} failed ({type(exc).__name__}: {kind_of(exc)})"
+                ) from None
+            if result is not None:
+                return result
         raise BucketUnavailable(f"rate-limit row in {self._where}: could not be made")
+
+    def _create(self) -> None:
+        """The table, if missing; another process making it at the same moment
+        (CREATE TABLE's check is not atomic) is as good."""
+        try:
+            with self._engine.begin() as connection:
+                self._table.create(connection, checkfirst=True)
+        except sqlalchemy.exc.SQLAlchemyError:
+            with self._engine.connect() as connection:
+                table = self._table
+                if not sqlalchemy.inspect(connection).has_table(table.name, table.schema):
+                    raise
+        self._created = True
 
     def _take(self, wanted: int, interval: float, tolerance: float) -> tuple[int, float] | None:
         t = self._table

@@ -210,22 +210,23 @@ def test_requests_over_the_rate_wait_for_their_slots_and_are_sent(
         assert session.get("/v2/employees").status_code == 200
     # One slot at once, then one every 0.1 s: never faster, however fast this machine.
     assert time.monotonic() - started >= 0.4 - 0.01
-    times = emu.api_request_times()
-    assert len(times) == 5
-    assert times[-1] - times[0] >= 0.4 - 0.01
+    # (Arrival times at the emulator may be closer: each request reaches it a
+    # little after its slot, by a varying lag; see SEND_ALLOWANCE.)
+    assert len(emu.api_request_times()) == 5
 
 
 def test_a_wait_for_the_limit_is_told_as_a_rate_limited_event(
     emu: Emulator, make_session: MakeSession
 ) -> None:
     seen: list[pleo_events.Event] = []
-    session = make_session(
-        emu, tokens=tokens_of(emu), rate_limit=RateLimit(60, burst=2, wait=5), on_event=seen.append
-    )
+    # One slot, then one every 3 s: the second request waits for its slot unless
+    # this machine stalls for 3 s between the two.
+    limit = RateLimit(20, burst=2, wait=5)
+    session = make_session(emu, tokens=tokens_of(emu), rate_limit=limit, on_event=seen.append)
     session.get("/v2/employees")
-    session.get("/v2/employees")  # waits about a second
+    session.get("/v2/employees")
     # Over the same store, so the same grant and subscriber: its refusal is told too.
-    session2 = make_session(emu, store=session.store, rate_limit=RateLimit(60, burst=2, wait=0))
+    session2 = make_session(emu, store=session.store, rate_limit=RateLimit(20, burst=2, wait=0))
     with pytest.raises(RateLimited):
         session2.get("/v2/employees")
     assert pleo_events.flush()
@@ -233,9 +234,9 @@ def test_a_wait_for_the_limit_is_told_as_a_rate_limited_event(
     assert len(limited) == 2
     assert isinstance(limited[0], pleo_events.RateLimited)
     assert limited[0].company is None
-    assert 0.5 < limited[0].wait <= 1.0 + 0.5  # waited for its slot
+    assert 1.5 < limited[0].wait <= 3.0 + 0.5  # waited for its slot
     assert isinstance(limited[1], pleo_events.RateLimited)
-    assert limited[1].wait > 0.5
+    assert limited[1].wait > 1.5  # would have had to wait
 
 
 def test_a_429_to_a_get_is_retried_once_after_its_retry_after(

@@ -20,8 +20,8 @@ from pleo_auth.stores.buckets import FileBucket, MemoryBucket, RedisBucket, buck
 from pleo_auth.testing import FakeClock
 from pleo_auth.testing._redis import _serves, free_port
 
-INTERVAL = 1.0  # 60 a minute
-TOLERANCE = 3.0  # three slots
+INTERVAL = 3600.0  # so long that no slot comes due during a test, however slow
+TOLERANCE = 3 * INTERVAL  # three slots
 
 
 def test_two_file_buckets_over_one_file_share_its_slots(tmp_path: Path) -> None:
@@ -135,7 +135,8 @@ def test_while_redis_is_down_the_limiter_keeps_the_rate_in_this_process_then_sha
     clock = FakeClock()
     client = redis.Redis(host="127.0.0.1", port=own_redis.port, socket_timeout=2)
     bucket = RedisBucket(client, "pleo-auth:rate:down")
-    limiter = Limiter(RateLimit(60, burst=3, wait=0), bucket, clock=clock)  # 2 slots
+    # Two slots, then one a minute: none comes due on Redis's clock during the test.
+    limiter = Limiter(RateLimit(1, burst=3, wait=0), bucket, clock=clock)
     limiter.acquire(clock.monotonic())
     own_redis.kill()
     with caplog.at_level(logging.WARNING, logger="pleo_auth.ratelimit"):
@@ -149,7 +150,9 @@ def test_while_redis_is_down_the_limiter_keeps_the_rate_in_this_process_then_sha
         assert len(down) == 1
         assert "limiting this process alone" in down[0]
         own_redis.start()  # back, and empty
-        clock.advance(1.0)  # the shared bucket is tried again after RETRY_SHARED
+        # Past this process's next slot (a minute), and so past RETRY_SHARED: the
+        # shared bucket is asked again.
+        clock.advance(60.0)
         limiter.acquire(clock.monotonic())
         limiter.acquire(clock.monotonic())
         with pytest.raises(RateLimited):
