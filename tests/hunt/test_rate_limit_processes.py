@@ -1,18 +1,20 @@
 """Four processes of eight threads on one client, held to one rate limit through
-a FileStore's directory or a RedisStore's Redis, against the emulator over HTTP:
+a FileStore's directory, a RedisStore's Redis or (soak) a SQLStore's PostgreSQL,
+against the emulator over HTTP:
 the emulator never sees more than the rate plus the burst in any window, no
 request is lost, and every call either succeeds or raises RateLimited within its
 wait.
 
 The default run is scaled down (1,200 a minute, burst 20, for 6 s; four processes
 each held to the rate alone would send about four times the bound). The soak run
-is the issue's: 500 a minute, the default burst of 50, for 61 s, on both stores
-at once.
+is the issue's: 500 a minute, the default burst of 50, for 61 s, on the three
+stores at once.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from support.ratelimit_workers import LimitedRun, Outcome, run_processes
 
 from pleo_auth import FileStore, RateLimit, RedisStore, TokenSet
 from pleo_auth.testing import Emulator
+
+SQL_TABLE = "rate_limit_grants"
 
 #: How much later than its wait a RateLimited may come: scheduling of 32 threads
 #: on a shared machine, never a sleep the limiter chose.
@@ -38,6 +42,15 @@ def most_in_a_window(times: list[float], window: float) -> int:
 def prepare(emu: Emulator, kind: str, tmp_path: Path, redis_url: str | None) -> str:
     """The store's location, holding a grant of the emulator's."""
     tokens = TokenSet.from_response(emu.issue_tokens())
+    if kind == "sql":
+        from pleo_auth.stores.sql import SQLStore
+
+        assert redis_url is not None  # the database's URL, for this kind
+        family = SQLStore(redis_url, client_id=emu.client_id, table=SQL_TABLE)
+        family.create_table()
+        family.for_company(emu.default_company).save(tokens)
+        family.close()
+        return redis_url
     if kind == "file":
         where = str(tmp_path / "tokens.json")
         FileStore(where).save(tokens)
@@ -51,6 +64,8 @@ def prepare(emu: Emulator, kind: str, tmp_path: Path, redis_url: str | None) -> 
 
 def run_on(emu: Emulator, kind: str, where: str, limit: RateLimit, duration: float) -> LimitedRun:
     return LimitedRun(
+        table=SQL_TABLE,
+        company=emu.default_company,
         kind=kind,
         where=where,
         client_id=emu.client_id,
@@ -84,17 +99,24 @@ def check(emu: Emulator, run: LimitedRun, outcomes: list[Outcome], windows: list
     assert max(outcome.longest_sent for outcome in outcomes) <= limit.wait + LATE
 
 
-def run_both(tmp_path: Path, redis_url: str, limit: RateLimit, duration: float) -> list[str]:
-    """Run on a FileStore and on a RedisStore at once, each against its own
-    emulator, and check both; a line of figures per store."""
+def run_both(
+    tmp_path: Path, redis_url: str, limit: RateLimit, duration: float, sql_url: str | None = None
+) -> list[str]:
+    """Run on a FileStore and on a RedisStore (and on a SQLStore, given its
+    database) at once, each against its own emulator, and check each; a line of
+    figures per store."""
     figures = []
-    with Emulator() as on_file, Emulator() as on_redis:
+    kinds = [("file", redis_url), ("redis", redis_url)]
+    if sql_url is not None:
+        kinds.append(("sql", sql_url))
+    with contextlib.ExitStack() as stack:
         runs = []
-        for emu, kind in ((on_file, "file"), (on_redis, "redis")):
-            where = prepare(emu, kind, tmp_path, redis_url)
+        for kind, url in kinds:
+            emu = stack.enter_context(Emulator())
+            where = prepare(emu, kind, tmp_path, url)
             emu.record_api_requests()
             runs.append((emu, run_on(emu, kind, where, limit, duration)))
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(len(runs)) as pool:
             futures = [pool.submit(run_processes, run) for _emu, run in runs]
             results = [future.result() for future in futures]
         windows = sorted({1.0, min(10.0, duration), min(60.0, duration)})
@@ -119,9 +141,10 @@ def test_four_processes_of_eight_threads_keep_one_rate_limit(
 
 @pytest.mark.soak
 def test_four_processes_of_eight_threads_keep_500_a_minute_for_a_minute(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, postgres_url: str
 ) -> None:
     """The issue's run, 500 a minute with the default burst of 50 (at most 550 in
-    any 60 s), for 61 s on both stores at once, so the soak takes one minute."""
-    figures = run_both(tmp_path, redis_url, RateLimit(500), duration=61.0)
+    any 60 s), for 61 s on a FileStore, a RedisStore and a SQLStore on PostgreSQL
+    at once, so the soak takes one minute."""
+    figures = run_both(tmp_path, redis_url, RateLimit(500), duration=61.0, sql_url=postgres_url)
     print("; ".join(figures))

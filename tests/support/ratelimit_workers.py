@@ -21,8 +21,8 @@ from pleo_auth.stores.base import TokenStore
 
 @dataclass(frozen=True)
 class LimitedRun:
-    """One run: where the store is ("file" and a path, or "redis" and a URL),
-    the client, the limit and how long the threads send."""
+    """One run: where the store is ("file" and a path, "redis" and a URL, or
+    "sql" and a database URL), the client, the limit and how long the threads send."""
 
     kind: str
     where: str
@@ -34,9 +34,18 @@ class LimitedRun:
     threads: int = 8
     duration: float = 5.0
 
+    #: For kind "sql": the grants table, and the company whose grant it holds.
+    table: str = ""
+    company: str = ""
+
     def store(self) -> TokenStore:
         if self.kind == "file":
             return FileStore(self.where)
+        if self.kind == "sql":
+            from pleo_auth.stores.sql import SQLStore
+
+            family = SQLStore(self.where, client_id=self.client_id, table=self.table)
+            return family.for_company(self.company)
         from pleo_auth import RedisStore
 
         return RedisStore(self.where, key="pleo-rate-test")
