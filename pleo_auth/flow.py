@@ -502,7 +502,7 @@ class AuthorizationFlow:
         company, or names another company than the pending login's.
 
         Raises:
-            As :meth:`finish`.
+            PleoAuthError: As :meth:`finish` raises.
         """
         if not isinstance(pending, PendingAuthorization):
             pending = PendingAuthorization.from_dict(pending)

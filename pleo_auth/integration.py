@@ -129,9 +129,10 @@ class Integration:
         client_id: The OAuth client id of your Pleo integration.
         client_secret: Its secret; None for a public (PKCE-only) client.
         store: The family of token stores, one per company.
-        environment, token_url, api_url, refresh_margin, client_auth,
-        max_refresh_attempts, max_refresh_time, refresh_timeout, drain_timeout:
-            As for :class:`~pleo_auth.PleoSession`, for every company's grant.
+        environment: As for :class:`~pleo_auth.PleoSession`, for every company's
+            grant; so are ``token_url``, ``api_url``, ``refresh_margin``,
+            ``client_auth``, ``max_refresh_attempts``, ``max_refresh_time``,
+            ``refresh_timeout`` and ``drain_timeout``.
         max_concurrent_refreshes: Token requests in flight at once, at most.
         on_reauthentication_required: Called once per dead grant, with its
             :class:`~pleo_auth.Company`, on whichever thread found out.
