@@ -8,6 +8,7 @@ connect view instead.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 import attrs
@@ -72,14 +73,17 @@ class LoginHint:
         cls, settings: Settings, store: TokenStore, *, view: str | None = None
     ) -> LoginHint:
         """The login that fills ``store`` with tokens for ``settings``."""
-        from .stores.encrypted import EncryptedTokenStore
         from .stores.keyring import KeyringStore
 
         spec = store.spec
         where = store.describe()
-        encrypt = isinstance(store, EncryptedTokenStore)
-        if isinstance(store, EncryptedTokenStore):
-            store = store.inner  # what the command's --store names
+        # Never imported here: a session is built on any thread, and an import on one
+        # a fork catches leaves its module lock held in the child (issue 10, bug 3).
+        # An EncryptedTokenStore exists only once its module was loaded.
+        encrypted = sys.modules.get("pleo_auth.stores.encrypted")
+        encrypt = encrypted is not None and isinstance(store, encrypted.EncryptedTokenStore)
+        if encrypt:
+            store = store.inner  # type: ignore[attr-defined]  # what --store names
         if isinstance(store, KeyringStore) and store.account != settings.client_id:
             spec = None  # the command files keyring tokens under the client id
         return cls(
