@@ -318,26 +318,30 @@ class Observers:
 
     Thread safety:
         :meth:`emit` and truth tests may run on any thread at any time; the
-        subscriber tuple is replaced whole under a lock, and read without one.
+        subscriber tuple is replaced whole under the module's subscribers' lock
+        (which a forked child replaces), and read without one.
     """
 
-    __slots__ = ("_local", "_lock", "_subscribers", "company")
+    __slots__ = ("_local", "_subscribers", "company")
 
     def __init__(self, company: str | None = None):
         #: The company id every event of this grant carries.
         self.company = company
-        self._lock = threading.Lock()
-        self._local: dict[Hashable, Subscriber] = {}
+        # Made at the first subscriber: an Integration builds one per company, and
+        # most never get one of their own.
+        self._local: dict[Hashable, Subscriber] | None = None
         self._subscribers: tuple[Subscriber, ...] = ()
 
     def add(self, handle: Hashable, subscriber: Subscriber) -> None:
-        with self._lock:
+        with _subscribers_lock:
+            if self._local is None:
+                self._local = {}
             self._local[handle] = subscriber
             self._subscribers = tuple(self._local.values())
 
     def discard(self, handle: Hashable) -> None:
-        with self._lock:
-            if self._local.pop(handle, None) is not None:
+        with _subscribers_lock:
+            if self._local is not None and self._local.pop(handle, None) is not None:
                 self._subscribers = tuple(self._local.values())
 
     def __bool__(self) -> bool:
