@@ -564,7 +564,7 @@ class SQLGrantStore(SQLRestoring, TokenStore):
         family.versions.remember(self._id, version, holds, read_at)
 
     def version(self) -> Hashable:
-        """``(epoch, counter)``, or None before the grant's row exists.
+        """``(epoch, counter)``, or None before anything was written to the row.
 
         From the family's cache, refreshed for every grant in use by one query at
         most once per ``check_interval``; asked afresh while the grant holds no
