@@ -240,7 +240,9 @@ class _Dispatcher:
     def _deliver(self, subscriber: Subscriber, event: Event) -> None:
         try:
             subscriber(event)
-        except Exception:
+        except BaseException:
+            # SystemExit from a subscriber's sys.exit() too: it would end the one
+            # thread that delivers every grant's events, and all later events with it.
             key = id(subscriber)
             failures = self._failed.get(key, 0) + 1
             self._failed[key] = failures
@@ -253,6 +255,8 @@ class _Dispatcher:
                 )
 
     def flush(self, timeout: float | None) -> bool:
+        if threading.current_thread() is self._thread:
+            return False  # a subscriber: it would wait for its own delivery to end
         with self._lock:
             return self._idle.wait_for(lambda: not self._items and not self._delivering, timeout)
 
@@ -374,6 +378,8 @@ def flush(timeout: float | None = 5.0) -> bool:
     """Wait until every queued event was delivered; False if ``timeout`` ran out.
 
     For tests, and for an app that reads its metrics right before it exits.
+    Called by a subscriber (on the dispatcher thread), it returns False at once:
+    the event being delivered is not delivered yet.
     """
     return _DISPATCHER.flush(timeout)
 
