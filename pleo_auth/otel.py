@@ -83,6 +83,8 @@ class Instrumentation:
         metrics = _api()
         provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
         meter = provider.get_meter("pleo_auth", __version__)
+        self._provider = provider  # kept: its id() keys the live instrumentations
+        self._users = 1
         self.company_attributes = company_attributes
         self._closed = threading.Event()
         self.refreshes = meter.create_counter(
@@ -142,7 +144,17 @@ class Instrumentation:
         self._unsubscribe = events.subscribe(self._record)
 
     def close(self) -> None:
-        """Stop recording; the observable instruments report nothing from now on."""
+        """Stop recording; the observable instruments report nothing from now on.
+
+        When :func:`instrument` returned this to several callers (one provider),
+        it stops at the last of their ``close()`` calls.
+        """
+        with _instrumented_lock:
+            self._users -= 1
+            if self._users > 0:
+                return
+            if _instrumented.get(id(self._provider)) is self:
+                del _instrumented[id(self._provider)]
         self._closed.set()
         self._unsubscribe()
 
@@ -217,7 +229,10 @@ def instrument(
 
     Call it once per process, at start-up (after a fork, the child's events start
     empty; the instruments carry on). Call it again with another provider to
-    record on both; :meth:`Instrumentation.close` ends one.
+    record on both; :meth:`Instrumentation.close` ends one. Called again with a
+    provider already instrumented (a library and the app both call it), it returns
+    the same :class:`Instrumentation`, so each refresh is counted once; it then
+    stops at the last of its callers' ``close()``.
 
     Args:
         meter_provider: The app's MeterProvider; None for OpenTelemetry's global
@@ -226,6 +241,25 @@ def instrument(
             :class:`~pleo_auth.Integration`'s grant. Mind the cardinality.
 
     Raises:
-        ConfigurationError: ``opentelemetry-api`` is not installed.
+        ConfigurationError: ``opentelemetry-api`` is not installed, or the provider
+            is instrumented already with the other ``company_attributes``.
     """
-    return Instrumentation(meter_provider, company_attributes)
+    provider = meter_provider if meter_provider is not None else _api().get_meter_provider()
+    with _instrumented_lock:
+        live = _instrumented.get(id(provider))
+        if live is not None:
+            if live.company_attributes != company_attributes:
+                raise ConfigurationError(
+                    "this MeterProvider is instrumented already, with company_attributes="
+                    f"{live.company_attributes}: close() that one first"
+                )
+            live._users += 1
+            return live
+        instrumentation = Instrumentation(provider, company_attributes)
+        _instrumented[id(provider)] = instrumentation
+        return instrumentation
+
+
+#: The live instrumentation of each provider (by its id: each holds its provider).
+_instrumented: dict[int, Instrumentation] = {}
+_instrumented_lock = threading.Lock()
