@@ -218,7 +218,12 @@ class TokenEndpoint:
         self._network.close()
 
     def refresh(
-        self, refresh_token: str, *, deadline: float | None = None, tally: list[int] | None = None
+        self,
+        refresh_token: str,
+        *,
+        deadline: float | None = None,
+        tally: list[int] | None = None,
+        access_token: str | None = None,
     ) -> TokenSet:
         """Spend ``refresh_token`` for a new :class:`TokenSet`.
 
@@ -233,6 +238,9 @@ class TokenEndpoint:
                 attempt starts only if its whole ``timeout`` fits before it, so no
                 reply is still on its way when another process may take the lock.
             tally: Gets one item per attempt sent (for the refresh events).
+            access_token: The access token paired with ``refresh_token``: scrubbed,
+                as the refresh token and the client secret are, from the reply's
+                text that an error quotes (a gateway may quote the bearer it saw).
 
         Raises:
             ReauthenticationRequired: The grant is dead (``invalid_grant`` and kin).
@@ -243,7 +251,7 @@ class TokenEndpoint:
                 failures that outlasted the retry budget (then ``retryable`` is True).
         """
         form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-        secrets = (refresh_token, self._client_secret or "")
+        secrets = (refresh_token, self._client_secret or "", access_token or "")
         unanswered: list[str] = []
         try:
             return self._request_tokens(form, deadline, secrets, unanswered, tally)

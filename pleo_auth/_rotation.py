@@ -208,7 +208,12 @@ class _StoreProtocol(_Restoring):
                 observers.emit(RefreshStarted(company=observers.company))
             started = time.perf_counter()
             try:
-                new = self.endpoint.refresh(stored.refresh_token, deadline=deadline, tally=tally)
+                new = self.endpoint.refresh(
+                    stored.refresh_token,
+                    deadline=deadline,
+                    tally=tally,
+                    access_token=stored.access_token,
+                )
             except PleoAuthError as exc:
                 if observers:
                     observers.emit(_failed(observers, exc))
