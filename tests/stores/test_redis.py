@@ -491,6 +491,7 @@ def test_spec_keeps_the_user_name_but_not_the_password(redis_url: str, key: str)
         (f"redis://:{PASSWORD}@127.0.0.1/0?key=a#b", "more than one key"),
         (f"redis://127.0.0.1/0?password={PASSWORD}&key=", "an empty key"),
     ],
+    ids=["scheme", "port", "host", "database", "key", "empty-key"],  # the same in every process
 )
 def test_a_bad_url_is_a_configuration_error_that_hides_the_password(url: str, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message) as caught:
