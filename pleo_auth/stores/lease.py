@@ -262,7 +262,9 @@ class Renewer:
             except TokenStoreError as exc:
                 kept = True  # try again at the next turn: the lease may outlast a blip
                 logger.warning("could not renew the refresh lock of %s: %s", renewal.where, exc)
-            except Exception:
+            except BaseException:
+                # SystemExit too: it would end the one thread that renews every lease
+                # of the process, which would still count as running.
                 kept = False
                 logger.exception("renewing the refresh lock of %s failed", renewal.where)
             if not kept and not renewal.stopped:  # stopped: released meanwhile, not lost
