@@ -58,6 +58,11 @@ CODEC: contextvars.ContextVar[TokenCodec | None] = contextvars.ContextVar(
 SEALED_PREFIX = "pleo-auth-encrypted:"
 
 
+class SealedTokensRefused(TokenStoreError):
+    """Encrypted tokens the keys at hand cannot open (no key, a wrong one, another
+    grant's): a live grant, perhaps, and never leftovers a login may replace."""
+
+
 def encode_tokens(tokens: TokenSet) -> str:
     """The JSON document every shipped store keeps: both tokens in one unit
     (sealed by the :data:`CODEC` of the running call, if any)."""
@@ -93,7 +98,7 @@ def decode_tokens(raw: str | bytes, where: str) -> TokenSet:
         raw = codec.open(raw, where)
     elif _sealed(raw):
         # Not TokensUnreadable: a login must not take this for leftovers to replace.
-        raise TokenStoreError(
+        raise SealedTokensRefused(
             f"{where} holds encrypted tokens, and this store was given no key to open "
             "them: use EncryptedStore (--encrypt, ENCRYPT, with the keys in PLEO_AUTH_KEYS)"
         )
@@ -319,6 +324,8 @@ def save_login(store: TokenStore, tokens: TokenSet) -> None:
     with store.lock(timeout=60.0, lease=30.0):
         try:
             previous = store.load()
+        except SealedTokensRefused:
+            raise  # a grant these keys cannot open: not leftovers, never overwritten
         except TokenStoreError:
             previous = None  # unreadable leftovers: the login replaces them
         if previous is not None and (

@@ -34,7 +34,7 @@ from ..company import Company
 from ..errors import ConfigurationError, TokenStoreError
 from ..tokens import TokenSet
 from ._keys import Keys, find_keys
-from .base import CODEC, SEALED_PREFIX, Lease, TokenStore
+from .base import CODEC, SEALED_PREFIX, Lease, SealedTokensRefused, TokenStore
 from .family import TokenStoreFamily
 
 __all__ = [
@@ -99,20 +99,20 @@ class _Codec:
                 "`pleo-auth rotate-key --store SPEC`, or log in again"
             )
         if not text.startswith(PREFIX):
-            raise TokenStoreError(
+            raise SealedTokensRefused(
                 f"{where} holds tokens encrypted in a format this version of pleo-auth "
                 "does not know: refused (the store was left as it is)"
             )
         token = text[len(PREFIX) :].strip().encode("ascii", "replace")
         if not _well_formed(token):
-            raise TokenStoreError(
+            raise SealedTokensRefused(
                 f"cannot decrypt the tokens in {where}: the ciphertext is truncated or "
                 f"malformed ({len(token)} characters). The store was left as it is; "
                 "restore it from a backup, or log in again"
             )
         data = self.keys.decrypt(token)
         if data is None:
-            raise TokenStoreError(
+            raise SealedTokensRefused(
                 f"cannot decrypt the tokens in {where}: none of the {self.keys.count} "
                 "encryption key(s) given opens them. Either the key they were encrypted "
                 "with is missing or wrong (check PLEO_AUTH_KEYS; after a rotation keep the "
@@ -124,12 +124,12 @@ class _Codec:
             document = payload["tokens"]
             their = (payload["client_id"], payload["company"])
         except (ValueError, TypeError, KeyError):
-            raise TokenStoreError(
+            raise SealedTokensRefused(
                 f"the tokens in {where} decrypt to no pleo-auth document: refused "
                 "(the store was left as it is)"
             ) from None
         if their != (self.client_id, self.company) or not isinstance(document, str):
-            raise TokenStoreError(
+            raise SealedTokensRefused(
                 f"the tokens in {where} were encrypted for {_binding(*their)}, not for "
                 f"{_binding(self.client_id, self.company)}: copied from another grant? "
                 "Refused (the store was left as it is)"
