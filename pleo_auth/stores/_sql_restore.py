@@ -9,7 +9,7 @@ nothing was ever written since), lost its data. See :mod:`pleo_auth._restore`.
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy
 
@@ -22,15 +22,7 @@ from .lease import fence
 if TYPE_CHECKING:
     from .sql import SQLStore
 
-__all__ = ["SQLRestoring", "version_of"]
-
-
-def version_of(epoch: Any, counter: Any) -> tuple[str, int] | None:
-    """A row's version, or None for a row the lock made and nothing wrote since
-    (``version`` 0): it holds no more than a missing row, and a process that saw it
-    must not take it for a write it has not loaded (see pleo_auth._restore)."""
-    counter = int(counter)
-    return (str(epoch), counter) if counter else None
+__all__ = ["SQLRestoring"]
 
 
 class SQLRestoring:

@@ -42,8 +42,8 @@ from ._sql import (
     identity,
     translate,
 )
-from ._sql_restore import SQLRestoring, version_of
-from .versions import Reading, Version, VersionCache
+from ._sql_restore import SQLRestoring
+from .versions import Reading, Version, VersionCache, version_of
 
 __all__ = ["DEFAULT_TABLE", "SQLGrantStore", "SQLStore", "grants_table"]
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any
 
 from .._clock import Clock
 
-__all__ = ["IN_USE_FOR", "Reading", "Version", "VersionCache"]
+__all__ = ["IN_USE_FOR", "Reading", "Version", "VersionCache", "version_of"]
 
 #: A row's (epoch, counter).
 Version = tuple[str, int]
@@ -136,3 +137,11 @@ class VersionCache:
         self._guard = threading.Lock()
         self._reading = threading.Lock()
         self._entries = {}
+
+
+def version_of(epoch: Any, counter: Any) -> tuple[str, int] | None:
+    """A row's version, or None for a row the lock made and nothing wrote since
+    (``version`` 0): it holds no more than a missing row, and a process that saw it
+    must not take it for a write it has not loaded (see pleo_auth._restore)."""
+    counter = int(counter)
+    return (str(epoch), counter) if counter else None

@@ -59,7 +59,7 @@ from ...stores.lease import (
     new_owner,
     wait_for_lease,
 )
-from ...stores.versions import Reading, VersionCache
+from ...stores.versions import Reading, VersionCache, version_of
 from ...tokens import TokenSet
 
 __all__ = ["DEFAULT_LEASE", "DjangoGrantStore", "DjangoStoreFamily"]
@@ -262,7 +262,8 @@ class DjangoStoreFamily(TokenStoreFamily):
                 for company, epoch, version, tokens_null in rows.values_list(
                     "company", "epoch", "version", is_null("tokens")
                 ):
-                    readings[company] = ((epoch, version), not tokens_null)
+                    if version:  # a row the lock made holds no more than a missing one
+                        readings[company] = ((epoch, version), not tokens_null)
 
         self.query("read the grants' versions", work)
         return readings
@@ -359,7 +360,8 @@ class DjangoGrantStore(TokenStore):
             self.family.watch.remember(self.company.id, None, False, read_at)
             return None
         raw, epoch, version = row
-        self.family.watch.remember(self.company.id, (epoch, version), raw is not None, read_at)
+        stored = version_of(epoch, version)
+        self.family.watch.remember(self.company.id, stored, raw is not None, read_at)
         if raw is None:
             return None
         return decode_tokens(raw, f"the {self.family.table} row of company {self.company.id}")
@@ -439,8 +441,50 @@ class DjangoGrantStore(TokenStore):
             self.family.watch.forget(self.company.id)
 
     def version(self) -> Hashable:
-        """The row's ``(epoch, version)``, or None without a row; cached (see the module)."""
+        """The row's ``(epoch, version)``, or None without a row or before its first
+        write; cached (see the module)."""
         return self.family.watch.version(self.company.id)
+
+    def lost(self) -> bool:
+        """Whether the company's row is gone, or was made by the lock since and never
+        written: no tokens and no tombstone of a clear (pleo_auth._restore)."""
+        row = self._query("read the tokens", self._rows().values_list("version", "tokens").first)
+        return row is None or (int(row[0]) == 0 and row[1] is None)
+
+    def restore(self, tokens: TokenSet) -> None:
+        """Write ``tokens`` into the lost row (or a new one), only while it is lost."""
+        from django.db.models.functions import Now
+
+        values = {
+            "tokens": encode_tokens(tokens),
+            "fence": fence(tokens),
+            "access_expires_at": _expiry(tokens),
+            "version": 1,
+            "updated_at": Now(),
+        }
+        read_at = self.family._clock.monotonic()
+
+        def work() -> tuple[Any, Any] | None:
+            def write() -> int:
+                return int(self._rows().filter(version=0, tokens__isnull=True).update(**values))
+
+            if not write():
+                if self._rows().exists():
+                    return None  # written meanwhile: not lost any more
+                self._ensure_row()  # as the lock makes it: version 0, no tokens
+                if not write():
+                    return None
+            row: tuple[Any, Any] | None = self._rows().values_list("epoch", "version").first()
+            return row
+
+        row = self._query("restore the tokens", work)
+        if row is None:
+            raise TokenStoreError(
+                f"not restored: company {self.company.id} in {self.family.describe()} "
+                "was written meanwhile",
+                retryable=True,
+            )
+        self.family.watch.remember(self.company.id, (row[0], row[1]), True, read_at)
 
     # -- the lease -------------------------------------------------------------------
 
