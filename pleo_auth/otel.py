@@ -212,7 +212,13 @@ def _time_to_expiry() -> list[tuple[str | None, float]]:
     from ._registry import REGISTRY
 
     with REGISTRY._lock:
-        coordinators = [coordinator for coordinator, _ in REGISTRY._entries.values()]
+        # As attach() does: a session closed here by a __del__ that a collection ran
+        # on this thread is released later, instead of waiting for this lock for ever.
+        REGISTRY._owner = threading.get_ident()
+        try:
+            coordinators = [coordinator for coordinator, _ in REGISTRY._entries.values()]
+        finally:
+            REGISTRY._owner = None
     found = []
     for coordinator in coordinators:
         tokens = coordinator._tokens  # read whole, without the Condition
