@@ -259,3 +259,47 @@ def test_instrument_twice_on_one_provider_records_until_the_last_close(
         assert _refreshes(reader) == 2
     finally:
         third.close()
+
+
+class _ClosesOnValues(dict):  # type: ignore[type-arg]
+    """The registry's entries, closing a session the first time they are read: a
+    ``__del__`` the garbage collector runs at that moment, made certain."""
+
+    def __init__(self, entries: dict[object, object], session: PleoSession) -> None:
+        super().__init__(entries)
+        self.session: PleoSession | None = session
+
+    def values(self):  # type: ignore[no-untyped-def]
+        session, self.session = self.session, None
+        if session is not None:
+            session.close()  # what an app object's __del__ does
+        return super().values()
+
+
+def test_the_expiry_gauge_read_while_a_finaliser_closes_a_session_deadlocks_nothing(
+    reader: object, emulator: Emulator, make_session: MakeSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gauge's callback holds the registry's lock while it lists the grants; a
+    collection there may run an app's ``__del__`` that closes a session, on the
+    same thread: its release must not wait for that lock (the exporter's thread
+    hung, and with it every session made or closed in the process)."""
+    from pleo_auth import otel
+    from pleo_auth._registry import REGISTRY
+
+    kept = make_session(emulator, tokens=issued(emulator))
+    closed = make_session(emulator, tokens=issued(emulator))
+    instrumentation = otel.instrument(reader.provider)  # type: ignore[attr-defined]
+    try:
+        monkeypatch.setattr(REGISTRY, "_entries", _ClosesOnValues(REGISTRY._entries, closed))
+        read = threading.Event()
+
+        def collect() -> None:
+            reader.get_metrics_data()  # type: ignore[attr-defined]
+            read.set()
+
+        threading.Thread(target=collect, daemon=True, name="exporter").start()
+        assert read.wait(10), "the gauge's callback deadlocked on the registry's lock"
+        monkeypatch.undo()
+        assert kept.get("/v2/employees").status_code == 200
+    finally:
+        instrumentation.close()
