@@ -221,8 +221,10 @@ def family_status(settings: Settings, grants: Grants, out: TextIO) -> int:
     waiting = [row for row in rows if row.needs_login.startswith("yes")]
     failed = [row for row in rows if row.failed]
     count = f"{len(rows)} compan{'y' if len(rows) == 1 else 'ies'}"
+    if failed:  # not "none needs a login": whether they do is unknown
+        count += f"; {len(failed)} could not be read (see NEEDS LOGIN)"
     if not waiting:
-        say(out, f"{count}; none needs a login.")
+        say(out, f"{count}; {'no other' if failed else 'none'} needs a login.")
         return EXIT_FAILURE if failed else EXIT_OK
     say(out, f"{count}; {len(waiting)} need{'s' if len(waiting) == 1 else ''} a login:")
     for row in waiting:
