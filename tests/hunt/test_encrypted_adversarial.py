@@ -230,3 +230,30 @@ def test_a_store_that_bypasses_the_codec_never_gets_plaintext_to_disk(tmp_path: 
     with pytest.raises(TokenStoreError, match="encode_tokens"):
         store.save(tokens)
     assert not path.exists() or leaked(tokens, path.read_bytes()) == 0
+
+
+NEW = "2tPJmcelxaODDqGQdyi9wD2JSUbMC8bhRsGs2iraMf8="
+
+
+def test_a_new_key_put_first_before_every_process_knows_it_locks_out_the_others(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """A rolling restart onto "NEW,OLD": the first restarted process's next save (a
+    refresh's) is under NEW, and a process still on "OLD" cannot open the grant any
+    more. Onto "OLD,NEW" first (the documented step 1) its saves stay under OLD."""
+    path = tmp_path / "tokens.json"
+    client = emulator.client_id
+    old_only = EncryptedStore(FileStore(path), [KEY], client_id=client)
+    current = TokenSet.from_response(emulator.issue_tokens())
+    old_only.save(current)
+    for keys, readable_by_old in (([KEY, NEW], True), ([NEW, KEY], False)):
+        restarted = EncryptedStore(FileStore(path), keys, client_id=client)
+        refreshed = TokenSet.from_response(emulator.issue_tokens())
+        restarted.save(refreshed, replaces=current)
+        current = refreshed
+        assert restarted.load() == refreshed
+        if readable_by_old:
+            assert old_only.load() == refreshed
+        else:
+            with pytest.raises(TokenStoreError, match="none of the 1 encryption key"):
+                old_only.load()
