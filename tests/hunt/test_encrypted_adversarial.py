@@ -16,6 +16,7 @@ import redis
 from support.integration_helpers import advance, grant, integration, new_companies
 
 from pleo_auth import (
+    ConfigurationError,
     EncryptedStore,
     FileStore,
     Integration,
@@ -257,3 +258,34 @@ def test_a_new_key_put_first_before_every_process_knows_it_locks_out_the_others(
         else:
             with pytest.raises(TokenStoreError, match="none of the 1 encryption key"):
                 old_only.load()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the key strings stay in the frame locals of the traceback (Keys.__init__'s "
+    "given and key, find_keys' keys): an error reporter that sends locals (Sentry's "
+    "default) sends the keys",
+)
+def test_a_bad_second_key_leaves_the_good_first_one_out_of_the_tracebacks_locals() -> None:
+    from pleo_auth.stores._keys import Keys
+
+    with pytest.raises(ConfigurationError, match="key 2 of 2") as caught:
+        Keys([KEY, "not-a-key"])
+    frames = []
+    trace = caught.value.__traceback__
+    while trace is not None:
+        frames.append(trace.tb_frame)
+        trace = trace.tb_next
+
+    def holds_key(value: object) -> bool:
+        if isinstance(value, list | tuple):
+            return any(holds_key(item) for item in value)
+        return isinstance(value, str) and KEY in value
+
+    holding = [
+        f"{frame.f_code.co_name}:{name}"
+        for frame in frames
+        for name, value in frame.f_locals.items()
+        if holds_key(value)
+    ]
+    assert holding == []
