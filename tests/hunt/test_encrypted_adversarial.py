@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 from support.integration_helpers import advance, grant, integration, new_companies
+from support.session_helpers import MakeSession
 
 from pleo_auth import (
     ConfigurationError,
@@ -86,7 +87,7 @@ def test_scheduler_and_keep_alive_refreshes_write_only_ciphertext(
 
 @pytest.mark.redis
 def test_a_lost_redis_key_is_restored_as_ciphertext(
-    redis_url: str, emulator: Emulator, make_session: object
+    redis_url: str, emulator: Emulator, make_session: MakeSession
 ) -> None:
     key = f"adv:{uuid.uuid4().hex}"
     store = EncryptedStore(
@@ -94,7 +95,7 @@ def test_a_lost_redis_key_is_restored_as_ciphertext(
     )
     login = TokenSet.from_response(emulator.issue_tokens())
     store.save(login)
-    session = make_session(emulator, store=store)  # type: ignore[operator]
+    session = make_session(emulator, store=store)
     assert session.get("/v2/employees").status_code == 200
     with redis.Redis.from_url(redis_url) as client:
         client.delete(key)
@@ -298,15 +299,15 @@ def test_a_bad_second_key_leaves_the_good_first_one_out_of_the_tracebacks_locals
     "reads and saves with the first one's keys",
 )
 def test_a_session_with_a_wrong_key_fails_even_beside_one_with_the_right_key(
-    tmp_path: Path, emulator: Emulator, make_session: object
+    tmp_path: Path, emulator: Emulator, make_session: MakeSession
 ) -> None:
     path = tmp_path / "tokens.json"
     client = emulator.client_id
     EncryptedStore(FileStore(path), [KEY], client_id=client).save(
         TokenSet.from_response(emulator.issue_tokens())
     )
-    right = make_session(emulator, store=EncryptedStore(FileStore(path), [KEY], client_id=client))  # type: ignore[operator]
+    right = make_session(emulator, store=EncryptedStore(FileStore(path), [KEY], client_id=client))
     assert right.get("/v2/employees").status_code == 200
-    wrong = make_session(emulator, store=EncryptedStore(FileStore(path), [WRONG], client_id=client))  # type: ignore[operator]
+    wrong = make_session(emulator, store=EncryptedStore(FileStore(path), [WRONG], client_id=client))
     with pytest.raises(TokenStoreError, match="none of the 1 encryption key"):
         wrong.get("/v2/employees")
