@@ -64,6 +64,15 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
         guarded by one :class:`threading.Condition`; no I/O happens while holding it.
     """
 
+    # Defaults, set on the instance when they first change: what __init__ sets stays
+    # under the 30 attributes that keep CPython's instance dict shared-key (300 bytes,
+    # not 1.6 KiB, for each of an Integration's thousands of coordinators).
+    _last_failure: PleoAuthError | None = None
+    _in_flight = 0
+    _unsaved = False
+    _removals = 0  # grants removed from the store (see abandon_unsaved)
+    _store_unreachable = False
+
     def __init__(
         self,
         store: TokenStore,
@@ -95,15 +104,10 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
         self._cond = threading.Condition()
         self._busy: Operation | None = None
         self._generation = 0
-        self._last_failure: PleoAuthError | None = None
         self._tokens: TokenSet | None = None
         self._version: Hashable = _NEVER
-        self._in_flight = 0
         self._retry_not_before = float("-inf")
         self._jitter = 0.0  # this rotation's share of the timer's jitter, in [0, 1)
-        self._unsaved = False
-        self._removals = 0  # grants removed from the store (see abandon_unsaved)
-        self._store_unreachable = False
         self._callbacks: dict[int, Callable[[], object]] = {}
         self._closed = False
         self._last_used = -math.inf  # monotonic time of the last request
