@@ -32,6 +32,7 @@ from typing import Literal, TypeVar
 from ._clock import Clock
 from ._endpoint import TokenEndpoint
 from ._gate import NO_GATE, RefreshGate
+from ._restore import lost_message
 from ._rotation import Operation, _Outcome, _StoreProtocol
 from ._schedule import RefreshSchedule
 from ._scheduler import WORKER_NAME, scheduler_for
@@ -431,9 +432,9 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
         failure = self._last_failure
         if failure is not None:
             return _fresh_copy(failure)
-        return ReauthenticationRequired(
-            f"No Pleo tokens in {self.store.describe()}.", login_hint=self.login_hint
-        )
+        where = self.store.describe()
+        reason = lost_message(where) if self._found_lost else f"No Pleo tokens in {where}."
+        return ReauthenticationRequired(reason, login_hint=self.login_hint)
 
     # -- lifetime -------------------------------------------------------------
 

@@ -76,6 +76,9 @@ class _Restoring:
     _superseded: TokenSet | None = None
     #: Monotonic time this process first found the store lost, in this loss.
     _lost_since: float | None = None
+    #: The last read found the store lost with no pair held here: the dead grant's
+    #: ReauthenticationRequired says so.
+    _found_lost = False
 
     def _note_version(self, version: Hashable) -> None:
         """Remember a version read from the store that is not our pair's. Called
@@ -128,8 +131,10 @@ def on_lost(
     where = store.describe()
     failure: PleoAuthError
     if held is None:
-        failure = ReauthenticationRequired(lost_message(where), login_hint=proto.login_hint)
-        return _Outcome(tokens=None, version=version, failure=failure, grant_dead=True)
+        # Not a failure to keep: the next read of a changed version (a login, another
+        # process's restore) must find the tokens. Only the message says it was lost.
+        proto._found_lost = True
+        return _Outcome(tokens=None, version=version, grant_dead=True)
     now = proto._clock.time()
     mono = proto._clock.monotonic()
     schedule = proto.schedule

@@ -79,6 +79,7 @@ class _StoreProtocol(_Restoring):
         version = self.store.version()
         self._note_version(version)
         tokens = self.store.load()
+        self._found_lost = False
         held = self._tokens  # only the single flight, which this is, replaces it
         if held is not None and self._owes_write_back(tokens):
             # Our save of ``held`` failed: the store's pair is spent, or withdrawn.

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.binaries import require
 from support.databases import Database, private_database, sqlite_url_for
 from support.leakguard import _leak_guard_installed, leak_guard  # guards every test
 from support.secret_service import private_secret_service
@@ -65,13 +64,7 @@ def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str]
     return None
 
 
-def _require(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{binary} is not installed; .ci/run should have installed it")
-        pytest.skip(f"{binary} is not installed")
-    return path
+_require = require  # the tests' conftest modules share one name: import it from support
 
 
 @pytest.fixture

@@ -171,9 +171,9 @@ class StoppableRedis:
 
 @pytest.fixture
 def stoppable() -> Iterator[StoppableRedis]:
-    from conftest import _require
+    from support.binaries import require
 
-    _require("redis-server")
+    require("redis-server")
     with tempfile.TemporaryDirectory(prefix="pleo-auth-hunt-") as workdir:
         server = StoppableRedis(workdir)
         try:

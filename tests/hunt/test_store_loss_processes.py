@@ -81,9 +81,9 @@ class RedisServer:
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    from conftest import _require
+    from support.binaries import require
 
-    _require("redis-server")
+    require("redis-server")
     with tempfile.TemporaryDirectory(prefix="pleo-auth-loss-") as workdir:
         server = RedisServer(workdir)
         try:
