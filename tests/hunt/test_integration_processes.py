@@ -270,6 +270,7 @@ def test_four_processes_share_fifty_grants_rotating_once_per_schedule(
 
 
 @pytest.mark.soak
+@pytest.mark.long
 @pytest.mark.timeout(1200)
 def test_soak_four_processes_share_two_thousand_grants_rotating_once_per_schedule(
     emulator: Emulator, family_spec: FamilySpec

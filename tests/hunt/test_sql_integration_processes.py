@@ -75,6 +75,7 @@ def test_four_processes_share_ten_grants_in_a_sqlite_file_rotating_once_per_sche
 
 
 @pytest.mark.soak
+@pytest.mark.long
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("sql_family", ["postgres_url", "mariadb_url"], indirect=True)
 def test_soak_four_processes_share_two_thousand_grants_in_a_database(
