@@ -21,7 +21,6 @@ API request's own tens of milliseconds.
 from __future__ import annotations
 
 import contextlib
-import gc
 import statistics
 import tempfile
 import time
@@ -49,7 +48,7 @@ from ._common import (
     redis_server,
     redis_store_class,
 )
-from .hot_path import URL
+from .hot_path import URL, _measure
 
 TARGET_RATIO = 1.05
 #: Far above what the stub transport can send: the limiter never makes one wait.
@@ -112,21 +111,6 @@ def _name(store: str, limited: bool) -> str:
     return f"PleoSession + {store}, " + (
         "rate_limit on, unsaturated" if limited else "no limit (today's)"
     )
-
-
-def _measure(sessions: dict[str, requests.Session], batch: int) -> dict[str, float]:
-    names = list(sessions)
-    gets = [sessions[name].get for name in names]
-    spent = [0.0] * len(names)
-    clock = time.thread_time
-    gc.collect()
-    for round_ in range(batch):
-        for offset in range(len(names)):
-            index = (round_ + offset) % len(names)
-            started = clock()
-            gets[index](URL)
-            spent[index] += clock() - started
-    return {name: spent[index] / batch for index, name in enumerate(names)}
 
 
 def _take_cost(bucket: Bucket, takes: int) -> float:
