@@ -5,10 +5,6 @@ answering, and a renewal that raises what no store should."""
 
 from __future__ import annotations
 
-import shutil
-import signal
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -17,13 +13,13 @@ from collections.abc import Iterator
 import pytest
 import redis
 from support.integration_helpers import wait_until
+from support.redis_servers import RedisServer, private_redis
 from support.session_helpers import MakeSession, issued
 
 from pleo_auth import RedisStore
 from pleo_auth.stores.lease import Renewer
 from pleo_auth.stores.locks import RedisRefreshLock
 from pleo_auth.testing import Emulator, Fault
-from pleo_auth.testing._redis import _serves, free_port
 
 LEASE = 1.0  # renewed every third of a second
 
@@ -146,40 +142,10 @@ def test_a_renewal_that_raises_a_base_exception_stops_no_other_leases_renewals()
 # -- a Redis that stops answering -----------------------------------------------------------
 
 
-class StoppableRedis:
-    """A private redis-server this test can SIGSTOP (connections hang, unanswered)."""
-
-    def __init__(self, workdir: str):
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", workdir],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        assert _serves(self.proc, self.port, time.monotonic() + 30), "port taken meanwhile"
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def kill(self) -> None:
-        self.proc.kill()  # a stopped process dies too; its sockets are reset
-        self.proc.wait(10)
-
-
 @pytest.fixture
-def stoppable() -> Iterator[StoppableRedis]:
-    from support.binaries import require
-
-    require("redis-server")
-    with tempfile.TemporaryDirectory(prefix="pleo-auth-hunt-") as workdir:
-        server = StoppableRedis(workdir)
-        try:
-            yield server
-        finally:
-            server.kill()
+def stoppable() -> Iterator[RedisServer]:
+    with private_redis("pleo-auth-hunt-") as server:
+        yield server
 
 
 @pytest.mark.xfail(
@@ -190,7 +156,7 @@ def stoppable() -> Iterator[StoppableRedis]:
     "Redis or database, and they run out under their live holders",
 )
 def test_a_renewal_hung_on_one_redis_stops_no_lease_on_another(
-    stoppable: StoppableRedis, client: redis.Redis, key: str
+    stoppable: RedisServer, client: redis.Redis, key: str
 ) -> None:
     # The app's own client, as redis.Redis() makes it: no socket timeout.
     stuck_client = redis.Redis(host="127.0.0.1", port=stoppable.port)

@@ -24,9 +24,6 @@ after Redis is back for a reason of the test's making.
 from __future__ import annotations
 
 import multiprocessing
-import shutil
-import subprocess
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -36,10 +33,10 @@ from typing import Any
 import pytest
 import redis
 from support.loss_workers import Client, Where, work
+from support.redis_servers import RedisServer, private_redis
 
 from pleo_auth import RedisStore, TokenSet, TokenStore
 from pleo_auth.testing import Emulator
-from pleo_auth.testing._redis import _serves, free_port
 from pleo_auth.tokens import LINEAGE_LIMIT
 
 LIFETIME = 6.0
@@ -48,49 +45,10 @@ PROCESSES, THREADS = 2, 4
 PHASE = 3.5
 
 
-class RedisServer:
-    """A private redis-server that the test can kill and start again on its port."""
-
-    def __init__(self, workdir: str):
-        binary = shutil.which("redis-server")
-        assert binary is not None
-        self.binary, self.workdir = binary, workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.workdir],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        assert _serves(self.proc, self.port, time.monotonic() + 30), "port taken meanwhile"
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-        self.proc = None
-
-
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    from support.binaries import require
-
-    require("redis-server")
-    with tempfile.TemporaryDirectory(prefix="pleo-auth-loss-") as workdir:
-        server = RedisServer(workdir)
-        try:
-            yield server
-        finally:
-            if server.proc is not None:
-                server.kill()
+    with private_redis("pleo-auth-loss-") as server:
+        yield server
 
 
 def run(
