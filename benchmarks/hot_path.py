@@ -122,7 +122,7 @@ def subjects(workdir: Path) -> Iterator[tuple[dict[str, requests.Session], list[
                 session.close()
 
 
-def _measure(sessions: dict[str, requests.Session], batch: int) -> dict[str, float]:
+def measure(sessions: dict[str, requests.Session], batch: int) -> dict[str, float]:
     """One batch: ``batch`` rounds, each sending one request through every session
     (starting one further along each round); each request's CPU time is charged
     to its session. Returns CPU seconds per request, by session."""
@@ -155,7 +155,7 @@ def run(config: HotPathConfig) -> Section:
                 raise RuntimeError(f"{session!r} did not send an authenticated request")
             for _ in range(config.warmup):
                 session.get(URL)
-        batches = [_measure(sessions, config.batch) for _ in range(config.repeats)]
+        batches = [measure(sessions, config.batch) for _ in range(config.repeats)]
     timings = {name: [batch[name] for batch in batches] for name in batches[0]}
     best = {name: min(values) for name, values in timings.items()}
     base = best[BASELINE]

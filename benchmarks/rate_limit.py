@@ -48,7 +48,7 @@ from ._common import (
     redis_server,
     redis_store_class,
 )
-from .hot_path import URL, _measure
+from .hot_path import URL, measure
 
 TARGET_RATIO = 1.05
 #: Far above what the stub transport can send: the limiter never makes one wait.
@@ -138,7 +138,7 @@ def run(config: RateLimitConfig) -> Section:
             for _ in range(config.warmup):
                 if session.get(URL).status_code != 200:
                     raise RuntimeError(f"{session!r} did not get a 200 from the stub")
-        batches = [_measure(sessions, config.batch) for _ in range(config.repeats)]
+        batches = [measure(sessions, config.batch) for _ in range(config.repeats)]
         takes = Table(
             f"Wall time of one take from each shared bucket, median of {config.takes}",
             ["bucket", "µs / take"],
