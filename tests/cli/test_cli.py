@@ -387,6 +387,7 @@ def test_emulator_command_serves_until_interrupted() -> None:
 # -- demo -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_demo_logs_in_and_runs_a_clean_concurrent_workload() -> None:
     result = subprocess.run(
         [*command(), "demo", "--duration", "3", "--processes", "2", "--threads", "4"],
@@ -651,6 +652,7 @@ def forwarder(emulator: Emulator) -> Iterator[_TokenForwarder]:
     forwarder.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("variable", "flag", "basic"), [
     ("body", None, False),
     ("body", "basic", True),

@@ -128,6 +128,7 @@ def seed(emulator: Emulator, grants: SQLStore, company: Company) -> TokenSet:
     return tokens
 
 
+@pytest.mark.slow
 def test_login_status_refresh_logout_over_one_grant_in_the_database(
     emulator: Emulator,
     grants: SQLStore,
@@ -196,6 +197,7 @@ def test_login_status_refresh_logout_over_one_grant_in_the_database(
         assert all(secret not in text for text in said)
 
 
+@pytest.mark.slow
 def test_a_family_in_the_database_lists_refreshes_and_logs_out_each_company(
     emulator: Emulator,
     grants: SQLStore,

@@ -124,6 +124,7 @@ def workers(alias: str, emulator: Emulator) -> Iterator[list[Worker]]:
         family.rows().delete()
 
 
+@pytest.mark.slow
 def test_two_processes_refreshing_one_grant_spend_each_refresh_token_once(
     workers: list[Worker], emulator: Emulator
 ) -> None:
@@ -176,6 +177,7 @@ def contend(store: DjangoGrantStore, outcome: list[BaseException | None]) -> Non
         outcome.append(exc)
 
 
+@pytest.mark.slow
 def test_a_held_lease_is_renewed_so_a_slow_refresh_keeps_it(alias: str) -> None:
     """A row lease of 1 s, held through four renewals (longer than the lease): no
     other owner can take it meanwhile, and the holder's fenced save still lands.
@@ -210,6 +212,7 @@ def test_a_held_lease_is_renewed_so_a_slow_refresh_keeps_it(alias: str) -> None:
         family.rows().delete()
 
 
+@pytest.mark.slow
 def test_a_killed_holder_delays_the_others_by_at_most_one_lease(
     alias: str, emulator: Emulator
 ) -> None:

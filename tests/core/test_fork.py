@@ -313,6 +313,7 @@ def test_a_fork_while_another_thread_is_inside_the_connection_pool_does_not_hang
     assert report["status"] == 200
 
 
+@pytest.mark.slow
 def test_fork_started_workers_of_a_parent_with_a_live_session_rotate_cleanly(
     emulator: Emulator, tmp_path: Path
 ) -> None:

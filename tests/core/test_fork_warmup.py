@@ -138,6 +138,7 @@ def check_forks_from_another_thread(emulator: Emulator, tmp_path: Path, stride: 
     assert_every_worker_refreshed(reports, emulator)
 
 
+@pytest.mark.slow
 def test_a_fork_from_another_thread_waits_for_a_warm_up_caught_inside_an_import(
     emulator: Emulator, tmp_path: Path
 ) -> None:

@@ -215,6 +215,7 @@ def test_requests_over_the_rate_wait_for_their_slots_and_are_sent(
     assert len(emu.api_request_times()) == 5
 
 
+@pytest.mark.slow
 def test_a_wait_for_the_limit_is_told_as_a_rate_limited_event(
     emu: Emulator, make_session: MakeSession
 ) -> None:

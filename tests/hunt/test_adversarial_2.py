@@ -220,6 +220,7 @@ print(json.dumps({"outcome": outcome}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="known limit (docs/reliability.md): when the withdrawal of the spent pair fails as "
@@ -290,6 +291,7 @@ class WrittenBack(logging.Handler):
             self.fingerprints.append(str(record.args[0]))  # type: ignore[index]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_child_forked_while_a_pair_was_unsaved_never_writes_back_a_pair_its_parent_spent(
     tmp_path: Path,
@@ -483,6 +485,7 @@ def outage(
         )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_another_process_that_saw_the_withdrawn_store_recovers_once_the_pair_is_written_back(
     outage: tuple[Callable[[], TokenStore], Callable[[Emulator], Any]],

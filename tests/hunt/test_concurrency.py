@@ -150,6 +150,7 @@ def run_rotations(store: Recording, lifetime: float, margin: float, rotations: i
     assert all(b - a >= shortest_period for a, b in itertools.pairwise(issued))
 
 
+@pytest.mark.slow
 def test_sixteen_threads_share_one_session_across_rotations(store: Recording) -> None:
     run_rotations(store, lifetime=2.0, margin=0.5, rotations=4)
 

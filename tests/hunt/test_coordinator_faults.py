@@ -97,6 +97,7 @@ class SteppingClock(FakeClock):
 # -- 1. a failed store write ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_save_that_fails_on_a_full_disk_never_leads_to_the_spent_token_being_presented(
     tmp_path: Path,
 ) -> None:
@@ -279,6 +280,7 @@ def test_a_lingering_pair_is_written_back_by_the_timer_once_the_store_takes_writ
     assert emulator.counters.refresh_grants == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("heal", [True, False], ids=["store-back-by-exit", "store-still-down"])
 def test_a_process_exiting_while_it_owes_a_write_back_makes_a_last_attempt(
     emulator: Emulator, tmp_path: Path, heal: bool
@@ -338,6 +340,7 @@ def test_sessions_collected_in_reference_cycles_never_deadlock_session_construct
 # -- 4. tokens= rebuilt from the first login at every start -----------------------------
 
 
+@pytest.mark.slow
 def test_passing_the_first_login_reply_at_every_start_keeps_the_rotated_tokens(
     tmp_path: Path,
 ) -> None:

@@ -625,6 +625,7 @@ def run_stepped_save_kills(store: TokenStore, rng: random.Random) -> SaveKills:
     pytest.fail("a rotation took more than 1000 steps")
 
 
+@pytest.mark.slow
 def test_a_save_killed_at_random_moments_leaves_the_old_or_the_new_pair_and_no_stale_lock(
     store: TokenStore, rng: random.Random
 ) -> None:
@@ -773,6 +774,7 @@ def wait_until_served(emulator: Emulator) -> None:
     emulator.wait_until_idle(timeout=CHILD_TIMEOUT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", STORE_KINDS)
 def test_a_refresh_killed_at_random_moments_leaves_a_pair_the_server_issued_together(
     kind: str,

@@ -64,6 +64,7 @@ def rotate_key(spec: EncryptedFamilySpec, client_id: str) -> subprocess.Complete
     )
 
 
+@pytest.mark.slow
 def test_rotate_key_under_four_refreshing_processes_loses_nothing(
     emulator: Emulator, family_spec: EncryptedFamilySpec
 ) -> None:

@@ -11,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from pleo_auth import FileStore, TokenSet
 from pleo_auth.testing import Emulator
 
@@ -29,6 +31,7 @@ print("exiting", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_a_process_exiting_during_a_proactive_refresh_saves_the_new_tokens_first(
     tmp_path: Path,
 ) -> None:

@@ -257,6 +257,7 @@ def make_for(
 # -- every fault, until the refresh gives up ----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FAILURES))
 def test_a_failed_refresh_stops_in_budget_with_a_clear_error_and_keeps_the_last_good_pair(
     emulator: Emulator, make_session: MakeSession, store: TokenStore, name: str
@@ -310,6 +311,7 @@ def test_after_a_transient_failure_the_old_pair_still_serves_requests(
     assert emulator.counters.unauthorized == 0
 
 
+@pytest.mark.slow
 def test_read_timeouts_stop_at_max_refresh_time_when_attempts_would_go_on(
     emulator: Emulator, make_session: MakeSession
 ) -> None:
@@ -366,6 +368,7 @@ def test_a_stopped_token_endpoint_is_refused_and_a_refresh_after_its_restart_suc
 RECOVERABLE = [name for name, fault in TRANSIENT.items() if not fault.refused]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RECOVERABLE)
 def test_a_transient_fault_is_retried_and_the_refresh_succeeds(
     emulator: Emulator, make_session: MakeSession, store: TokenStore, name: str
@@ -388,6 +391,7 @@ def test_a_transient_fault_is_retried_and_the_refresh_succeeds(
     assert not current(emulator, before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RECOVERABLE)
 def test_a_request_that_finds_the_token_expired_rides_out_a_transient_fault(
     emulator: Emulator, make_session: MakeSession, name: str

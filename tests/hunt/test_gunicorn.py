@@ -351,6 +351,7 @@ def test_flask_example_under_gunicorn_preload_refreshes_once_per_rotation(
     serve_and_hammer(kind, 15.0, tmp_path, request)
 
 
+@pytest.mark.slow
 def test_flask_example_under_gunicorn_preload_briefly_refreshes_once_per_rotation(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

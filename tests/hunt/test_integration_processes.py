@@ -153,6 +153,7 @@ def assert_clean_cold_start(
     assert elapsed <= 1.3 * grants / rate + slack, (elapsed, counters)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["reject", "delay"])
 def test_a_cold_start_of_expired_grants_ramps_up_at_the_endpoints_pace(
     emulator: Emulator, mode: str
@@ -167,6 +168,7 @@ def test_a_cold_start_of_expired_grants_ramps_up_at_the_endpoints_pace(
 # Full scale in reject mode only (the harder: the pool must learn the pace); delay mode
 # is the same machinery, run at a small scale by default.
 @pytest.mark.soak
+@pytest.mark.long
 @pytest.mark.parametrize("mode", ["reject"])
 def test_soak_a_cold_start_of_ten_thousand_grants_at_two_hundred_a_second(
     emulator: Emulator, mode: str
@@ -263,6 +265,7 @@ def shared_grants(
     assert counters.refresh_grants == sum(per_grant)
 
 
+@pytest.mark.slow
 def test_four_processes_share_fifty_grants_rotating_once_per_schedule(
     emulator: Emulator, family_spec: FamilySpec
 ) -> None:

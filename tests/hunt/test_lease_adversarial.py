@@ -62,6 +62,7 @@ def test_a_renewal_that_arrives_after_the_release_never_extends_the_next_owners_
     assert 0 < client.pttl(key) <= 300  # not stretched to a lease of the old holder's
 
 
+@pytest.mark.slow
 def test_a_refresh_retried_for_several_leases_keeps_its_key_the_whole_time(
     redis_url: str, key: str, emulator: Emulator, make_session: MakeSession
 ) -> None:
@@ -148,6 +149,7 @@ def stoppable() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="one renewer thread renews every lease of the process, one after another: a "

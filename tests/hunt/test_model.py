@@ -1120,6 +1120,7 @@ def _run(budget: settings, label: str) -> None:
 
 
 # Hypothesis shrinks a failure for up to five minutes: let it finish and report.
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.redis
 def test_no_refresh_token_is_presented_twice_and_nothing_hangs() -> None:
@@ -1127,6 +1128,7 @@ def test_no_refresh_token_is_presented_twice_and_nothing_hangs() -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.long
 @pytest.mark.timeout(3600)
 @pytest.mark.redis
 def test_no_refresh_token_is_presented_twice_and_nothing_hangs_soak() -> None:
@@ -1214,6 +1216,7 @@ FOUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.redis
 @pytest.mark.parametrize("kind", ["file", "redis"])
 @pytest.mark.parametrize("name", list(FOUND))

@@ -95,6 +95,7 @@ def assert_clean_rotations(report: WorkloadReport, *, at_least: int) -> None:
     assert report.requests == len(report.timeline) > 0
 
 
+@pytest.mark.slow
 def test_four_processes_of_eight_threads_rotate_once_per_schedule_without_errors(
     emulator: Emulator, store_spec: str
 ) -> None:
@@ -128,6 +129,7 @@ def test_soak_four_processes_of_eight_threads_for_twenty_seconds(
     assert_clean_rotations(report, at_least=6)
 
 
+@pytest.mark.slow
 def test_redis_workers_share_nothing_but_the_url(
     emulator: Emulator, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -131,6 +131,7 @@ def run_both(
     return figures
 
 
+@pytest.mark.slow
 def test_four_processes_of_eight_threads_keep_one_rate_limit(
     tmp_path: Path, redis_url: str
 ) -> None:

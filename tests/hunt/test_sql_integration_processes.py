@@ -59,6 +59,7 @@ def run(emulator: Emulator, spec: FamilySpec, grants: int) -> None:
     assert_one_refresh_grant_per_rotation(emulator, spec)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sql_family", ["postgres_url", "mariadb_url"], indirect=True)
 def test_four_processes_share_fifty_grants_in_a_database_rotating_once_per_schedule(
     emulator: Emulator, sql_family: FamilySpec
@@ -67,6 +68,7 @@ def test_four_processes_share_fifty_grants_in_a_database_rotating_once_per_sched
 
 
 # SQLite serialises every write in the file: a smaller scale, as the issue asks.
+@pytest.mark.slow
 @pytest.mark.parametrize("sql_family", ["sqlite_url"], indirect=True)
 def test_four_processes_share_ten_grants_in_a_sqlite_file_rotating_once_per_schedule(
     emulator: Emulator, sql_family: FamilySpec

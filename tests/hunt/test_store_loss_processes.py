@@ -129,6 +129,7 @@ def assert_grant_alive(emulator: Emulator, store: TokenStore) -> TokenSet:
     return final
 
 
+@pytest.mark.slow
 def test_redis_evicted_flushed_and_restarted_empty_under_two_processes_asks_nobody_to_log_in(
     emulator: Emulator, redis_server: RedisServer
 ) -> None:

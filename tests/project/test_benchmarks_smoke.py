@@ -54,6 +54,7 @@ def run(emulators: Emulators, library: str, threads: int, processes: int, tmp: P
     )
 
 
+@pytest.mark.slow
 def test_pleo_session_makes_one_grant_per_rotation_without_errors_at_4_threads_x_2_processes(
     emulators: Emulators, tmp_path: Path
 ) -> None:
@@ -67,6 +68,7 @@ def test_pleo_session_makes_one_grant_per_rotation_without_errors_at_4_threads_x
     assert result.reuse_detections == 0
 
 
+@pytest.mark.slow
 def test_authlib_alone_makes_one_grant_per_rotation_without_errors(
     emulators: Emulators, tmp_path: Path
 ) -> None:
@@ -80,6 +82,7 @@ def test_authlib_alone_makes_one_grant_per_rotation_without_errors(
     assert result.reuse_detections == 0
 
 
+@pytest.mark.slow
 def test_requests_oauthlib_alone_refreshes_once_per_rotation_and_fails_only_with_401(
     emulators: Emulators, tmp_path: Path
 ) -> None:
@@ -95,6 +98,7 @@ def test_requests_oauthlib_alone_refreshes_once_per_rotation_and_fails_only_with
     assert result.reuse_detections == 0
 
 
+@pytest.mark.slow
 def test_static_baseline_never_refreshes_and_never_fails(
     emulators: Emulators, tmp_path: Path
 ) -> None:
@@ -148,6 +152,7 @@ def test_many_grants_quick_serves_every_grant_with_at_most_three_library_threads
     assert section.raw["emulator_counters"].refresh_grants == 0
 
 
+@pytest.mark.slow
 def test_many_grants_memory_sources_charge_the_sessions_to_pleo_auth_lines() -> None:
     config = replace(many_grants.ManyGrantsConfig.quick(), grants=20, trace_grants=20)
 
@@ -161,6 +166,7 @@ def test_many_grants_memory_sources_charge_the_sessions_to_pleo_auth_lines() -> 
     assert any(name.startswith("pleo_auth/") for name, _size in idle_sources), idle_sources
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["delay", "reject"])
 def test_integration_cold_start_refreshes_every_expired_grant_exactly_once(mode: str) -> None:
     config = replace(integration_cold_start.IntegrationColdStartConfig.quick(), modes=(mode,))
@@ -178,6 +184,7 @@ def test_integration_cold_start_refreshes_every_expired_grant_exactly_once(mode:
     assert result["gate_peak"] <= result["max_concurrent_refreshes"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["file", "redis"])
 def test_shared_grants_make_one_refresh_grant_per_rotation_per_grant(store: str) -> None:
     if store == "redis":
@@ -198,6 +205,7 @@ def test_shared_grants_make_one_refresh_grant_per_rotation_per_grant(store: str)
     assert result["requests"] > 0
 
 
+@pytest.mark.slow
 def test_sql_part_measures_every_database_and_the_version_cache_asks_once_per_interval() -> None:
     config = replace(sql.SqlConfig.quick(), shared=replace(sql.SqlConfig.quick().shared, stores=()))
 
@@ -214,6 +222,7 @@ def test_sql_part_measures_every_database_and_the_version_cache_asks_once_per_in
     assert len(timings) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["postgresql", "mysql"])
 def test_shared_grants_in_a_database_make_one_refresh_grant_per_rotation_per_grant(
     store: str,
@@ -258,6 +267,7 @@ def test_parts_are_named_alone_or_by_group_and_an_unknown_name_is_refused() -> N
 
 
 @pytest.mark.soak
+@pytest.mark.long
 def test_quick_command_writes_a_report_and_a_plot(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     done = subprocess.run(

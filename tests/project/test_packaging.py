@@ -59,6 +59,7 @@ def _run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_a_script_elsewhere_type_checks_against_the_readmes_editable_install(
     tmp_path: Path,
 ) -> None:

@@ -126,6 +126,7 @@ def limiter_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "pleo_auth.ratelimit"]
 
 
+@pytest.mark.slow
 def test_while_redis_is_down_the_limiter_keeps_the_rate_in_this_process_then_shares_again(
     own_redis: OwnRedis, caplog: pytest.LogCaptureFixture
 ) -> None:

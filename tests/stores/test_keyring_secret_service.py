@@ -160,6 +160,7 @@ class TestKeyringStoreSplitOnTheSecretService(SecretServiceContract):
         assert items(service) == []
 
 
+@pytest.mark.slow
 def test_readers_racing_a_split_writer_on_the_secret_service_get_whole_pairs(
     shared_secret_service: None, tmp_path: Path
 ) -> None:
@@ -599,6 +600,7 @@ def test_each_call_closes_the_secret_service_session_it_opened(shared_secret_ser
     assert open_sessions() == before
 
 
+@pytest.mark.slow
 def test_threads_share_the_connection_one_call_at_a_time(
     shared_secret_service: None, connections: list[Any]
 ) -> None:

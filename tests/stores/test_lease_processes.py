@@ -224,6 +224,7 @@ def check_killed_holder(figures: dict[str, float], lease: float) -> None:
     assert figures["waiter refreshed"] <= lease + SLACK + figures["refresh took"]
 
 
+@pytest.mark.slow
 def test_a_holder_killed_mid_refresh_delays_another_processs_refresh_by_at_most_one_lease(
     where: Where, emulator: Emulator
 ) -> None:
@@ -241,6 +242,7 @@ def test_soak_a_holder_killed_mid_refresh_at_the_default_lease(
     check_killed_holder(figures, DEFAULT_LEASE)
 
 
+@pytest.mark.slow
 def test_a_holder_stopped_past_its_lease_is_taken_over_and_its_save_is_refused(
     where: Where, emulator: Emulator
 ) -> None:

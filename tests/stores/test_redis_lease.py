@@ -45,6 +45,7 @@ class CountingLock(RedisRefreshLock):
         return super()._renew(token, until)
 
 
+@pytest.mark.slow
 def test_the_key_lives_one_lease_and_is_renewed_for_as_long_as_it_is_held(
     client: redis.Redis, key: str
 ) -> None:
@@ -88,6 +89,7 @@ def test_a_renewal_never_extends_a_key_that_another_holder_took(
         assert client.get(key) == b"someone-else", "the late holder released the other's lock"
 
 
+@pytest.mark.slow
 def test_a_stuck_holder_is_renewed_only_for_the_time_it_asked_for(
     client: redis.Redis, key: str
 ) -> None:

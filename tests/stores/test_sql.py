@@ -285,6 +285,7 @@ def test_the_lock_is_reentrant_in_a_thread_and_writes_under_its_lease(family: SQ
         assert _lease_row(family, A)[0] == owner  # the inner block released nothing
 
 
+@pytest.mark.slow
 def test_a_holder_keeps_its_lease_past_the_row_lease_by_renewing_it(
     sql_url: str, table: str
 ) -> None:

@@ -90,6 +90,7 @@ def save_kills(store: SQLGrantStore, rng: random.Random, kills: int) -> tuple[in
     return inside, slowest
 
 
+@pytest.mark.slow
 def test_a_save_killed_at_random_moments_leaves_the_old_or_the_new_pair_whole(
     store: SQLGrantStore, rng: random.Random
 ) -> None:
@@ -98,6 +99,7 @@ def test_a_save_killed_at_random_moments_leaves_the_old_or_the_new_pair_whole(
     assert slowest < LEASE + 1.0  # a killed holder's lease, and the round trips
 
 
+@pytest.mark.slow
 def test_a_refresh_killed_at_random_moments_leaves_a_pair_the_server_issued_together(
     store: SQLGrantStore, emulator: Emulator, rng: random.Random
 ) -> None:

@@ -49,6 +49,7 @@ def _lease_until(family: SQLStore) -> float:
     return float(until)
 
 
+@pytest.mark.slow
 def test_a_holder_killed_while_holding_the_lease_delays_another_process_by_at_most_one_lease(
     sql_url: str, table: str
 ) -> None:
@@ -89,6 +90,7 @@ def test_a_holder_killed_while_holding_the_lease_delays_another_process_by_at_mo
     assert taken_at - lease_until <= MAX_PAUSE + 1.0
 
 
+@pytest.mark.slow
 def test_integrations_in_three_processes_refresh_each_expired_grant_exactly_once(
     sql_url: str, table: str, emulator: Emulator
 ) -> None:

@@ -105,6 +105,7 @@ def relayed(request: pytest.FixtureRequest) -> Iterator[tuple[str, Relay]]:
         relay.close()
 
 
+@pytest.mark.slow
 def test_a_refresh_whose_save_meets_a_dead_database_is_kept_and_saved_when_it_returns(
     relayed: tuple[str, Relay], emulator: Emulator, make_session: MakeSession
 ) -> None:

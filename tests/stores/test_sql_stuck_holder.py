@@ -25,6 +25,7 @@ def _engines() -> Iterator[None]:
     dispose_engines()
 
 
+@pytest.mark.slow
 def test_a_stuck_holder_is_renewed_only_for_the_time_it_asked_for(sql_url: str) -> None:
     table = unique_name("grants")
     engine = shared_engine(sql_url)
