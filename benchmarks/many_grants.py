@@ -648,7 +648,7 @@ def _why_session(key: str, timing: dict[str, Any]) -> str:
     if key == "first_session":
         return (
             "the first call per company builds the grant's coordinator (Coordinator, its "
-            "Condition, the registry entry, its store); "
+            "lock, the registry entry, its store); "
             f"{gen2} gen-2 collections fell inside calls"
         )
     return f"{gen2} gen-2 collections fell inside calls"

@@ -32,6 +32,7 @@ from typing import Literal, TypeVar
 from ._clock import Clock
 from ._endpoint import TokenEndpoint
 from ._gate import NO_GATE, RefreshGate
+from ._monitor import Monitor
 from ._restore import lost_message
 from ._rotation import Operation, _Outcome, _StoreProtocol
 from ._schedule import RefreshSchedule
@@ -102,7 +103,7 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
         self._lock_timeout = 2 * endpoint.budget + drain_timeout + 5.0
         self._lease = endpoint.budget + 5.0
 
-        self._cond = threading.Condition()
+        self._cond = Monitor()
         self._busy: Operation | None = None
         self._generation = 0
         self._tokens: TokenSet | None = None
@@ -462,8 +463,7 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
         Condition (a ``__del__`` the garbage collector ran inside one of our methods),
         where that would deadlock, nor on a timer thread (reaping a collected session),
         where two timers could wait for each other."""
-        owned: bool = self._cond._is_owned()  # type: ignore[attr-defined]
-        return not owned and threading.current_thread().name != WORKER_NAME
+        return not self._cond.is_owned() and threading.current_thread().name != WORKER_NAME
 
     def write_back_once(self) -> bool:
         """One attempt to save a pair a failed save left only in memory. Call it only
@@ -538,7 +538,7 @@ class Coordinator(_ProactiveTimer, _StoreProtocol):
 
     def _reset_after_fork(self) -> None:
         # The parent's threads do not exist here: whatever they held is void.
-        self._cond = threading.Condition()
+        self._cond = Monitor()
         self._busy = None
         self._in_flight = 0
         self._version = _NEVER  # reload: the parent may have been mid-rotation

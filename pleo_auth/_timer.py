@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections.abc import Callable, Hashable
 
 from ._clock import Clock
 from ._gate import RefreshGate, _NoGate
+from ._monitor import Monitor
 from ._rotation import Operation, _Outcome
 from ._schedule import RefreshSchedule
 from ._scheduler import Entry
@@ -33,7 +33,7 @@ class _ProactiveTimer:
     schedule: RefreshSchedule
     policy: str
     _clock: Clock
-    _cond: threading.Condition
+    _cond: Monitor
     _entry: Entry
     _tokens: TokenSet | None
     _version: Hashable
