@@ -15,6 +15,7 @@ from ._checks import check_attempts, check_seconds
 from ._clock import SYSTEM_CLOCK, Clock
 from ._failures import MAX_RETRY_AFTER as MAX_RETRY_AFTER  # where callers found it in 0.1
 from ._failures import _retry_after, _Transient, _transport_failure, _wait_generator
+from ._lease_check import LeaseStop, check_lease
 from ._network import SharedNetwork
 from ._urls import check_secure_url
 from .errors import AuthorizationError, ConfigurationError, ReauthenticationRequired, RefreshError
@@ -44,10 +45,6 @@ _SPENT = (
     ". Pleo has probably rotated the tokens already: if so, the refresh token is spent, "
     "the next refresh will be refused and a new login will be needed"
 )
-
-
-class _LeaseExpired(Exception):
-    """The lease on the refresh lock would run out before another attempt could finish."""
 
 
 def _scrub(text: str, secrets: tuple[str, ...], limit: int) -> str:
@@ -222,6 +219,7 @@ class TokenEndpoint:
         refresh_token: str,
         *,
         deadline: float | None = None,
+        held_until: Callable[[], float] | None = None,
         tally: list[int] | None = None,
         access_token: str | None = None,
     ) -> TokenSet:
@@ -237,6 +235,8 @@ class TokenEndpoint:
             deadline: Monotonic time by which the caller's lease runs out. An
                 attempt starts only if its whole ``timeout`` fits before it, so no
                 reply is still on its way when another process may take the lock.
+            held_until: The lease's :attr:`~pleo_auth.Lease.held_until`, asked before
+                each attempt: no attempt is sent once the lease may have run out.
             tally: Gets one item per attempt sent (for the refresh events).
             access_token: The access token paired with ``refresh_token``: scrubbed,
                 as the refresh token and the client secret are, from the reply's
@@ -254,7 +254,7 @@ class TokenEndpoint:
         secrets = (refresh_token, self._client_secret or "", access_token or "")
         unanswered: list[str] = []
         try:
-            return self._request_tokens(form, deadline, secrets, unanswered, tally)
+            return self._request_tokens(form, deadline, held_until, secrets, unanswered, tally)
         except _Refused as refused:
             # Only a client error says the grant is dead: a 2xx that names one is not
             # worth a forced login.
@@ -286,7 +286,7 @@ class TokenEndpoint:
         }
         secrets = (code, code_verifier, self._client_secret or "")
         try:
-            return self._request_tokens(form, None, secrets, [])
+            return self._request_tokens(form, None, None, secrets, [])
         except _Refused as refused:
             raise AuthorizationError(
                 f"Pleo refused the authorization code (HTTP {refused.response.status_code}"
@@ -305,6 +305,7 @@ class TokenEndpoint:
         self,
         form: Mapping[str, str],
         deadline: float | None,
+        held_until: Callable[[], float] | None,
         secrets: tuple[str, ...],
         unanswered: list[str],
         tally: list[int] | None = None,
@@ -331,7 +332,7 @@ class TokenEndpoint:
             if tally is not None:
                 tally.append(tries)
             try:
-                return self._attempt(form, deadline, secrets)
+                return self._attempt(form, deadline, held_until, secrets)
             except _Transient as failure:
                 self._note(failure, unanswered)
                 raise
@@ -416,18 +417,17 @@ class TokenEndpoint:
                 retry_after=failure.retry_after,
                 response=failure.response,
             ) from failure.__cause__
-        except _LeaseExpired:
-            raise RefreshError(
-                "gave up: the refresh lock's lease would run out before the token endpoint "
-                f"could answer another attempt (after {tries - 1} attempts)",
-                retryable=True,
-            ) from None
+        except LeaseStop as stopped:
+            raise stopped.refusal(tries - 1) from None
 
     def _attempt(
-        self, form: Mapping[str, str], deadline: float | None, secrets: tuple[str, ...]
+        self,
+        form: Mapping[str, str],
+        deadline: float | None,
+        held_until: Callable[[], float] | None,
+        secrets: tuple[str, ...],
     ) -> TokenSet:
-        if deadline is not None and deadline - self._clock.monotonic() < self.timeout:
-            raise _LeaseExpired
+        check_lease(deadline, held_until, self._clock, self.timeout)
         data = dict(form)
         auth: tuple[str, str] | None = None
         if self.client_auth == "basic" and self._client_secret is not None:

@@ -17,6 +17,7 @@ from typing import Literal, NamedTuple
 from ._clock import Clock
 from ._endpoint import TokenEndpoint
 from ._gate import RefreshGate, _NoGate
+from ._lease_check import LeaseLapsed
 from ._restore import _Restoring, on_lost, restore_spent, store_is_lost
 from ._schedule import RefreshSchedule
 from ._urls import same_endpoint
@@ -122,6 +123,17 @@ class _StoreProtocol(_Restoring):
                 others. If the wait for a slot eats the lock's lease, the
                 endpoint refuses to send (see TokenEndpoint.refresh).
         """
+        try:
+            return self._refresh_locked(basis, force, after_401, slot_held)
+        except LeaseLapsed:
+            # This process froze (or lost the store) past its lease before it sent the
+            # refresh token: another process may have refreshed meanwhile. Look again,
+            # under the lock taken afresh: adopt its pair, or refresh with a new lease.
+            return self._refresh_locked(basis, force, after_401, slot_held)
+
+    def _refresh_locked(
+        self, basis: TokenSet | None, force: bool, after_401: bool, slot_held: bool
+    ) -> _Outcome:
         store, observers = self.store, self.observers
         asked = time.perf_counter()
         with store.lock(timeout=self._lock_timeout, lease=self._lease) as lease:
@@ -167,7 +179,7 @@ class _StoreProtocol(_Restoring):
                 # invalid_grant would pass for a dead grant and clear a live pair.
                 return _Outcome(tokens=self._tokens, version=version, failure=mismatch)
             try:
-                new, attempts, took = self._spend(stored, lease.deadline, slot_held)
+                new, attempts, took = self._spend(stored, lease, slot_held)
             except ReauthenticationRequired as exc:
                 exc = exc.with_login_hint(self.login_hint)
                 logger.warning("the grant is dead (%s); clearing %s", exc.error, store.describe())
@@ -198,7 +210,7 @@ class _StoreProtocol(_Restoring):
             return _Outcome(tokens=new, version=store.version())
 
     def _spend(
-        self, stored: TokenSet, deadline: float | None, slot_held: bool
+        self, stored: TokenSet, lease: Lease, slot_held: bool
     ) -> tuple[TokenSet, int, float]:
         """Spend ``stored``'s refresh token (in a slot of the pool, unless the caller
         holds one) and tell the observers. The new pair, the attempts, the seconds."""
@@ -211,7 +223,8 @@ class _StoreProtocol(_Restoring):
             try:
                 new = self.endpoint.refresh(
                     stored.refresh_token,
-                    deadline=deadline,
+                    deadline=lease.deadline,
+                    held_until=lease.held_until,
                     tally=tally,
                     access_token=stored.access_token,
                 )

@@ -8,7 +8,7 @@ import contextvars
 import json
 import logging
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
@@ -171,9 +171,18 @@ class Lease:
         deadline: Monotonic time by which the holder must have finished, or None
             when the lock cannot expire under its holder (file locks, which the
             operating system releases only when the holder lets go or dies).
+        held_until: For a lease that renews itself (Redis, the database stores):
+            returns the real monotonic time (:func:`time.monotonic`) until which
+            the lease is known to be held, from the last take or renewal the
+            server granted. pleo_auth sends no refresh token past it: a holder
+            frozen for longer than a lease (SIGSTOP, a paused VM) or cut off from
+            the server may have lost the lease to another process, which may have
+            spent that refresh token already, and presenting it again would
+            revoke the grant. None when the lock cannot run out under its holder.
     """
 
     deadline: float | None = None
+    held_until: Callable[[], float] | None = None
 
 
 class TokenStore(abc.ABC):

@@ -116,6 +116,20 @@ class LeaseTerms:
         holds the others up at most one lease longer, never for ever."""
         return time.monotonic() + max(requested, self.lease)
 
+    def keep(
+        self, renew: Callable[[], bool], *, where: str, taken_at: float, requested: float
+    ) -> _Renewal:
+        """Have :data:`RENEWER` renew a row lease taken (sent) at real monotonic time
+        ``taken_at`` for a holder that asked for ``requested`` seconds."""
+        return RENEWER.keep(
+            renew,
+            every=self.renew_every,
+            where=where,
+            lasts=self.lease,
+            taken_at=taken_at,
+            until=self.renew_until(requested),
+        )
+
     def deadline(self, acquired_at: float, requested: float) -> float:
         """The :class:`~pleo_auth.Lease` deadline for a holder that asked for
         ``requested`` seconds at monotonic time ``acquired_at``.
@@ -174,15 +188,49 @@ def wait_for_lease(attempt: Callable[[], float | None], *, timeout: float, where
 # -- renewal -----------------------------------------------------------------------------
 
 
+def confirmation_margin(lease: float) -> float:
+    """What is taken off a lease the server confirmed, for the round trip and for the
+    rates of the two clocks: 10% of it, at most a second."""
+    return min(1.0, lease * 0.1)
+
+
 class _Renewal:
     """One held lease the renewer keeps alive."""
 
-    def __init__(self, renew: Callable[[], bool], every: float, where: str, until: float):
+    def __init__(
+        self,
+        renew: Callable[[], bool],
+        every: float,
+        where: str,
+        until: float,
+        lasts: float | None,
+        taken_at: float,
+    ):
         self.renew = renew
         self.every = every
         self.where = where
         self.until = until
+        self.lasts = lasts
         self.stopped = False
+        self.confirmed = self._confirmed_by(taken_at)
+
+    def _confirmed_by(self, sent_at: float) -> float:
+        """Until when a take or renewal sent at ``sent_at``, which the server granted,
+        holds the lease for sure: one lease (but never past ``until``), less a margin.
+        For ever when the renewal does not say how long a lease lasts."""
+        if self.lasts is None:
+            return math.inf
+        span = max(0.0, min(self.until - sent_at, self.lasts))
+        return sent_at + span - confirmation_margin(span)
+
+    def held_until(self) -> float:
+        """Real monotonic time (:func:`time.monotonic`) until which the lease is
+        known to be held: from the last take or renewal the server granted. Past it,
+        the lease may have run out and be another's: a holder frozen for longer than
+        a lease (SIGSTOP, a VM paused, a swap storm) or cut off from the server, whose
+        renewals stopped, finds it so before it sends anything (see
+        :class:`~pleo_auth.Lease`)."""
+        return self.confirmed
 
 
 class Renewer:
@@ -215,11 +263,16 @@ class Renewer:
         every: float,
         where: str,
         until: float = math.inf,
+        lasts: float | None = None,
+        taken_at: float = 0.0,
     ) -> _Renewal:
         """Call ``renew`` every ``every`` seconds until :meth:`stop`, it returns
         False, or the next call would come at or after ``until`` (real monotonic
-        time, :func:`time.monotonic`)."""
-        renewal = _Renewal(renew, every, where, until)
+        time, :func:`time.monotonic`). Each renewal that ``renew`` reports as done
+        holds the lease for ``lasts`` seconds from when it was sent, as the take
+        sent at ``taken_at`` did: see :meth:`_Renewal.held_until` (for ever when
+        ``lasts`` is None)."""
+        renewal = _Renewal(renew, every, where, until, lasts, taken_at)
         first = time.monotonic() + every
         if first >= until:
             renewal.stopped = True  # the lease outlasts its holder's time already
@@ -255,10 +308,13 @@ class Renewer:
                         heapq.heappop(self._queue)
                         break
                     self._guard.wait(wait)
-            if time.monotonic() >= renewal.until:
+            sent_at = time.monotonic()
+            if sent_at >= renewal.until:
                 continue  # due before the bound, but late (a busy machine): too late now
             try:
                 kept = renewal.renew()
+                if kept:
+                    renewal.confirmed = max(renewal.confirmed, renewal._confirmed_by(sent_at))
             except TokenStoreError as exc:
                 kept = True  # try again at the next turn: the lease may outlast a blip
                 logger.warning("could not renew the refresh lock of %s: %s", renewal.where, exc)
@@ -308,6 +364,7 @@ class Holding:
     owner: str
     deadline: float
     pid: int
+    held_until: Callable[[], float] | None = None
 
 
 class Held(threading.local):
@@ -328,8 +385,14 @@ class Held(threading.local):
         return holding
 
     @contextlib.contextmanager
-    def holding(self, key: Hashable, owner: str, deadline: float) -> Iterator[Holding]:
-        holding = Holding(owner, deadline, os.getpid())
+    def holding(
+        self,
+        key: Hashable,
+        owner: str,
+        deadline: float,
+        held_until: Callable[[], float] | None = None,
+    ) -> Iterator[Holding]:
+        holding = Holding(owner, deadline, os.getpid(), held_until)
         self.by_key[key] = holding
         try:
             yield holding

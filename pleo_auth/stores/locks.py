@@ -335,6 +335,8 @@ class RedisRefreshLock(RefreshLock):
             functools.partial(self._renew, token, started + lease),
             every=self.terms.renew_every,
             where=self._where,
+            lasts=self.terms.lease,
+            taken_at=started,
             until=started + lease,
         )
         try:
@@ -342,7 +344,7 @@ class RedisRefreshLock(RefreshLock):
             # until its lease runs out, with every other host waiting that long.
             if self._on_acquired is not None:
                 self._on_acquired()
-            yield Lease(deadline=lease_deadline(acquired_at, lease))
+            yield Lease(deadline=lease_deadline(acquired_at, lease), held_until=renewal.held_until)
         finally:
             RENEWER.stop(renewal)
             # A forked child has a copy of this frame but not the lock: never release it there.

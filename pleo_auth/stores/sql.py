@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import secrets
+import time
 import weakref
 from collections.abc import Hashable, Iterator
 from typing import Any
@@ -64,9 +65,8 @@ _INSTANCES: weakref.WeakSet[SQLStore] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     for family in list(_INSTANCES):
         family.versions.reset_after_fork()
-        # The parent's pooled connections are its own: a child that used them would
-        # interleave its statements with the parent's on one socket. A new pool,
-        # leaving the parent's connections open for the parent (SQLAlchemy's advice).
+        # The parent's pooled connections are its own (a child's statements would mix
+        # with its own on one socket): a new pool, theirs left open (SQLAlchemy's advice).
         family.engine.dispose(close=False)
 
 
@@ -477,34 +477,34 @@ class SQLGrantStore(SQLRestoring, TokenStore):
         requested = check_requested(lease)
         held = HELD.get(self.key)
         if held is not None:
-            yield Lease(deadline=held.deadline)
+            yield Lease(deadline=held.deadline, held_until=held.held_until)
             return
-        with self._leased(timeout, requested) as deadline:
-            yield Lease(deadline=deadline)
+        with self._leased(timeout, requested) as granted:
+            yield granted
 
     @contextlib.contextmanager
-    def _leased(self, timeout: float, requested: float) -> Iterator[float]:
+    def _leased(self, timeout: float, requested: float) -> Iterator[Lease]:
         family, company = self.family, self._id
         owner = new_owner()
-        started: list[float] = []
+        started: list[tuple[float, float]] = []  # the clock's time, and real time
 
         def attempt() -> float | None:
-            started.append(family._clock.monotonic())
+            started.append((family._clock.monotonic(), time.monotonic()))
             return family._take(company, owner)
 
         wait_for_lease(attempt, timeout=timeout, where=self.describe())
         pid = os.getpid()
-        deadline = family.terms.deadline(started[-1], requested)
-        renewal = RENEWER.keep(
+        deadline = family.terms.deadline(started[-1][0], requested)
+        renewal = family.terms.keep(
             lambda: family._renew(company, owner),
-            every=family.terms.renew_every,
             where=self.describe(),
-            until=family.terms.renew_until(requested),
+            taken_at=started[-1][1],
+            requested=requested,
         )
         try:
             family.versions.forget(company)  # the holder must see the current version
-            with HELD.holding(self.key, owner, deadline):
-                yield deadline
+            with HELD.holding(self.key, owner, deadline, renewal.held_until):
+                yield Lease(deadline=deadline, held_until=renewal.held_until)
         finally:
             RENEWER.stop(renewal)
             if os.getpid() == pid:  # a forked child has this frame, not the lease

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -184,6 +185,18 @@ def test_a_missing_table_says_to_run_migrate() -> None:
         assert "table pleo_auth_pleogrant does not exist" in message
         assert "python manage.py migrate pleo_auth" in message
         assert "'bare'" in message
+
+
+def test_the_lock_and_its_reentry_say_until_when_the_lease_is_known_held() -> None:
+    store = DjangoStoreFamily(unique_client()).store(A)
+    before = time.monotonic()
+    with store.lock(timeout=5.0, lease=30.0) as outer:
+        assert outer.held_until is not None
+        lasts = store.family.terms.lease
+        assert before + 0.9 * lasts <= outer.held_until() <= time.monotonic() + 0.9 * lasts
+        with store.lock(timeout=0.1, lease=30.0) as inner:
+            assert inner.held_until is not None
+            assert inner.held_until() == outer.held_until()
 
 
 def test_a_save_over_a_lease_another_owner_holds_waits_for_it() -> None:

@@ -7,6 +7,7 @@ import datetime
 import email.utils
 import logging
 import random
+import time
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -511,6 +512,48 @@ def test_no_retry_starts_when_retry_after_would_push_it_past_the_lease(
         )
     assert len(mocked.calls) == 1
     assert sleeps == []
+
+
+def test_no_attempt_is_sent_once_the_lease_is_no_longer_known_to_be_held(
+    mocked: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A holder frozen past its lease (its renewals stopped with it) may have lost the
+    lock to a process that spent the refresh token already: presenting it again would
+    revoke the grant. The renewals' last confirmation is asked before each attempt."""
+    mocked.add(responses.POST, TOKEN_URL, json=token_reply())
+    lapsed = time.monotonic() - 0.001
+    with caplog.at_level(logging.WARNING, "pleo_auth"), pytest.raises(RefreshError) as caught:
+        endpoint().refresh(OLD_REFRESH, deadline=None, held_until=lambda: lapsed)
+    assert len(mocked.calls) == 0
+    assert caught.value.retryable is True
+    assert "may have run out" in str(caught.value)
+    assert "was not sent" in str(caught.value)
+    assert any("not sending the refresh token" in r.getMessage() for r in caplog.records)
+
+
+def test_the_lease_is_asked_again_before_each_retry(
+    mocked: responses.RequestsMock, sleeps: list[float]
+) -> None:
+    confirmed = [time.monotonic() + 3600.0]
+
+    def lapse_then_503(request: Any) -> tuple[int, dict[str, str], str]:
+        confirmed[0] = time.monotonic() - 0.001  # the renewals stopped meanwhile
+        return 503, {}, "{}"
+
+    mocked.add_callback(responses.POST, TOKEN_URL, callback=lapse_then_503)
+    mocked.add(responses.POST, TOKEN_URL, json=token_reply())
+    with pytest.raises(RefreshError, match=r"was not sent \(after 1 attempts\)") as caught:
+        endpoint(max_attempts=3).refresh(OLD_REFRESH, held_until=lambda: confirmed[0])
+    assert len(mocked.calls) == 1
+    assert caught.value.retryable is True
+
+
+def test_a_lease_known_to_be_held_sends_as_before(mocked: responses.RequestsMock) -> None:
+    mocked.add(responses.POST, TOKEN_URL, json=token_reply())
+    held = time.monotonic() + 3600.0
+    tokens = endpoint().refresh(OLD_REFRESH, held_until=lambda: held)
+    assert len(mocked.calls) == 1
+    assert tokens.refresh_token == "rt_new_1"
 
 
 # -- the time budget ------------------------------------------------------------------

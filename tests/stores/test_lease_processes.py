@@ -5,7 +5,10 @@ on PostgreSQL (SQLStore), against the emulator:
   another process's refresh by at most one lease, plus that refresh;
 * a holder stopped (SIGSTOP) past its lease cannot renew it: another process takes
   over and refreshes, and when the stopped one runs again its save is refused by
-  the store's fence.
+  the store's fence;
+* a holder frozen between reading the pair and sending its token request, for
+  longer than its lease, never sends that request when it runs again: the other
+  process may have spent the refresh token already.
 
 The default run uses a lease of 1 s; the soak run measures the default lease (10 s).
 """
@@ -25,7 +28,12 @@ import pytest
 import redis
 from support.databases import dispose_engines, shared_engine, unique_name
 from support.integration_helpers import grant, wait_until
-from support.lease_workers import build_store, refresh_once, stall_then_save
+from support.lease_workers import (
+    build_store,
+    freeze_after_reading_then_refresh,
+    refresh_once,
+    stall_then_save,
+)
 
 from pleo_auth import Company
 from pleo_auth.stores.base import save_login
@@ -242,6 +250,31 @@ def test_soak_a_holder_killed_mid_refresh_at_the_default_lease(
     check_killed_holder(figures, DEFAULT_LEASE)
 
 
+def let_refresh(go: Any, out: Any) -> tuple[float, int]:
+    """Let a ``refresh_once`` process that is ready go; when it refreshed, and the
+    status its API request got."""
+    expect(out, "ready")
+    go.set()
+    expect(out, "locking")
+    _, refreshed_at, status = expect(out, "refreshed")
+    return refreshed_at, status
+
+
+def end(*processes: Any) -> None:
+    """Continue (if stopped), kill and join whichever of ``processes`` still runs."""
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGCONT)
+            process.kill()
+            process.join(TIMEOUT)
+
+
+def stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP): its state in /proc is T."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
 @pytest.mark.slow
 def test_a_holder_stopped_past_its_lease_is_taken_over_and_its_save_is_refused(
     where: Where, emulator: Emulator
@@ -273,10 +306,7 @@ def test_a_holder_stopped_past_its_lease_is_taken_over_and_its_save_is_refused(
         assert wait_until(renewed(where), timeout=TIMEOUT)
         os.kill(stalled.pid, signal.SIGSTOP)  # type: ignore[arg-type]
         stopped_at = time.monotonic()
-        expect(out, "ready")
-        go.set()
-        expect(out, "locking")
-        _, refreshed_at, status = expect(out, "refreshed")
+        refreshed_at, status = let_refresh(go, out)
         other.join(TIMEOUT)
         assert status == 200
         assert where.lease_left() is None  # the other let go; the stopped one holds nothing
@@ -286,11 +316,7 @@ def test_a_holder_stopped_past_its_lease_is_taken_over_and_its_save_is_refused(
         _, warnings = expect(stalled_out, "released")
         stalled.join(TIMEOUT)
     finally:
-        for process in (stalled, other):
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGCONT)  # type: ignore[arg-type]
-                process.kill()
-                process.join(TIMEOUT)
+        end(stalled, other)
     print(
         f"\n{where.kind}: the holder stopped past its {LEASE:g}s lease; "
         f"another process refreshed {refreshed_at - stopped_at:.3f}s after the stop"
@@ -300,6 +326,53 @@ def test_a_holder_stopped_past_its_lease_is_taken_over_and_its_save_is_refused(
     assert refreshed_at - stopped_at <= LEASE + SLACK + 5.0  # the other's start included
     counters = emulator.counters
     assert counters.refresh_grants == 1
+    assert counters.rejected_refreshes == 0
+    assert counters.reuse_detections == 0
+    stored = where.store(LEASE).load()
+    assert stored is not None
+    assert emulator.is_current(stored.access_token, stored.refresh_token), "grant lost"
+
+
+@pytest.mark.slow
+def test_a_holder_frozen_past_its_lease_before_its_token_request_never_sends_it(
+    where: Where, emulator: Emulator
+) -> None:
+    """The frozen holder's renewals froze with it, so its lease ran out and another
+    process refreshed: the refresh token the frozen one read is spent. Sending it when
+    it runs again would be reuse, and Pleo would revoke the grant; the fence on the
+    save would come too late. It asks, before sending, whether its lease is still
+    known to be held: it is not, so it sends nothing, takes the lock again and finds
+    the other's pair, which its request then uses."""
+    where.lease = LEASE
+    save_login(where.store(LEASE), grant(emulator, A, now=time.time(), age=7200))
+    client = client_of(emulator)
+    common = (where.kind, where.url, where.name, A.id, client, LEASE)
+    frozen, out = SPAWN.Event(), SPAWN.Queue()
+    holder = SPAWN.Process(
+        target=freeze_after_reading_then_refresh, args=(*common, frozen, out), daemon=True
+    )
+    go, other_out = SPAWN.Event(), SPAWN.Queue()
+    other = SPAWN.Process(target=refresh_once, args=(*common, go, other_out), daemon=True)
+    holder.start()
+    other.start()
+    try:
+        assert frozen.wait(TIMEOUT), "the holder never read the pair under the lock"
+        assert holder.pid is not None
+        assert wait_until(lambda: stopped(holder.pid), timeout=TIMEOUT)
+        # Nobody renews the frozen holder's lease: it runs out.
+        assert wait_until(lambda: where.lease_left() is None, timeout=TIMEOUT)
+        _, status = let_refresh(go, other_out)
+        other.join(TIMEOUT)
+        assert status == 200
+        os.kill(holder.pid, signal.SIGCONT)
+        _, answered, warnings = expect(out, "answered")
+        holder.join(TIMEOUT)
+    finally:
+        end(holder, other)
+    assert any("not sending the refresh token" in text for text in warnings), warnings
+    assert answered == 200  # it looked again under the lock, and took up the other's pair
+    counters = emulator.counters
+    assert counters.refresh_grants == 1  # the other process's, alone
     assert counters.rejected_refreshes == 0
     assert counters.reuse_detections == 0
     stored = where.store(LEASE).load()

@@ -191,3 +191,20 @@ def test_a_forked_child_never_renews_a_lock_its_parent_holds(
             os.kill(holder, signal.SIGKILL)
             os.waitpid(holder, 0)
     assert freed <= LEASE + 0.1
+
+
+def test_the_lease_is_known_held_from_its_take_and_from_each_renewal(
+    client: redis.Redis, key: str
+) -> None:
+    """Lease.held_until: until when Redis granted the key for sure, so that a holder
+    frozen past it sends no token request (see the endpoint's tests)."""
+    lock = CountingLock(client, key, lease=LEASE)
+    before = time.monotonic()
+    with lock.hold(timeout=1.0, lease=30.0) as lease:
+        assert lease.held_until is not None
+        first = lease.held_until()
+        assert before + 0.9 * LEASE <= first <= time.monotonic() + 0.9 * LEASE
+        assert wait_until(lambda: lock.renewals >= 1, timeout=30.0)
+        assert wait_until(lambda: lease.held_until() > first, timeout=30.0)
+        assert lease.held_until() <= time.monotonic() + 0.9 * LEASE
+        assert client.pttl(key) > 0  # what it says is held, is

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -283,6 +284,20 @@ def test_the_lock_is_reentrant_in_a_thread_and_writes_under_its_lease(family: SQ
         with store.lock(timeout=0.1, lease=30.0):
             store.save(new_tokens())
         assert _lease_row(family, A)[0] == owner  # the inner block released nothing
+
+
+def test_the_lock_and_its_reentry_say_until_when_the_lease_is_known_held(
+    family: SQLStore,
+) -> None:
+    store = family.for_company(A)
+    before = time.monotonic()
+    with store.lock(timeout=5.0, lease=30.0) as outer:
+        assert outer.held_until is not None
+        lasts = family.terms.lease
+        assert before + 0.9 * lasts <= outer.held_until() <= time.monotonic() + 0.9 * lasts
+        with store.lock(timeout=0.1, lease=30.0) as inner:
+            assert inner.held_until is not None
+            assert inner.held_until() == outer.held_until()
 
 
 @pytest.mark.slow

@@ -40,6 +40,7 @@ import math
 import os
 import secrets
 import threading
+import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -500,36 +501,38 @@ class DjangoGrantStore(TokenStore):
         requested = check_requested(lease)
         held = HELD.get(self.key)
         if held is not None:  # re-entered by the thread that holds it
-            yield Lease(deadline=held.deadline)
+            yield Lease(deadline=held.deadline, held_until=held.held_until)
             return
         terms = self.family.terms
         owner = new_owner()
-        acquired_at = self._acquire(owner, timeout, terms)
+        acquired_at, sent_at = self._acquire(owner, timeout, terms)
         deadline = terms.deadline(acquired_at, requested)
         pid = os.getpid()
-        renewal = RENEWER.keep(
+        renewal = terms.keep(
             functools.partial(self._renew, owner, terms.lease),
-            every=terms.renew_every,
             where=self.describe(),
-            until=terms.renew_until(requested),
+            taken_at=sent_at,
+            requested=requested,
         )
         try:
-            with HELD.holding(self.key, owner, deadline):
+            with HELD.holding(self.key, owner, deadline, renewal.held_until):
                 self.family.watch.forget(self.company.id)
-                yield Lease(deadline=deadline)
+                yield Lease(deadline=deadline, held_until=renewal.held_until)
         finally:
             RENEWER.stop(renewal)
             if os.getpid() == pid:  # a forked child never releases its parent's lease
                 self._release(owner, terms.lease)
 
-    def _acquire(self, owner: str, timeout: float, terms: LeaseTerms) -> float:
-        """Take the lease; the clock's monotonic time at the attempt that got it."""
+    def _acquire(self, owner: str, timeout: float, terms: LeaseTerms) -> tuple[float, float]:
+        """Take the lease; the clock's monotonic time at the attempt that got it, and
+        the real monotonic time (:func:`time.monotonic`) it was sent at."""
         values = {"lease_owner": owner, "lease_until": _after(terms.lease)}
-        acquired_at = [0.0]
+        acquired_at = [0.0, 0.0]
         made = [False]
 
         def attempt() -> float | None:
             acquired_at[0] = self.family._clock.monotonic()
+            acquired_at[1] = time.monotonic()
 
             def work() -> int:
                 return int(self._rows().filter(_lease_free()).update(**values))
@@ -542,7 +545,7 @@ class DjangoGrantStore(TokenStore):
             return 0.0
 
         wait_for_lease(attempt, timeout=timeout, where=self.describe())
-        return acquired_at[0]
+        return acquired_at[0], acquired_at[1]
 
     def _renew(self, owner: str, length: float) -> bool:
         rows = self._rows().filter(lease_owner=owner)
