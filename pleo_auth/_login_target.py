@@ -55,15 +55,16 @@ class LoginTarget:
         self.per_company = not isinstance(self.store, TokenStore)
 
     def save(self, tokens: TokenSet, company: Company | None) -> str:
-        """Save a login, as ``company``'s grant over a family; returns where it went."""
+        """Save a login just made, as ``company``'s grant over a family; returns where
+        it went. Fresh from the code exchange: no stored pair can descend from it."""
         if isinstance(self.store, TokenStore):
-            save_login(self.store, tokens)
+            save_login(self.store, tokens, fresh=True)
             return self.store.describe()
         assert company is not None
         if self.integration is not None:
-            self.integration.add(company, tokens)
+            self.integration._add(company, tokens, fresh=True)
         else:
-            save_login(self.store.store(company), tokens)
+            save_login(self.store.store(company), tokens, fresh=True)
         return f"{self.store.describe()}, as {company}'s grant"
 
 

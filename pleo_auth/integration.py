@@ -281,8 +281,12 @@ class Integration:
 
         Raises:
             ConfigurationError: ``company`` or ``tokens`` is invalid.
-            TokenStoreError: The store failed.
+            TokenStoreError: The store failed, or could not be read for now (then
+                nothing is saved: see :func:`~pleo_auth.stores.base.save_login`).
         """
+        self._add(company, tokens)
+
+    def _add(self, company: Company | str, tokens: TokenSet, *, fresh: bool = False) -> None:
         company = Company(company)
         if not isinstance(tokens, TokenSet):
             raise ConfigurationError("tokens must be a TokenSet (see TokenSet.from_response)")
@@ -290,7 +294,8 @@ class Integration:
         # Through the store this process's sessions of the company use, if any: a
         # store that caches its version (Redis) then shows them the login at once.
         grant = self._grants.get(company)
-        save_login(grant.coordinator.store if grant else self.store.store(company), tokens)
+        store = grant.coordinator.store if grant else self.store.store(company)
+        save_login(store, tokens, fresh=fresh)
 
     def companies(self) -> list[Company]:
         """The companies with a stored grant, sorted.

@@ -319,7 +319,7 @@ class TokenStore(abc.ABC):
         return f"<{type(self).__name__} {self.describe()}>"
 
 
-def save_login(store: TokenStore, tokens: TokenSet) -> None:
+def save_login(store: TokenStore, tokens: TokenSet, *, fresh: bool = False) -> None:
     """Save a new login's ``tokens`` over whatever ``store`` holds.
 
     Under the store's refresh lock, so that a refresh of the previous grant
@@ -328,14 +328,22 @@ def save_login(store: TokenStore, tokens: TokenSet) -> None:
 
     A login the stored pair descends from (its reply, passed again) is not saved:
     its refresh token is spent, and the next refresh would present it and lose
-    the grant. The stored pair is its live continuation.
+    the grant. The stored pair is its live continuation. So a read that fails for
+    now (a retryable :class:`~pleo_auth.TokenStoreError`) saves nothing and raises,
+    unless ``fresh``: the tokens were issued just now by a code exchange, and no
+    stored pair can descend from them. Unreadable leftovers (garbage, a torn file)
+    are replaced.
     """
     with store.lock(timeout=60.0, lease=30.0):
         try:
             previous = store.load()
         except SealedTokensRefused:
             raise  # a grant these keys cannot open: not leftovers, never overwritten
-        except TokenStoreError:
+        except TokenStoreError as exc:
+            if exc.retryable and not fresh:
+                # Not leftovers: a read that failed for now (a timeout, a dropped
+                # connection) may have missed this login's rotated continuation.
+                raise
             previous = None  # unreadable leftovers: the login replaces them
         if previous is not None and (
             previous.refresh_token == tokens.refresh_token or previous.descends_from(tokens)

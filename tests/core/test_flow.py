@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
+from support.session_doubles import ReadFailsOnce
 
 from pleo_auth import (
     AuthorizationError,
@@ -391,6 +392,27 @@ def test_a_login_replaces_unreadable_leftovers_in_the_store(
     )
     pending = flow.start()
     tokens = flow.finish(pending, approve(pending.url))
+    assert store.load() == tokens
+
+
+def test_a_login_just_made_is_saved_though_the_stores_read_fails_for_now(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """No stored pair can descend from tokens the code exchange just issued, so a read
+    that fails for a moment does not cost the person their login (an old login passed
+    again is another matter: tests/core/test_integration_add.py)."""
+    store = ReadFailsOnce(tmp_path / "tokens.json")
+    flow = AuthorizationFlow(
+        emulator.client_id,
+        emulator.client_secret,
+        redirect_uri=REDIRECT_URI,
+        store=store,
+        token_url=emulator.token_url,
+    )
+    pending = flow.start()
+    store.fail_next_load = True
+    tokens = flow.finish(pending, approve(pending.url))
+    assert not store.fail_next_load  # the read was tried, and failed
     assert store.load() == tokens
 
 

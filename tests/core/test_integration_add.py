@@ -18,9 +18,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from support.integration_helpers import grant, integration, new_companies
+from support.session_doubles import ReadFailsOnce
 
-from pleo_auth import FileStore
+from pleo_auth import FileStore, PleoSession, TokenSet, TokenStoreError
+from pleo_auth.stores.base import save_login
 from pleo_auth.testing import Emulator
 
 
@@ -41,3 +44,34 @@ def test_adding_a_login_again_after_its_grant_rotated_keeps_the_live_pair(
     assert emulator.counters.refresh_grants == 2
     assert emulator.counters.reuse_detections == 0
     assert emulator.counters.rejected_refreshes == 0
+
+
+def test_saving_a_login_again_while_the_stored_pair_cannot_be_read_saves_nothing(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A read that failed for a moment is not "unreadable leftovers": what it could not
+    read may be the login's rotated continuation, and a login saved over it would put
+    a spent refresh token back. The save is refused with the read's retryable error."""
+    store = ReadFailsOnce(tmp_path / "tokens.json")
+    login = TokenSet.from_response(emulator.issue_tokens(), now=time.time())
+    save_login(store, login)
+    with PleoSession(
+        emulator.client_id,
+        emulator.client_secret,
+        store=store,
+        token_url=emulator.token_url,
+        api_url=emulator.api_url,
+    ) as session:
+        session.refresh()  # the grant rotates past the login
+    live = store.load()
+    assert live is not None
+    assert live.descends_from(login)
+    store.fail_next_load = True
+    with pytest.raises(TokenStoreError, match="timed out") as caught:
+        save_login(store, login)  # the app's start-up, as before
+    assert caught.value.retryable is True
+    assert store.load() == live
+    save_login(store, login)  # read again: the stored pair descends from it, kept
+    assert store.load() == live
+    assert emulator.counters.refresh_grants == 1
+    assert emulator.counters.reuse_detections == 0

@@ -1,5 +1,6 @@
-"""Doubles the PleoSession tests share: a store that records its saves, and a plain
-HTTP server on loopback that records every request it gets."""
+"""Doubles the PleoSession tests share: a store that records its saves, a file store
+whose next read fails for now, and a plain HTTP server on loopback that records every
+request it gets."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from pleo_auth import MemoryStore, PleoSession, TokenSet
+from pleo_auth import FileStore, MemoryStore, PleoSession, TokenSet, TokenStoreError
 
 
 class RecordingStore(MemoryStore):
@@ -32,6 +33,19 @@ class RecordingStore(MemoryStore):
     def wait_for_saves(self, count: int, timeout: float = 10.0) -> bool:
         with self._saved:
             return self._saved.wait_for(lambda: len(self.saves) >= count, timeout)
+
+
+class ReadFailsOnce(FileStore):
+    """A FileStore whose next ``load`` fails as a network store's read can (a timeout, a
+    dropped connection): retryable, while a write would still go through."""
+
+    fail_next_load = False
+
+    def load(self) -> TokenSet | None:
+        if self.fail_next_load:
+            self.fail_next_load = False
+            raise TokenStoreError("the read timed out", retryable=True)
+        return super().load()
 
 
 @dataclass
