@@ -50,6 +50,7 @@ __all__ = [
     "LeaseTerms",
     "Renewer",
     "check_requested",
+    "confirmation_margin",
     "fence",
     "new_owner",
     "wait_for_lease",
@@ -76,6 +77,12 @@ def fence(tokens: TokenSet) -> str:
 def new_owner() -> str:
     """A fresh owner for one acquisition: 32 random hex digits."""
     return secrets.token_hex(16)
+
+
+def confirmation_margin(lease: float) -> float:
+    """What a holder takes off a lease it was granted, for the round trip and for the
+    rates of the two clocks: 10% of it, at most a second."""
+    return min(1.0, lease * 0.1)
 
 
 @attrs.frozen
@@ -139,7 +146,7 @@ class LeaseTerms:
         round trips, as for a Redis lease.
         """
         span = max(requested, self.lease)
-        return acquired_at + span - min(1.0, span * 0.1)
+        return acquired_at + span - confirmation_margin(span)
 
 
 def check_requested(lease: object) -> float:
@@ -186,12 +193,6 @@ def wait_for_lease(attempt: Callable[[], float | None], *, timeout: float, where
 
 
 # -- renewal -----------------------------------------------------------------------------
-
-
-def confirmation_margin(lease: float) -> float:
-    """What is taken off a lease the server confirmed, for the round trip and for the
-    rates of the two clocks: 10% of it, at most a second."""
-    return min(1.0, lease * 0.1)
 
 
 class _Renewal:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from .._clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, TokenStoreError
 from .base import Lease
-from .lease import DEFAULT_LEASE, RENEWER, LeaseTerms
+from .lease import DEFAULT_LEASE, RENEWER, LeaseTerms, confirmation_margin
 
 if TYPE_CHECKING:
     import filelock
@@ -247,7 +247,7 @@ def lease_deadline(acquired_at: float, lease: float) -> float:
     Redis expires the key on its own clock; keep a margin (10% of the lease, at
     most a second) for clock rate differences and the SET's round trip.
     """
-    return acquired_at + lease - min(1.0, lease * 0.1)
+    return acquired_at + lease - confirmation_margin(lease)
 
 
 class RedisRefreshLock(RefreshLock):
