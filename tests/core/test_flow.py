@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
+from support.emulator_http import flow_over
 from support.session_doubles import ReadFailsOnce
 
 from pleo_auth import (
@@ -383,13 +384,7 @@ def test_a_login_replaces_unreadable_leftovers_in_the_store(
     path.write_text("not json")
     path.chmod(0o600)
     store = FileStore(path)
-    flow = AuthorizationFlow(
-        emulator.client_id,
-        emulator.client_secret,
-        redirect_uri=REDIRECT_URI,
-        store=store,
-        token_url=emulator.token_url,
-    )
+    flow = flow_over(emulator, store)
     pending = flow.start()
     tokens = flow.finish(pending, approve(pending.url))
     assert store.load() == tokens
@@ -402,13 +397,7 @@ def test_a_login_just_made_is_saved_though_the_stores_read_fails_for_now(
     that fails for a moment does not cost the person their login (an old login passed
     again is another matter: tests/core/test_integration_add.py)."""
     store = ReadFailsOnce(tmp_path / "tokens.json")
-    flow = AuthorizationFlow(
-        emulator.client_id,
-        emulator.client_secret,
-        redirect_uri=REDIRECT_URI,
-        store=store,
-        token_url=emulator.token_url,
-    )
+    flow = flow_over(emulator, store)
     pending = flow.start()
     store.fail_next_load = True
     tokens = flow.finish(pending, approve(pending.url))

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import pytest
 import requests
+from support.emulator_http import flow_over
 
 from pleo_auth import (
     AuthorizationError,
@@ -223,32 +224,21 @@ def test_a_flow_straight_over_a_family_saves_under_the_company(
 # -- a flow over one store ----------------------------------------------------------
 
 
-def one_store_flow(emulator: Emulator, store: MemoryStore) -> AuthorizationFlow:
-    return AuthorizationFlow(
-        emulator.client_id,
-        emulator.client_secret,
-        redirect_uri=REDIRECT_URI,
-        store=store,
-        token_url=emulator.token_url,
-        api_url=emulator.api_url,
-    )
-
-
 def test_a_one_store_flow_names_no_company_unless_asked(emulator: Emulator) -> None:
     store = MemoryStore()
-    login = log_in(one_store_flow(emulator, store))
+    login = log_in(flow_over(emulator, store))
     assert login.company is None
     assert store.load() is not None
 
 
 def test_a_one_store_flow_started_with_a_company_checks_it(emulator: Emulator) -> None:
     store = MemoryStore()
-    flow = one_store_flow(emulator, store)
+    flow = flow_over(emulator, store)
     assert log_in(flow, A).company == A
     assert store.load() is not None
 
     other = MemoryStore()
-    flow = one_store_flow(emulator, other)
+    flow = flow_over(emulator, other)
     pending = flow.start(company=A)
     with pytest.raises(AuthorizationError, match="nothing was saved"):
         flow.finish_login(pending, approve(with_subject(pending.url, B)))

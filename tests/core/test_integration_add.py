@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.adversarial import session_args
 from support.integration_helpers import grant, integration, new_companies
 from support.session_doubles import ReadFailsOnce
 
@@ -55,13 +56,7 @@ def test_saving_a_login_again_while_the_stored_pair_cannot_be_read_saves_nothing
     store = ReadFailsOnce(tmp_path / "tokens.json")
     login = TokenSet.from_response(emulator.issue_tokens(), now=time.time())
     save_login(store, login)
-    with PleoSession(
-        emulator.client_id,
-        emulator.client_secret,
-        store=store,
-        token_url=emulator.token_url,
-        api_url=emulator.api_url,
-    ) as session:
+    with PleoSession(**session_args(emulator), store=store) as session:
         session.refresh()  # the grant rotates past the login
     live = store.load()
     assert live is not None

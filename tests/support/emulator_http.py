@@ -1,5 +1,6 @@
 """Requests to the emulator over real HTTP, shared by the emulator's tests: a
-refresh, an API call, a PKCE pair, the authorize redirect, and the code exchange."""
+refresh, an API call, a PKCE pair, the authorize redirect, and the code exchange;
+and an AuthorizationFlow of the emulator's client over one store."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
+from pleo_auth import TokenStore
+from pleo_auth.flow import AuthorizationFlow
 from pleo_auth.testing import Emulator
 
 REDIRECT_URI = "http://127.0.0.1:8765/callback"
@@ -75,3 +78,15 @@ def exchange(
 def code_for(http: requests.Session, emu: Emulator) -> tuple[str, str]:
     verifier, challenge = pkce_pair()
     return authorize(http, emu, code_challenge=challenge)["code"], verifier
+
+
+def flow_over(emulator: Emulator, store: TokenStore) -> AuthorizationFlow:
+    """A flow of the emulator's client that saves its logins to ``store``."""
+    return AuthorizationFlow(
+        emulator.client_id,
+        emulator.client_secret,
+        redirect_uri=REDIRECT_URI,
+        store=store,
+        token_url=emulator.token_url,
+        api_url=emulator.api_url,
+    )
