@@ -175,9 +175,9 @@ class Lease:
             returns the real monotonic time (:func:`time.monotonic`) until which
             the lease is known to be held, from the last take or renewal the
             server granted. pleo_auth sends no refresh token past it: a holder
-            frozen for longer than a lease (SIGSTOP, a paused VM) or cut off from
-            the server may have lost the lease to another process, which may have
-            spent that refresh token already, and presenting it again would
+            frozen for longer than a lease (SIGSTOP, a swap storm) or cut off
+            from the server may have lost the lease to another process, which may
+            have spent that refresh token already, and presenting it again would
             revoke the grant. None when the lock cannot run out under its holder.
     """
 
@@ -328,23 +328,27 @@ def save_login(store: TokenStore, tokens: TokenSet, *, fresh: bool = False) -> N
 
     A login the stored pair descends from (its reply, passed again) is not saved:
     its refresh token is spent, and the next refresh would present it and lose
-    the grant. The stored pair is its live continuation. So a read that fails for
-    now (a retryable :class:`~pleo_auth.TokenStoreError`) saves nothing and raises,
-    unless ``fresh``: the tokens were issued just now by a code exchange, and no
-    stored pair can descend from them. Unreadable leftovers (garbage, a torn file)
-    are replaced.
+    the grant. The stored pair is its live continuation. So a read that fails
+    saves nothing and raises, unless it failed for now (a retryable
+    :class:`~pleo_auth.TokenStoreError`) and ``fresh``: the tokens were issued just
+    now by a code exchange, and no stored pair can descend from them. Unreadable
+    leftovers (:class:`~pleo_auth.errors.TokensUnreadable`: garbage, a foreign
+    document) are replaced.
     """
     with store.lock(timeout=60.0, lease=30.0):
         try:
             previous = store.load()
         except SealedTokensRefused:
             raise  # a grant these keys cannot open: not leftovers, never overwritten
-        except TokenStoreError as exc:
-            if exc.retryable and not fresh:
-                # Not leftovers: a read that failed for now (a timeout, a dropped
-                # connection) may have missed this login's rotated continuation.
-                raise
+        except TokensUnreadable:
             previous = None  # unreadable leftovers: the login replaces them
+        except TokenStoreError as exc:
+            # Not leftovers: a read that failed (a timeout, a dropped connection, a
+            # replica without its master) may have missed this login's rotated
+            # continuation. Only a login just made can have none.
+            if not (fresh and exc.retryable):
+                raise
+            previous = None
         if previous is not None and (
             previous.refresh_token == tokens.refresh_token or previous.descends_from(tokens)
         ):

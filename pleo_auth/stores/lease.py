@@ -228,7 +228,7 @@ class _Renewal:
         """Real monotonic time (:func:`time.monotonic`) until which the lease is
         known to be held: from the last take or renewal the server granted. Past it,
         the lease may have run out and be another's: a holder frozen for longer than
-        a lease (SIGSTOP, a VM paused, a swap storm) or cut off from the server, whose
+        a lease (SIGSTOP, a swap storm) or cut off from the server, whose
         renewals stopped, finds it so before it sends anything (see
         :class:`~pleo_auth.Lease`)."""
         return self.confirmed

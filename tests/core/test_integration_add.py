@@ -47,13 +47,16 @@ def test_adding_a_login_again_after_its_grant_rotated_keeps_the_live_pair(
     assert emulator.counters.rejected_refreshes == 0
 
 
+@pytest.mark.parametrize("retryable", [True, False])
 def test_saving_a_login_again_while_the_stored_pair_cannot_be_read_saves_nothing(
-    emulator: Emulator, tmp_path: Path
+    emulator: Emulator, tmp_path: Path, retryable: bool
 ) -> None:
     """A read that failed for a moment is not "unreadable leftovers": what it could not
     read may be the login's rotated continuation, and a login saved over it would put
-    a spent refresh token back. The save is refused with the read's retryable error."""
+    a spent refresh token back. The save is refused with the read's error, whether or
+    not the store calls it retryable: only unreadable leftovers are replaced."""
     store = ReadFailsOnce(tmp_path / "tokens.json")
+    store.retryable = retryable
     login = TokenSet.from_response(emulator.issue_tokens(), now=time.time())
     save_login(store, login)
     with PleoSession(**session_args(emulator), store=store) as session:
@@ -64,7 +67,7 @@ def test_saving_a_login_again_while_the_stored_pair_cannot_be_read_saves_nothing
     store.fail_next_load = True
     with pytest.raises(TokenStoreError, match="timed out") as caught:
         save_login(store, login)  # the app's start-up, as before
-    assert caught.value.retryable is True
+    assert caught.value.retryable is retryable
     assert store.load() == live
     save_login(store, login)  # read again: the stored pair descends from it, kept
     assert store.load() == live

@@ -36,15 +36,17 @@ class RecordingStore(MemoryStore):
 
 
 class ReadFailsOnce(FileStore):
-    """A FileStore whose next ``load`` fails as a network store's read can (a timeout, a
-    dropped connection): retryable, while a write would still go through."""
+    """A FileStore whose next ``load`` fails as a network store's read can, while a
+    write would still go through: a timeout (retryable), or, with ``retryable`` False,
+    an error no retry is said to help (a Redis replica answering MASTERDOWN)."""
 
     fail_next_load = False
+    retryable = True
 
     def load(self) -> TokenSet | None:
         if self.fail_next_load:
             self.fail_next_load = False
-            raise TokenStoreError("the read timed out", retryable=True)
+            raise TokenStoreError("the read timed out", retryable=self.retryable)
         return super().load()
 
 
